@@ -1,0 +1,3 @@
+"""aemia: annotation-efficient medical image analysis."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ``aemia`` command line: one module per verb group, assembled in :mod:`aemia.cli.main`."""

@@ -1,0 +1,20 @@
+"""Networks: UNet, UNet++ (deep supervision, exact pruning), ResNet classifier; 2D and 3D."""
+
+from aemia.nets.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from aemia.nets.classifier import ResNetClassifier
+from aemia.nets.registry import available_models, create_model, model_from_config, register_model
+from aemia.nets.unet import UNet
+from aemia.nets.unetpp import UNetPlusPlus
+
+__all__ = [
+    "ResNetClassifier",
+    "UNet",
+    "UNetPlusPlus",
+    "available_models",
+    "create_model",
+    "load_checkpoint",
+    "load_weights",
+    "model_from_config",
+    "register_model",
+    "save_checkpoint",
+]
