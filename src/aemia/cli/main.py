@@ -26,6 +26,13 @@ app = typer.Typer(
 # Verb modules, in pipeline order. A module that is missing is skipped so partial installs still run.
 _VERB_MODULES = ("data", "train", "predict", "evaluate", "demo")
 
+
+
+@app.callback()
+def _root() -> None:
+    """aemia: annotation-efficient medical image analysis."""
+
+
 for _name in _VERB_MODULES:
     try:
         _mod = importlib.import_module(f"aemia.cli.{_name}")
@@ -40,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (used by the console script and tests)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False, prog_name="aemia")
     except AemiaError as exc:
         print(f"aemia: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -51,16 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aemia: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Usage errors from the click that typer bundles (typer >= 0.20 vendors it privately, older versions
+        # use the click package): recognised by their interface rather than an import.
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+            return int(exc.exit_code)
+        if type(exc).__name__ == "Abort":
             return 1
         raise
-    return 0
+    return int(rc) if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

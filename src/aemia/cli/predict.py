@@ -1,0 +1,33 @@
+"""``aemia predict``: apply a trained run to an image, a volume or a folder of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from aemia.cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)
+
+
+def predict(
+    run: Path = typer.Option(..., "--run", "-r", help="A run folder written by `aemia train` or `aemia demo`."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image file, DICOM folder, or a folder of images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks keep the input's geometry)."),
+    tta: bool = typer.Option(False, help="Average over flipped copies (test-time augmentation)."),
+    prune: Optional[int] = typer.Option(None, help="UNet++ fast mode: use the exact sub-network L_d (1..depth)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    amp: str = typer.Option("none", help="Mixed precision for inference: none, bf16, auto."),
+) -> None:
+    """Predict masks (PNG for pictures, NIfTI for volumes) or class probabilities (predictions.csv).
+
+    Example: aemia predict --run runs/demo --input ../shared/data/kvasir_seg_256/images --out runs/demo/pred --prune 3
+    """
+    from aemia.infer.batch import predict_path
+
+    written = predict_path(run, input, out, tta=tta, prune=prune, device=device, amp=amp)
+    console.print(f"wrote {len(written)} prediction(s) to {out}")

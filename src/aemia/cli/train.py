@@ -1,0 +1,57 @@
+"""``aemia train``: train a segmentation or classification model on a bundled data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from aemia.cli.common import console, parse_ints, parse_labels
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
+
+def train(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Bundled data set (see `aemia data list`)."),
+    run: Path = typer.Option(..., "--run", "-r", help="Run folder to create (or resume)."),
+    model: str = typer.Option("unetpp", help="Network: unetpp, unet (segmentation) or resnet (classification)."),
+    preset: str = typer.Option("cpu", help="Width preset: cpu (16,16,32,64,128), tiny, paper (32..512)."),
+    features: Optional[str] = typer.Option(None, help="Level widths, e.g. 16,32,64,128 (overrides --preset)."),
+    label_fraction: float = typer.Option(1.0, help="Fraction of the training split whose labels are used."),
+    epochs: int = typer.Option(30, help="Epochs."),
+    batch_size: int = typer.Option(8, help="Batch size."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate."),
+    optimizer: str = typer.Option("adam", help="adam, adamw or sgd."),
+    schedule: str = typer.Option("cosine", help="cosine, poly or constant."),
+    loss: str = typer.Option("dice_ce", help="dice_ce, or bce_dice (the UNet++ paper's 0.5*BCE + Dice)."),
+    deep_supervision: bool = typer.Option(True, help="UNet++: loss summed over all heads (equal weights)."),
+    size: Optional[int] = typer.Option(None, help="2D: resize images to SIZE x SIZE for training."),
+    patch: Optional[str] = typer.Option(None, help="3D: patch size, e.g. 64,64,64."),
+    labels: Optional[str] = typer.Option(None, help="3D: keep only these labels, e.g. 5:liver,1:spleen."),
+    early_stopping: int = typer.Option(0, help="Stop after N epochs without validation improvement (0 = off)."),
+    amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 where native), bf16, fp16 or none."),
+    init: Optional[Path] = typer.Option(None, help="Start from pretrained weights (a run folder or checkpoint)."),
+    seed: int = typer.Option(0, help="Seed for splits, subsets, augmentation and initialisation."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
+) -> None:
+    """Train a model and evaluate it on the test split (metrics with 95% CIs, report.html).
+
+    Example: aemia train --dataset kvasir --model unetpp --label-fraction 0.1 --epochs 20 --size 128 --run runs/kv10
+    """
+    from aemia.train.run import RunConfig, train_run
+    from aemia.train.trainer import TrainConfig
+
+    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, loss=loss,
+                       deep_supervision=deep_supervision, early_stopping=early_stopping, seed=seed, amp=amp,
+                       device=device)
+    cfg = RunConfig(dataset=dataset, model=model, preset=preset, features=parse_ints(features, "--features"),
+                    label_fraction=label_fraction, size=size, patch=parse_ints(patch, "--patch"),
+                    labels=parse_labels(labels), init=str(init) if init else None, train=tcfg)
+    metrics = train_run(cfg, run, resume=resume)
+    if metrics:
+        console.print(f"[bold green]done[/]: {metrics.get('headline', '')}")
+        console.print(f"report: {run / 'report.html'}")

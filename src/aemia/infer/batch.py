@@ -1,0 +1,77 @@
+"""Predict every image under a path and write the results atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from aemia.data.io import image_kind, is_dicom_file, read_image, write_nifti, write_png
+from aemia.errors import InputError
+from aemia.infer.predictor import Predictor
+from aemia.utils.io import write_text_atomic
+
+_STRIP = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
+
+
+def case_id(path: Path) -> str:
+    name = path.name
+    for suf in _STRIP:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def collect_inputs(path: Path) -> list[Path]:
+    """A file, a DICOM series folder, or a folder of images (DICOM sub-folders count as one image each)."""
+    if not path.exists():
+        raise InputError(path, "does not exist")
+    if path.is_file():
+        return [path]
+    children = sorted(path.iterdir())
+    if any(c.is_file() and is_dicom_file(c) for c in children):
+        return [path]
+    found = [c for c in children if (c.is_file() and image_kind(c) is not None) or
+             (c.is_dir() and any(is_dicom_file(f) for f in c.iterdir() if f.is_file()))]
+    if not found:
+        raise InputError(path, "no images found (expected NIfTI, NRRD, DICOM, PNG/JPEG/TIFF files)")
+    return found
+
+
+def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool = False, prune: int | None = None,
+                 device: str = "auto", amp: str = "none", progress: bool = True) -> list[Path]:
+    """Predict all inputs; 2D masks as PNG (binary 0/255), volumes as NIfTI with the input's affine,
+    classification as ``predictions.csv``. Inputs are read and checked one by one; an unusable input stops
+    the run with a one-line error and leaves no partial file for it."""
+    predictor = Predictor.from_run(run, prune=prune, tta=tta, device=device, amp=amp)
+    inputs = collect_inputs(Path(input))
+    out = Path(out)
+    written: list[Path] = []
+    rows: list[dict[str, object]] = []
+    from aemia.utils.progress import Bar
+
+    with Bar("predicting", total=len(inputs), enabled=progress) as bar:
+        for path in inputs:
+            image = read_image(path)
+            result = predictor.predict(image)
+            cid = case_id(path)
+            if predictor.task == "classification":
+                rows.append({"case": cid, "predicted_class": int(np.argmax(result)),
+                             **{f"p{k}": f"{float(p):.6f}" for k, p in enumerate(result)}})
+            elif image.spatial_dims == 3:
+                written.append(write_nifti(result, out / f"{cid}.nii.gz", like=image))
+            else:
+                labels = int(result.max()) > 1
+                written.append(write_png(result, out / f"{cid}.png", labels=labels))
+            bar.advance()
+    if rows:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        target = out / "predictions.csv"
+        write_text_atomic(target, buf.getvalue())
+        written.append(target)
+    return written

@@ -1,0 +1,107 @@
+"""Apply a trained run to images of any size and geometry.
+
+``Predictor.from_run("runs/demo")`` rebuilds the preprocessing recorded in the run's ``config.yaml`` (2D resize,
+3D intensity normalisation and sliding-window size) and the best checkpoint. ``prune=d`` replaces a UNet++ with
+its exact sub-network L_d (fast mode); ``tta`` averages over spatial flips. Segmentation outputs are label maps
+in the input's own grid (2D: resized back; 3D: same voxels, so the input's affine applies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aemia.data.image import Image
+from aemia.data.transforms import normalise
+from aemia.errors import InputError
+from aemia.infer.predict import predict_probs, resolve_device
+from aemia.nets import load_checkpoint
+
+
+@dataclass
+class Predictor:
+    model: nn.Module
+    spatial_dims: int
+    size: int | None = None
+    patch: list[int] | None = None
+    modality: str = ""
+    task: str = "segmentation"
+    tta: bool = False
+    amp: str = "none"
+    channels_last: bool = False
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, prune: int | None = None, tta: bool | None = None,
+                 device: str = "auto", amp: str | None = None) -> "Predictor":
+        from aemia.data.catalog import get_dataset
+        from aemia.train.run import load_config
+
+        cfg = load_config(run_dir)
+        model, meta = load_checkpoint(Path(run_dir) / "checkpoints" / "best", device=resolve_device(device))
+        if prune is not None:
+            if not hasattr(model, "prune"):
+                raise InputError(run_dir, f"--prune needs a UNet++ run; this run's model is '{cfg.model}'")
+            if not 1 <= prune <= model.depth:
+                raise InputError(run_dir, f"--prune must be in 1..{model.depth} for this model, got {prune}")
+            model = model.prune(prune)
+        model.eval()
+        try:
+            modality = get_dataset(cfg.dataset).modality
+        except InputError:
+            modality = ""
+        return cls(model=model, spatial_dims=model.spatial_dims, size=cfg.size, patch=cfg.patch,
+                   modality=modality, task=meta.get("task", "segmentation"),
+                   tta=cfg.tta if tta is None else tta, amp=amp or "none")
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model.in_channels)
+
+    def probabilities(self, image: Image) -> np.ndarray:
+        """Class probabilities (K, *S) in the input's grid (segmentation) or (K,) (classification)."""
+        arr = image.array
+        if arr.shape[0] != self.in_channels:
+            raise InputError(image.path, f"has {arr.shape[0]} channel(s); the model expects {self.in_channels}")
+        if image.spatial_dims != self.spatial_dims:
+            raise InputError(image.path, f"is {image.spatial_dims}D; the model is {self.spatial_dims}D")
+        if not np.isfinite(arr).all():
+            raise InputError(image.path, "contains NaN or infinite values")
+        if self.spatial_dims == 3:
+            x = torch.from_numpy(normalise(arr, self.modality))[None]
+            roi = self.patch or [64, 64, 64]
+            return predict_probs(self.model, x, roi_size=roi, tta=self.tta, amp=self.amp)[0].cpu().numpy()
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+        if float(x.max()) > 1.5:  # 8-bit pictures → [0, 1] as in training
+            x = x / 255.0
+        shape = tuple(x.shape[2:])
+        if self.size is not None:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        else:
+            m = 2 ** getattr(self.model, "depth", 0)
+            pad = [(-s) % m for s in shape]
+            x = F.pad(x, (0, pad[1], 0, pad[0]), mode="replicate")
+        probs = predict_probs(self.model, x, tta=self.tta, amp=self.amp)
+        if self.task == "classification":
+            return probs[0].cpu().numpy()
+        if self.size is not None:
+            probs = F.interpolate(probs, size=shape, mode="bilinear", align_corners=False)
+        else:
+            probs = probs[..., : shape[0], : shape[1]]
+        return probs[0].cpu().numpy()
+
+    def predict(self, image: Image) -> np.ndarray:
+        """Label map in the input grid (segmentation) or class probabilities (classification)."""
+        probs = self.probabilities(image)
+        if self.task == "classification":
+            return probs
+        return probs.argmax(0).astype(np.uint8) if probs.shape[0] > 1 else (probs[0] > 0.5).astype(np.uint8)
+
+    def describe(self) -> dict[str, Any]:
+        return {"spatial_dims": self.spatial_dims, "size": self.size, "patch": self.patch, "tta": self.tta,
+                "parameters": sum(p.numel() for p in self.model.parameters())}

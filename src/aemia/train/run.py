@@ -1,0 +1,206 @@
+"""A training run from a dataset name to a run folder with checkpoints, metrics and a report.
+
+``train_run(RunConfig(dataset="kvasir", model="unetpp", label_fraction=0.1), "runs/kv10")`` writes::
+
+    runs/kv10/config.yaml     the full recipe (RunConfig + TrainConfig), the seed included
+    runs/kv10/splits.json     the dataset's split and the labelled subset actually used
+    runs/kv10/log.jsonl       one line per epoch
+    runs/kv10/checkpoints/    last.safetensors (resumable), best.safetensors + best.json
+    runs/kv10/metrics.json    test metrics with bootstrap 95% CIs
+    runs/kv10/per_case.csv, figures/, report.html
+
+2D data sets train on whole images (resized to ``size``); 3D data sets on random patches with foreground
+oversampling and are evaluated by sliding window; classification data sets train the ResNet classifier.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from aemia.data.catalog import CatalogDataset, get_dataset
+from aemia.data.transforms import normalise
+from aemia.errors import InputError
+from aemia.nets import create_model, load_checkpoint, load_weights
+from aemia.nets.registry import model_task
+from aemia.train.data import ArrayDataset, AugmentConfig, PatchDataset
+from aemia.train.trainer import TrainConfig, Trainer
+from aemia.utils.io import write_json_atomic, write_text_atomic
+
+#: Width presets. ``paper`` is the UNet++ / U-Net papers' recipe (GPU); ``cpu`` fits 2 cores.
+PRESETS: dict[str, list[int]] = {
+    "paper": [32, 64, 128, 256, 512],
+    "cpu": [16, 16, 32, 64, 128],
+    "tiny": [8, 16, 32, 64],
+}
+
+
+@dataclass
+class RunConfig:
+    dataset: str
+    model: str = "unetpp"
+    preset: str = "cpu"
+    features: list[int] | None = None
+    label_fraction: float = 1.0
+    size: int | None = None  # 2D: resize images to size x size
+    patch: list[int] | None = None  # 3D: training patch / sliding-window size
+    patches_per_volume: int = 16
+    labels: dict[int, str] | None = None  # 3D: keep only these source labels, renumbered 1..K
+    init: str | None = None  # pretrained weights (a run folder or a checkpoint path)
+    tta: bool = False
+    eval_split: str = "test"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"label fraction must be in (0, 1], got {self.label_fraction}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+
+    def widths(self) -> list[int]:
+        return list(self.features) if self.features else list(PRESETS[self.preset])
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        args = {k: v for k, v in d.items() if k in known and k != "train"}
+        if args.get("labels"):
+            args["labels"] = {int(k): v for k, v in args["labels"].items()}
+        return cls(**args, train=TrainConfig(**d.get("train", {})))
+
+
+def save_config(cfg: RunConfig, run_dir: Path) -> None:
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise InputError(path, "not a run folder (config.yaml missing)")
+    try:
+        return RunConfig.from_dict(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, TypeError, ValueError) as exc:
+        raise InputError(path, f"invalid run config ({exc})") from None
+
+
+def labelled_subset(ids: list[str], fraction: float, seed: int) -> list[str]:
+    """The first ``ceil(fraction·N)`` ids of a seeded permutation: nested across fractions for one seed."""
+    n = max(1, math.ceil(fraction * len(ids) - 1e-9))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return [ids[i] for i in sorted(order[:n])]
+
+
+class _VolumeSet:
+    """Validation volumes as (image, label) tensors for the trainer's sliding-window validation."""
+
+    def __init__(self, volumes: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.volumes = volumes
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img, lab = self.volumes[i]
+        return torch.from_numpy(img), torch.from_numpy(lab.astype(np.int64))
+
+
+def remap_labels(label: np.ndarray, keep: dict[int, str] | None) -> np.ndarray:
+    if not keep:
+        return label.astype(np.int64)
+    out = np.zeros(label.shape, np.int64)
+    for new, src in enumerate(sorted(keep), start=1):
+        out[label == src] = new
+    return out
+
+
+def class_names(cfg: RunConfig, ds: CatalogDataset) -> dict[int, str]:
+    """Output index → name for the run's segmentation classes (background included)."""
+    if cfg.labels:
+        return {0: "background", **{i: cfg.labels[src] for i, src in enumerate(sorted(cfg.labels), start=1)}}
+    return dict(ds.labels)
+
+
+def _load_volume(ds: CatalogDataset, case: Any, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], Any]:
+    s = ds.load(case)
+    img = normalise(s.image.array, ds.modality)
+    return img, remap_labels(s.label, cfg.labels), s.image.spacing, s
+
+
+def _init_weights(model: torch.nn.Module, init: str) -> None:
+    path = Path(init)
+    if path.is_dir():
+        path = path / "checkpoints" / "best"
+    report = load_weights(model, path, strict=False)
+    print(f"init from {path}: {report.summary()}")
+
+
+def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torch.nn.Module, Any, Any, str]:
+    """Model, training set, validation set and task for a run."""
+    seed = cfg.train.seed
+    torch.manual_seed(seed)  # model initialisation is part of the seeded recipe
+    aug = AugmentConfig()
+    task = "classification" if ds.task == "classification" else "segmentation"
+    if task == "classification" and model_task(cfg.model) != "classification":
+        raise InputError(None, f"data set '{ds.name}' is classification: use --model resnet")
+    if ds.dims == 2:
+        x, y, t = ds.arrays("train", cfg.size)
+        keep = set(labelled)
+        idx = [i for i, cid in enumerate(ds.case_ids("train")) if cid in keep]
+        vx, vy, vt = ds.arrays("val", cfg.size) if ds.splits.get("val") else (None, None, None)
+        if task == "classification":
+            train_set = ArrayDataset(x[idx], targets=t[idx], augment=aug, seed=seed)
+            val_set = ArrayDataset(vx, targets=vt) if vx is not None else None
+            out_ch = len(ds.classes)
+        else:
+            train_set = ArrayDataset(x[idx], y[idx], augment=aug, seed=seed)
+            val_set = ArrayDataset(vx, vy) if vx is not None else None
+            out_ch = len(ds.labels)
+        in_ch = x.shape[1]
+    else:
+        patch = cfg.patch or [64, 64, 64]
+        cases = [c for c in ds.splits["train"] if c.id in set(labelled)]
+        vols = [_load_volume(ds, c, cfg)[:2] for c in cases]
+        train_set = PatchDataset(vols, patch, cfg.patches_per_volume, augment=AugmentConfig(rot90=False), seed=seed)
+        val_set = _VolumeSet([_load_volume(ds, c, cfg)[:2] for c in ds.splits.get("val", [])]) or None
+        cfg.train.val_roi = list(patch)
+        in_ch = vols[0][0].shape[0]
+        out_ch = len(class_names(cfg, ds))
+    kwargs: dict[str, Any] = {}
+    model = create_model(cfg.model, ds.dims, in_ch, out_ch, features=cfg.widths(),
+                         deep_supervision=cfg.model == "unetpp" and cfg.train.deep_supervision, **kwargs)
+    if cfg.init:
+        _init_weights(model, cfg.init)
+    return model, train_set, val_set, task
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) and evaluate; returns the metrics written to ``metrics.json``."""
+    run_dir = Path(run_dir)
+    if resume:
+        cfg = load_config(run_dir)
+    elif (run_dir / "checkpoints" / "last.safetensors").exists():
+        raise InputError(run_dir, "run folder already holds a training run: pass --resume to continue it, or choose a new --run")
+    ds = get_dataset(cfg.dataset)
+    labelled = labelled_subset(ds.case_ids("train"), cfg.label_fraction, cfg.train.seed)
+    model, train_set, val_set, task = build(cfg, ds, labelled)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    write_json_atomic(run_dir / "splits.json", {**ds.split_manifest(), "labelled": labelled,
+                                                  "label_fraction": cfg.label_fraction})
+    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, task=task)
+    result = trainer.fit(resume=resume)
+    if not trainer.is_main:
+        return {}
+    from aemia.train.report import evaluate_run
+
+    return evaluate_run(run_dir, cfg, ds, result["history"], labelled)

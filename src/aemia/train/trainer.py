@@ -1,0 +1,412 @@
+"""One training loop for every experiment; experiments differ by data, loss and hooks.
+
+* Losses: Dice+CE (default), the UNet++ paper's 0.5·BCE + Dice, CE for classification; deep supervision sums
+  the loss over every head with equal weights unless ``ds_weights`` says otherwise.
+* Optimisers Adam / AdamW / SGD (Nesterov); learning rate set every step from a closed form (cosine, poly 0.9,
+  constant), so a resumed run sets exactly the same rates.
+* Determinism: data order from ``seed + epoch``, augmentation from ``[seed, epoch, index]``, torch RNG saved
+  in every checkpoint. Killing a run and resuming with ``resume=True`` reproduces an uninterrupted run.
+* Checkpoints every epoch: ``checkpoints/last.safetensors`` holds the weights plus the optimiser state
+  (``optim/…``) and RNG (``rng/…``) in one atomically renamed file, its training state in the safetensors
+  metadata; ``last.json`` / ``best.json`` hold the model config. ``best`` is the best validation epoch.
+* Distributed: under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on
+  CPU, NCCL on CUDA); each rank takes an equal shard of every epoch's order; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from aemia.errors import CheckpointError
+from aemia.infer.predict import autocast_context, memory_format, predict_probs, resolve_device
+from aemia.nets.checkpoint import save_checkpoint, unwrap
+from aemia.train.data import EpochDataset
+from aemia.train.hooks import EarlyStopping, Hook, JsonlLogger
+from aemia.train.losses import DeepSupervisionLoss, get_loss
+from aemia.utils.io import atomic_path, write_json_atomic
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "poly", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe. Defaults are a sensible small-data recipe; presets in :mod:`aemia.train.presets`."""
+
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.99  # SGD only (nnU-Net: 0.99, Nesterov)
+    schedule: str = "cosine"
+    loss: str = "dice_ce"
+    deep_supervision: bool = True
+    ds_weights: list[float] | None = None
+    early_stopping: int = 0  # patience in epochs on validation metric; 0 = off
+    seed: int = 0
+    amp: str = "auto"  # none | bf16 | fp16 | auto
+    channels_last: bool = True
+    device: str = "auto"
+    num_workers: int = 0
+    val_every: int = 1
+    val_roi: list[int] | None = None  # sliding-window size for 3D validation (the training patch)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    t = min(step / max(total_steps, 1), 1.0)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "poly":
+        return cfg.lr * (1.0 - t) ** 0.9
+    return cfg.lr
+
+
+def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 1e-2)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Fits ``model`` on ``train_set``; validates on ``val_set``.
+
+    ``task`` = ``segmentation`` (val metric: mean foreground Dice per case) or ``classification``
+    (val metric: AUC, macro one-vs-rest for more than two classes). ``val_set`` is a dataset of
+    (image, label) tensors; for 3D volumes larger than ``val_roi`` a sliding window is used.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: EpochDataset,
+        val_set: Any | None,
+        config: TrainConfig,
+        run_dir: str | Path,
+        hooks: Sequence[Hook] = (),
+        task: str = "segmentation",
+        loss: nn.Module | None = None,
+    ) -> None:
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.task = task
+        self.train_set = train_set
+        self.val_set = val_set
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.is_main = self.rank == 0
+        self.device = resolve_device(config.device)
+        if self.world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend)
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.manual_seed(config.seed)
+        self.model = model.to(self.device)
+        self.spatial_dims = getattr(model, "spatial_dims", 2)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=memory_format(self.spatial_dims))
+        self.net: nn.Module = self.model
+        if self.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.model)
+        base = loss if loss is not None else get_loss("ce" if task == "classification" else config.loss)
+        self.deep_supervision = bool(config.deep_supervision and getattr(model, "deep_supervision", False))
+        self.loss_fn = DeepSupervisionLoss(base, config.ds_weights) if self.deep_supervision else base
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.hooks: list[Hook] = [JsonlLogger(self.run_dir / "log.jsonl"), *hooks]
+        if config.early_stopping > 0:
+            self.hooks.append(EarlyStopping(config.early_stopping))
+        self.start_epoch = 0
+        self.global_step = 0
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.history = History()
+        self.should_stop = False
+
+    # -- data ----------------------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        per_rank = math.ceil(len(self.train_set) / self.world_size)
+        return math.ceil(per_rank / self.cfg.batch_size)
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.train_set), generator=g).tolist()
+        per_rank = math.ceil(len(order) / self.world_size)
+        order = (order * (1 + per_rank * self.world_size // max(len(order), 1)))[: per_rank * self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def _loader(self, epoch: int) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        subset = Subset(self.train_set, self.epoch_indices(epoch))
+        return DataLoader(subset, batch_size=self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
+                          drop_last=False)
+
+    # -- one step ------------------------------------------------------------------------------------
+    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        if self.deep_supervision:
+            heads = self.net.module.forward_heads(x) if isinstance(self.net, nn.parallel.DistributedDataParallel) else self.net.forward_heads(x)
+            return self.loss_fn(heads, y), heads
+        out = self.net(x)
+        return self.loss_fn(out, y), out
+
+    def train_step(self, batch: tuple[torch.Tensor, ...], total_steps: int) -> float:
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        if self.cfg.channels_last and x.ndim in (4, 5):
+            x = x.contiguous(memory_format=memory_format(x.ndim - 2))
+        lr = lr_at(self.cfg, self.global_step, total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.net.train()
+        with autocast_context(self.cfg.amp, self.device):
+            loss, outputs = self.compute_loss(x, y)
+            for hook in self.hooks:
+                loss = hook.on_loss(self, batch, outputs, loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.global_step += 1
+        return float(loss.detach())
+
+    # -- validation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.val_set is None or len(self.val_set) == 0:
+            return {}
+        model = self.model
+        model.eval()
+        indices = list(range(self.rank, len(self.val_set), self.world_size))
+        if self.task == "classification":
+            scores, targets = [], []
+            for start in range(0, len(indices), 64):
+                chunk = [self.val_set[i] for i in indices[start : start + 64]]
+                x = torch.stack([c[0] for c in chunk])
+                probs = predict_probs(model, x, amp=self.cfg.amp, channels_last=self.cfg.channels_last)
+                scores.append(probs.cpu())
+                targets.append(torch.stack([c[1] for c in chunk]))
+            p = torch.cat(scores)
+            t = torch.cat(targets)
+            p, t = self._gather(p), self._gather(t)
+            from aemia.evaluate.metrics import auc
+
+            probs = p.numpy()
+            value = auc(t.numpy(), probs[:, 1] if probs.shape[1] == 2 else probs)
+            acc = float((p.argmax(1) == t).float().mean())
+            return {"val_auc": float(value), "val_acc": acc, "val_metric": float(value)}
+        dice_sum = torch.zeros(2, dtype=torch.float64)
+        bs = self.cfg.batch_size if self.spatial_dims == 2 else 1
+        for start in range(0, len(indices), bs):
+            chunk = [self.val_set[i] for i in indices[start : start + bs]]
+            x = torch.stack([c[0] for c in chunk])
+            y = torch.stack([c[1] for c in chunk]).to(self.device)
+            probs = predict_probs(model, x, roi_size=self.cfg.val_roi, amp=self.cfg.amp,
+                                  channels_last=self.cfg.channels_last)
+            pred = probs.argmax(1) if probs.shape[1] > 1 else (probs[:, 0] > 0.5).long()
+            n_classes = max(probs.shape[1], 2)
+            for b in range(pred.shape[0]):
+                dice_sum += torch.tensor([case_mean_dice(pred[b], y[b], n_classes), 1.0], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(dice_sum)
+        val = float(dice_sum[0] / max(dice_sum[1], 1))
+        return {"val_dice": val, "val_metric": val}
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return t
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([t.shape[0]]))
+        m = int(max(s.item() for s in sizes))
+        pad = torch.zeros((m - t.shape[0],) + tuple(t.shape[1:]), dtype=t.dtype)
+        out = [torch.zeros((m,) + tuple(t.shape[1:]), dtype=t.dtype) for _ in range(self.world_size)]
+        dist.all_gather(out, torch.cat([t, pad]))
+        return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _state_metadata(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "history": self.history.epochs,
+            "train_config": asdict(self.cfg),
+        }
+
+    def save_state(self, epoch: int) -> None:
+        if not self.is_main:
+            return
+        tensors = {k: v.detach().contiguous().cpu() for k, v in unwrap(self.model).state_dict().items()}
+        opt = self.optimizer.state_dict()
+        opt_json: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
+        for pid, st in opt["state"].items():
+            opt_json["state"][str(pid)] = {}
+            for key, val in st.items():
+                if torch.is_tensor(val):
+                    tensors[f"optim/{pid}/{key}"] = val.detach().contiguous().cpu()
+                else:
+                    opt_json["state"][str(pid)][key] = val
+        tensors["rng/torch"] = torch.get_rng_state()
+        meta = {"aemia_state": json.dumps(self._state_metadata(epoch)), "optimizer": json.dumps(opt_json)}
+        last = self.ckpt_dir / "last.safetensors"
+        with atomic_path(last, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        write_json_atomic(self.ckpt_dir / "last.json", {"model": getattr(unwrap(self.model), "config", {}), "epoch": epoch})
+
+    def load_state(self) -> None:
+        last = self.ckpt_dir / "last.safetensors"
+        if not last.exists():
+            raise CheckpointError(last, "cannot resume: no checkpoint in this run folder")
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(last), framework="pt") as f:
+                meta = f.metadata()
+            tensors = load_file(str(last))
+        except Exception as exc:  # noqa: BLE001 - any read failure is a bad checkpoint
+            raise CheckpointError(last, f"cannot read checkpoint ({exc})") from None
+        state = json.loads(meta["aemia_state"])
+        opt_json = json.loads(meta["optimizer"])
+        model_state = {k: v for k, v in tensors.items() if "/" not in k}
+        missing, unexpected = unwrap(self.model).load_state_dict(model_state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(last, f"checkpoint does not fit the model: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+        opt_state: dict[str, Any] = {"param_groups": opt_json["param_groups"], "state": {}}
+        for pid, st in opt_json["state"].items():
+            opt_state["state"][int(pid)] = dict(st)
+        for k, v in tensors.items():
+            if k.startswith("optim/"):
+                _, pid, key = k.split("/", 2)
+                opt_state["state"].setdefault(int(pid), {})[key] = v.to(self.device)
+        self.optimizer.load_state_dict(opt_state)
+        torch.set_rng_state(tensors["rng/torch"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.global_step = int(state["global_step"])
+        self.best_metric = state["best_metric"]
+        self.best_epoch = state["best_epoch"]
+        self.history.epochs = list(state["history"])
+        if any(h.get("early_stopped") for h in self.history.epochs):
+            self.should_stop = True
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        if resume:
+            self.load_state()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for hook in self.hooks:
+            hook.on_fit_start(self)
+        total_steps = self.cfg.epochs * self.steps_per_epoch()
+        progress = _Progress(enabled=self.cfg.progress and self.is_main)
+        with progress:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                if self.should_stop:
+                    break
+                for hook in self.hooks:
+                    hook.on_epoch_start(self, epoch)
+                t0 = time.perf_counter()
+                losses: list[float] = []
+                progress.start_epoch(epoch, self.cfg.epochs, self.steps_per_epoch())
+                for step, batch in enumerate(self._loader(epoch)):
+                    loss = self.train_step(batch, total_steps)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"training loss became {loss} at epoch {epoch} step {step}; lower --lr")
+                    losses.append(loss)
+                    progress.advance(loss)
+                    for hook in self.hooks:
+                        hook.on_batch_end(self, step, loss)
+                logs: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                                        "lr": lr_at(self.cfg, self.global_step, total_steps),
+                                        "seconds": round(time.perf_counter() - t0, 3)}
+                if (epoch + 1) % self.cfg.val_every == 0 or epoch == self.cfg.epochs - 1:
+                    logs.update(self.validate())
+                metric = logs.get("val_metric")
+                if metric is not None and (self.best_metric is None or metric > self.best_metric):
+                    self.best_metric, self.best_epoch = float(metric), epoch
+                    if self.is_main:
+                        save_checkpoint(self.model, self.ckpt_dir / "best",
+                                        {"epoch": epoch, "val_metric": metric, "task": self.task})
+                for hook in self.hooks:
+                    hook.on_epoch_end(self, epoch, logs)
+                self.history.epochs.append(logs)
+                progress.end_epoch(logs)
+                self.save_state(epoch)
+        if self.best_epoch is None and self.is_main:  # no validation set: the last epoch is the model
+            save_checkpoint(self.model, self.ckpt_dir / "best", {"epoch": self.start_epoch + len(self.history.epochs) - 1,
+                                                                 "val_metric": None, "task": self.task})
+        for hook in self.hooks:
+            hook.on_fit_end(self)
+        if self.world_size > 1:
+            dist.barrier()
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "history": self.history.epochs}
+
+
+def case_mean_dice(pred: torch.Tensor, gt: torch.Tensor, n_classes: int) -> float:
+    """Mean Dice over foreground classes present in either map (both empty → 1)."""
+    scores = []
+    for c in range(1, n_classes):
+        p, g = pred == c, gt == c
+        denom = int(p.sum() + g.sum())
+        scores.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
+    return float(np.mean(scores))
+
+
+class _Progress:
+    """One progress bar per epoch with the running loss; validation scores appended at the epoch's end."""
+
+    def __init__(self, enabled: bool) -> None:
+        from aemia.utils.progress import Bar
+
+        self._bar = Bar("training", total=None, enabled=enabled, transient=False, stderr=False)
+        self._bar_open = False
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar_open:
+            self._bar.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self._label = f"epoch {epoch + 1}/{epochs}"
+        if not self._bar_open:
+            self._bar._description, self._bar._total = self._label, steps
+            self._bar.__enter__()
+            self._bar_open = True
+        else:
+            self._bar.add_task(self._label, total=steps)
+
+    def advance(self, loss: float) -> None:
+        self._bar.advance(description=f"{self._label} loss {loss:.4f}")
+
+    def end_epoch(self, logs: dict[str, Any]) -> None:
+        extra = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_") and k != "val_metric")
+        self._bar.describe(f"{self._label} loss {logs['train_loss']:.4f} {extra}")
