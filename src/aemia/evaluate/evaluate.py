@@ -241,6 +241,7 @@ def evaluate_cases(
     title: str = "aemia evaluation",
     extra: dict[str, Any] | None = None,
     curves: dict[str, Sequence[float]] | None = None,
+    extra_figures: Sequence[Figure] = (),
 ) -> dict[str, Any]:
     """Score in-memory cases and write ``metrics.json``, ``per_case.csv``, ``report.html`` and ``figures/``.
 
@@ -295,7 +296,7 @@ def evaluate_cases(
     summary = _json_safe(summary)
 
     out = Path(out_dir)
-    figures = []
+    figures = list(extra_figures)
     for kind, picks in (("worst", worst), ("best", best)):
         for i in picks:
             figures.append(_overlay(cases[i], kind, mean_dice[i], out / "figures"))

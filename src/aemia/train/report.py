@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,13 @@ import torch
 from aemia.data.catalog import CatalogDataset
 from aemia.evaluate import metrics as M
 from aemia.evaluate.evaluate import EvalCase, evaluate_cases
-from aemia.evaluate.report import write_report
+from aemia.evaluate.report import Figure, write_report
 from aemia.infer.predictor import Predictor
 from aemia.utils.io import write_json_atomic, write_text_atomic
+
+
+#: ``extras(run_dir, cases) -> (metrics, figures)``
+Extras = Callable[[Path, list[EvalCase]], tuple[dict[str, Any], list[Any]]]
 
 
 def _curves(history: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -43,9 +48,14 @@ def _recipe(cfg: Any, labelled: list[str], history: list[dict[str, Any]]) -> dic
 
 
 def evaluate_run(run_dir: str | Path, cfg: Any, ds: CatalogDataset, history: list[dict[str, Any]],
-                 labelled: list[str], progress: bool = True) -> dict[str, Any]:
+                 labelled: list[str], progress: bool = True, extras: Extras | None = None) -> dict[str, Any]:
+    """Predict the evaluation split with the best checkpoint and write metrics, per-case table and report.
+
+    ``extras(run_dir, cases)`` may add analyses (e.g. the UNet++ pruning table): it returns extra metrics and
+    figures that go into ``metrics.json`` and the report.
+    """
     run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir, amp=cfg.train.amp, device=cfg.train.device)
+    predictor = Predictor.from_run(run_dir, device=cfg.train.device)  # fp32 evaluation: exact and comparable
     recipe = _recipe(cfg, labelled, history)
     split = cfg.eval_split
     title = f"aemia run: {cfg.model} on {cfg.dataset} ({cfg.label_fraction:.0%} of training labels)"
@@ -70,8 +80,10 @@ def evaluate_run(run_dir: str | Path, cfg: Any, ds: CatalogDataset, history: lis
     from aemia.train.run import class_names
 
     classes = class_names(cfg, ds)
+    more, figures = extras(run_dir, cases) if extras is not None else ({}, [])
     summary = evaluate_cases(cases, run_dir, classes, progress=progress, title=title,
-                             extra={"run": recipe}, curves=_curves(history), lesions=True)
+                             extra={"run": recipe, **more}, curves=_curves(history), lesions=True,
+                             extra_figures=[Figure(Path(f)) if not isinstance(f, Figure) else f for f in figures])
     fg = [name for k, name in classes.items() if k != 0]
     dice_mean = float(np.mean([summary["segmentation"][n]["dice"]["mean"] for n in fg]))
     first = summary["segmentation"][fg[0]]["dice"]

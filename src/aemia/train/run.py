@@ -183,8 +183,10 @@ def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torc
     return model, train_set, val_set, task
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) and evaluate; returns the metrics written to ``metrics.json``."""
+def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras: Any = None) -> dict[str, Any]:
+    """Train (or resume) and evaluate; returns the metrics written to ``metrics.json``.
+
+    ``extras`` is passed to :func:`aemia.train.report.evaluate_run` (extra analyses in the report)."""
     run_dir = Path(run_dir)
     if resume:
         cfg = load_config(run_dir)
@@ -203,4 +205,4 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> dict
         return {}
     from aemia.train.report import evaluate_run
 
-    return evaluate_run(run_dir, cfg, ds, result["history"], labelled)
+    return evaluate_run(run_dir, cfg, ds, result["history"], labelled, extras=extras)

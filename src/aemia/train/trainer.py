@@ -137,11 +137,12 @@ class Trainer:
         self.spatial_dims = getattr(model, "spatial_dims", 2)
         if config.channels_last:
             self.model = self.model.to(memory_format=memory_format(self.spatial_dims))
-        self.net: nn.Module = self.model
-        if self.world_size > 1:
-            self.net = nn.parallel.DistributedDataParallel(self.model)
         base = loss if loss is not None else get_loss("ce" if task == "classification" else config.loss)
         self.deep_supervision = bool(config.deep_supervision and getattr(model, "deep_supervision", False))
+        # What the loss sees goes through forward(), so DDP can synchronise gradients of every head.
+        self.net: nn.Module = _AllHeads(self.model) if self.deep_supervision else self.model
+        if self.world_size > 1:
+            self.net = nn.parallel.DistributedDataParallel(self.net)
         self.loss_fn = DeepSupervisionLoss(base, config.ds_weights) if self.deep_supervision else base
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.hooks: list[Hook] = [JsonlLogger(self.run_dir / "log.jsonl"), *hooks]
@@ -174,10 +175,7 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        if self.deep_supervision:
-            heads = self.net.module.forward_heads(x) if isinstance(self.net, nn.parallel.DistributedDataParallel) else self.net.forward_heads(x)
-            return self.loss_fn(heads, y), heads
-        out = self.net(x)
+        out = self.net(x)  # all heads under deep supervision, else the logits
         return self.loss_fn(out, y), out
 
     def train_step(self, batch: tuple[torch.Tensor, ...], total_steps: int) -> float:
@@ -367,6 +365,17 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "history": self.history.epochs}
+
+
+class _AllHeads(nn.Module):
+    """``forward`` = the wrapped network's ``forward_heads`` (shares its parameters)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_heads(x)
 
 
 def case_mean_dice(pred: torch.Tensor, gt: torch.Tensor, n_classes: int) -> float:

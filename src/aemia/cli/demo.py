@@ -1,0 +1,51 @@
+"""``aemia demo``: the annotation-efficient pipeline end to end on bundled real data (Kvasir-SEG polyps)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from aemia.cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder to write."),
+    epochs: int = typer.Option(12, help="Training epochs (12 at 128 px fit in about 8 minutes on 2 cores)."),
+    size: int = typer.Option(128, help="Training image size (Kvasir images are 256x256)."),
+    label_fraction: float = typer.Option(1.0, help="Fraction of Kvasir's training labels to use."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo run."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Train UNet++ (deep supervision) on Kvasir-SEG, evaluate the test split with 95% CIs, measure pruning.
+
+    Writes config.yaml, splits.json, log.jsonl, checkpoints/, metrics.json, per_case.csv, figures/ and
+    report.html into the run folder and prints the report's path.
+
+    Example: aemia demo --out runs/demo --epochs 12
+    """
+    from aemia.train.pruning import pruning_extras
+    from aemia.train.run import RunConfig, train_run
+    from aemia.train.trainer import TrainConfig
+
+    t0 = time.perf_counter()
+    console.print("[bold]aemia demo[/]: UNet++ with deep supervision on Kvasir-SEG (real colonoscopy polyps), "
+                  f"{label_fraction:.0%} of the training labels, {epochs} epochs at {size}px")
+    cfg = RunConfig(dataset="kvasir", model="unetpp", preset="cpu", label_fraction=label_fraction, size=size,
+                    train=TrainConfig(epochs=epochs, batch_size=8, lr=2e-3, device=device))
+    if out.exists() and (out / "checkpoints" / "last.safetensors").exists() and not resume:
+        from aemia.errors import InputError
+
+        raise InputError(out, "already holds a demo run: pass --resume to continue it or --out for a new folder")
+    metrics = train_run(cfg, out, resume=resume, extras=pruning_extras)
+    console.print(f"[green]trained and evaluated[/]: {metrics['headline']}")
+    for r in metrics.get("pruning", []):
+        console.print(f"  UNet++ L{r['depth']}: Dice {r['dice']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], "
+                      f"{r['ms_per_image']:.1f} ms/image, {r['parameters']:,} parameters")
+    console.print(f"finished in {time.perf_counter() - t0:.0f} s")
+    console.print(f"report: [bold]{(out / 'report.html').resolve()}[/]")

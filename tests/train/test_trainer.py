@@ -1,0 +1,109 @@
+"""Trainer: kill-and-resume reproduces an uninterrupted run; DDP on 2 CPU processes; checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from aemia.errors import CheckpointError
+from aemia.nets import create_model, load_checkpoint, load_weights, save_checkpoint
+from aemia.train.trainer import TrainConfig, lr_at
+
+SCRIPT = Path(__file__).with_name("_train_script.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _run(run: Path, epochs: int, resume: bool = False, sleep: float = 0.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), str(run), str(epochs), "resume" if resume else "fresh", str(sleep)],
+                          env=ENV, capture_output=True, text=True, timeout=300, check=True)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _run(full, 4)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(killed), "4", "fresh", "0.3"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    state = killed / "checkpoints" / "last.json"
+    while time.time() < deadline:  # wait for the checkpoint of epoch 1 (2nd epoch), then kill mid-epoch 3
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            time.sleep(0.5)
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _log(killed)
+    assert 2 <= len(partial) < 4, "the kill must land mid-run"
+    _run(killed, 4, resume=True)
+    a, b = _log(full), _log(killed)
+    assert [r["epoch"] for r in b] == [0, 1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=0, abs=1e-6)
+        assert ra["val_dice"] == pytest.approx(rb["val_dice"], abs=1e-9)
+    wa = load_checkpoint(full / "checkpoints" / "best")[0].state_dict()
+    wb = load_checkpoint(killed / "checkpoints" / "best")[0].state_dict()
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_uses_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(SCRIPT), str(run), "2", "fresh", "0"]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (sum0, steps0), (sum1, steps1) = [(run / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert sum0 == sum1, "DDP replicas must hold identical weights"
+    assert steps0 == steps1 == "4", "16 samples / 2 ranks / batch 4 = 2 steps per epoch, 2 epochs"
+    assert len(_log(run)) == 2  # only rank 0 writes
+    assert (run / "checkpoints" / "best.safetensors").exists()
+
+
+def test_lr_schedules_are_closed_form() -> None:
+    cfg = TrainConfig(lr=1.0, schedule="cosine")
+    assert lr_at(cfg, 0, 100) == 1.0 and lr_at(cfg, 50, 100) == pytest.approx(0.5) and lr_at(cfg, 100, 100) == pytest.approx(0)
+    assert lr_at(TrainConfig(lr=1.0, schedule="poly"), 50, 100) == pytest.approx(0.5**0.9)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lion")
+
+
+def test_checkpoint_round_trip_and_key_report(tmp_path: Path) -> None:
+    model = create_model("unet", 2, 1, 2, features=(4, 8))
+    save_checkpoint(model, tmp_path / "m", {"note": 1})
+    clone, meta = load_checkpoint(tmp_path / "m")
+    assert meta["note"] == 1 and all(torch.equal(clone.state_dict()[k], v) for k, v in model.state_dict().items())
+    bigger = create_model("unet", 2, 1, 2, features=(4, 8, 16))
+    with pytest.raises(CheckpointError, match="missing"):
+        load_weights(bigger, tmp_path / "m", strict=True)
+    report = load_weights(bigger, tmp_path / "m", strict=False)
+    assert report.loaded and report.missing and not report.unexpected
+    other = create_model("resnet", 2, 1, 2, features=(4, 8))
+    with pytest.raises(CheckpointError, match="refusing to train from scratch"):
+        load_weights(other, tmp_path / "m", strict=False)
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    model = create_model("unet", 2, 1, 2, features=(4, 8))
+    save_checkpoint(model, tmp_path / "m")
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "m")
