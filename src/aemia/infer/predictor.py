@@ -31,6 +31,7 @@ class Predictor:
     size: int | None = None
     patch: list[int] | None = None
     modality: str = ""
+    spacing: list[float] | None = None  # 3D working voxel size (mm) the model was trained at
     task: str = "segmentation"
     tta: bool = False
     amp: str = "none"
@@ -56,7 +57,7 @@ class Predictor:
         except InputError:
             modality = ""
         return cls(model=model, spatial_dims=model.spatial_dims, size=cfg.size, patch=cfg.patch,
-                   modality=modality, task=meta.get("task", "segmentation"),
+                   modality=modality, task=meta.get("task", "segmentation"), spacing=cfg.spacing,
                    tta=cfg.tta if tta is None else tta, amp=amp or "none")
 
     @property
@@ -73,9 +74,15 @@ class Predictor:
         if not np.isfinite(arr).all():
             raise InputError(image.path, "contains NaN or infinite values")
         if self.spatial_dims == 3:
-            x = torch.from_numpy(normalise(arr, self.modality))[None]
+            from aemia.data.transforms import resample_to_spacing, resize
+
+            vol = normalise(arr, self.modality)
+            if self.spacing:  # to the training voxel size and back: works for any input spacing
+                vol = resample_to_spacing(vol, image.spacing, self.spacing, order=1)
+            x = torch.from_numpy(np.ascontiguousarray(vol))[None]
             roi = self.patch or [64, 64, 64]
-            return predict_probs(self.model, x, roi_size=roi, tta=self.tta, amp=self.amp)[0].cpu().numpy()
+            probs = predict_probs(self.model, x, roi_size=roi, tta=self.tta, amp=self.amp)[0].cpu().numpy()
+            return resize(probs, image.spatial_shape, order=1)
         x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
         if float(x.max()) > 1.5:  # 8-bit pictures → [0, 1] as in training
             x = x / 255.0

@@ -52,6 +52,7 @@ class RunConfig:
     patch: list[int] | None = None  # 3D: training patch / sliding-window size
     patches_per_volume: int = 16
     labels: dict[int, str] | None = None  # 3D: keep only these source labels, renumbered 1..K
+    spacing: list[float] | None = None  # 3D: working voxel size in mm (default: median of the training cases)
     init: str | None = None  # pretrained weights (a run folder or a checkpoint path)
     tta: bool = False
     eval_split: str = "test"
@@ -130,10 +131,17 @@ def class_names(cfg: RunConfig, ds: CatalogDataset) -> dict[int, str]:
     return dict(ds.labels)
 
 
-def _load_volume(ds: CatalogDataset, case: Any, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], Any]:
+def _load_volume(ds: CatalogDataset, case: Any, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised image and remapped label, resampled to the run's working spacing."""
+    from aemia.data.transforms import resample_to_spacing
+
     s = ds.load(case)
     img = normalise(s.image.array, ds.modality)
-    return img, remap_labels(s.label, cfg.labels), s.image.spacing, s
+    lab = remap_labels(s.label, cfg.labels)
+    if cfg.spacing:
+        img = resample_to_spacing(img, s.image.spacing, cfg.spacing, order=1)
+        lab = resample_to_spacing(lab[None], s.image.spacing, cfg.spacing, order=0)[0]
+    return img, lab
 
 
 def _init_weights(model: torch.nn.Module, init: str) -> None:
@@ -168,10 +176,16 @@ def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torc
         in_ch = x.shape[1]
     else:
         patch = cfg.patch or [64, 64, 64]
+        cfg.patch = list(patch)
         cases = [c for c in ds.splits["train"] if c.id in set(labelled)]
-        vols = [_load_volume(ds, c, cfg)[:2] for c in cases]
+        if cfg.spacing is None:
+            from aemia.data.io import read_image
+
+            spacings = np.array([read_image(c.images[0]).spacing for c in cases])
+            cfg.spacing = [float(v) for v in np.median(spacings, axis=0)]
+        vols = [_load_volume(ds, c, cfg) for c in cases]
         train_set = PatchDataset(vols, patch, cfg.patches_per_volume, augment=AugmentConfig(rot90=False), seed=seed)
-        val_set = _VolumeSet([_load_volume(ds, c, cfg)[:2] for c in ds.splits.get("val", [])]) or None
+        val_set = _VolumeSet([_load_volume(ds, c, cfg) for c in ds.splits.get("val", [])]) or None
         cfg.train.val_roi = list(patch)
         in_ch = vols[0][0].shape[0]
         out_ch = len(class_names(cfg, ds))
