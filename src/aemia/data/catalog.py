@@ -186,7 +186,7 @@ class CatalogDataset:
                 ys.append(_resize_stack(s.label[None, None], size, True)[0, 0] if size else s.label)
         shapes = {x.shape for x in xs}
         if len(shapes) > 1:
-            raise InputError(None, f"'{self.name}' images differ in size ({len(shapes)} shapes): pass size=")
+            raise InputError(None, f"'{self.name}' images differ in size ({len(shapes)} shapes): choose a training size with --size (e.g. --size 256)")
         x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, 0, 0, 0), np.float32)
         y = np.stack(ys).astype(np.uint8) if ys and len(ys) == len(xs) else None
         return x, y, targets
