@@ -77,6 +77,19 @@ def image_kind(path: str | Path) -> str | None:
     return None
 
 
+def case_id(path: str | Path) -> str:
+    """File name without its image suffix (longest known suffix, case-insensitive, e.g. ``.nii.gz``);
+    a folder (DICOM series) is named by itself."""
+    name = Path(path).name
+    if Path(path).is_dir():
+        return name
+    lower = name.lower()
+    for suffix in sorted(NIFTI_SUFFIXES + ITK_SUFFIXES + PICTURE_SUFFIXES + DICOM_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 def is_image_path(path: str | Path) -> bool:
     """True if :func:`read_image` would try to read ``path`` (does not open pictures/NIfTI)."""
     return image_kind(path) is not None

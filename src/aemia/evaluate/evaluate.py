@@ -17,30 +17,17 @@ from typing import Any
 import numpy as np
 
 from aemia.data.image import Image
-from aemia.data.io import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, image_kind, read_image
+from aemia.data.io import case_id, image_kind, read_image
 from aemia.errors import InputError
 from aemia.evaluate import metrics as M
 from aemia.evaluate.report import Figure, overlay_figure, select_slice, write_report
 from aemia.utils.io import write_json_atomic, write_text_atomic
 from aemia.utils.progress import Bar
 
-_SUFFIXES = tuple(sorted(NIFTI_SUFFIXES + ITK_SUFFIXES + PICTURE_SUFFIXES + DICOM_SUFFIXES, key=len, reverse=True))
 N_OVERLAYS = 2  # worst and best cases each
 
 
 # ----------------------------------------------------------------------------------- finding cases
-
-
-def case_id(path: str | Path) -> str:
-    """File name without its image suffix (longest known suffix, case-insensitive, e.g. ``.nii.gz``)."""
-    name = Path(path).name
-    if Path(path).is_dir():
-        return name
-    lower = name.lower()
-    for suffix in _SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def find_cases(folder: str | Path) -> dict[str, Path]:

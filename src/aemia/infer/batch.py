@@ -8,21 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aemia.data.io import image_kind, is_dicom_file, read_image, write_nifti, write_png
+from aemia.data.io import case_id, image_kind, is_dicom_file, read_image, write_nifti, write_png
 from aemia.errors import InputError
 from aemia.infer.predictor import Predictor
 from aemia.utils.io import write_text_atomic
-
-_STRIP = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
-
-
-def case_id(path: Path) -> str:
-    name = path.name
-    for suf in _STRIP:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
-
 
 def collect_inputs(path: Path) -> list[Path]:
     """A file, a DICOM series folder, or a folder of images (DICOM sub-folders count as one image each)."""
