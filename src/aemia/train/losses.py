@@ -1,6 +1,7 @@
 """Segmentation and classification losses, and deep supervision over several heads.
 
-* ``dice_ce``: soft Dice (softmax, foreground and background) + cross-entropy, equal weights (nnU-Net's default).
+* ``dice_ce``: soft Dice over the foreground classes (softmax; background left out, as nnU-Net's
+  ``do_bg=False``, so a small polyp is not drowned by the background's easy Dice) + cross-entropy, equal weights.
 * ``bce_dice``: the UNet++ paper's per-head loss, 0.5·BCE + (1 − Dice) on sigmoid outputs with smooth 1
   (DLMIA'18 code ``helper_functions.py``; METHODS.md §2.2).
 * ``DeepSupervisionLoss``: Σ_k w_k · loss(head_k, y) with **equal weights by default**; the official PyTorch
@@ -39,7 +40,10 @@ class DiceCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         ce = F.cross_entropy(logits, y.long())
-        dice = soft_dice_loss(logits.softmax(1), _one_hot(y, logits.shape[1]))
+        probs, target = logits.softmax(1), _one_hot(y, logits.shape[1])
+        if logits.shape[1] > 1:
+            probs, target = probs[:, 1:], target[:, 1:]
+        dice = soft_dice_loss(probs, target)
         return self.ce_weight * ce + self.dice_weight * dice
 
 
