@@ -263,7 +263,11 @@ def write_report(
              f"<p class=note>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by aemia. "
              "Intervals are 95% case-level percentile bootstrap CIs.</p>"]
 
-    details = {k: v for k, v in metrics.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    scalar = (str, int, float, bool, type(None))
+    details = {k: v for k, v in metrics.items() if isinstance(v, scalar)}
+    for key, value in metrics.items():  # small nested records (e.g. the run's recipe) read as details too
+        if isinstance(value, dict) and value and all(isinstance(v, scalar) for v in value.values()):
+            details.update({f"{key}: {k}": v for k, v in value.items()})
     if details:
         parts.append("<h2>Details</h2><table>" + "".join(
             f"<tr><th class=l>{_fmt(k)}</th><td class=l>{_fmt(v)}</td></tr>" for k, v in details.items()) + "</table>")
@@ -275,6 +279,10 @@ def write_report(
         parts += ["<h2>Lesion detection</h2>", lesion_table(metrics["lesion_detection"])]
     if metrics.get("classification"):
         parts += ["<h2>Classification</h2>", summary_table(metrics["classification"])]
+    for key, value in metrics.items():  # lists of flat records (e.g. the pruning table) become tables
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value) and key not in (
+                "worst_cases", "best_cases"):
+            parts += [f"<h2>{html.escape(key.replace('_', ' ').capitalize())}</h2>", case_table(value)]
     if curves:
         path = learning_curve_figure(curves, figures_dir / "learning_curves.png")
         parts += ["<h2>Learning curves</h2>", _embed(Figure(path, "learning curves"))]

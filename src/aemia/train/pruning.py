@@ -17,7 +17,7 @@ from aemia.evaluate import metrics as M
 from aemia.infer.predictor import Predictor
 
 
-def pruning_extras(run_dir: Path, cases: list[Any]) -> tuple[dict[str, Any], list[Path]]:
+def pruning_extras(run_dir: Path, cases: list[Any]) -> tuple[dict[str, Any], list[Any]]:
     """``extras`` for :func:`aemia.train.run.train_run`: the pruning table on the evaluated cases + its figure."""
     from aemia.data.image import Image
 
@@ -25,7 +25,10 @@ def pruning_extras(run_dir: Path, cases: list[Any]) -> tuple[dict[str, Any], lis
     rows = pruning_table(run_dir, images, [c.gt for c in cases])
     if not rows:
         return {}, []
-    return {"pruning": rows}, [pruning_figure(rows, Path(run_dir) / "figures" / "pruning.png")]
+    from aemia.evaluate.report import Figure
+
+    figure = pruning_figure(rows, Path(run_dir) / "figures" / "pruning.png")
+    return {"pruning": rows}, [Figure(figure, "UNet++ pruned at inference (L1..L4): test Dice vs time per image")]
 
 
 def pruning_table(run_dir: str | Path, images: list[Any], labels: list[np.ndarray], progress: bool = True) -> list[dict[str, Any]]:
