@@ -145,3 +145,36 @@ def test_unknown_dataset_and_bad_run_folder(tmp_path: Path, capsys: pytest.Captu
     assert "unknown data set 'nope'" in _one_error_line(capsys)
     assert main(["predict", "--run", str(tmp_path), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "config.yaml" in _one_error_line(capsys)
+
+
+def _blob_msd(folder: Path) -> Path:
+    from aemia.data.dataset import write_msd
+    from aemia.data.image import Image
+
+    rng = np.random.default_rng(0)
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    aff[:3, 3] = (-20.0, 10.0, 5.0)
+    cases = []
+    for i in range(10):
+        img = rng.normal(size=(1, 24, 24, 20)).astype(np.float32)
+        lab = np.zeros((24, 24, 20), np.uint8)
+        c = rng.integers(6, 14, 3)
+        lab[c[0] - 4 : c[0] + 4, c[1] - 4 : c[1] + 4, c[2] - 4 : c[2] + 4] = 1
+        img[0][lab == 1] += 2.0
+        cases.append((f"blob{i:03d}", Image(img, (1.5, 1.5, 2.0), aff), Image(lab[None], (1.5, 1.5, 2.0), aff)))
+    return write_msd(folder, "Dataset001_Blob", cases, {0: "background", 1: "blob"}, {0: "MRI"}).root
+
+
+def test_an_nnunet_folder_trains_unchanged_and_3d_predictions_keep_geometry(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    msd = _blob_msd(tmp_path / "Dataset001_Blob")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(msd), "--preset", "tiny", "--patch", "16,16,16", "--epochs", "3",
+                 "--lr", "0.01", "--run", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["segmentation"]["blob"]["dice"]["mean"] > 0.5  # a bright cube is easy: it must be learnt
+    src = msd / "imagesTr" / "blob000_0000.nii.gz"
+    assert main(["predict", "--run", str(run), "--input", str(src), "--out", str(tmp_path / "pred")]) == 0
+    pred, ref = nib.load(tmp_path / "pred" / "blob000_0000.nii.gz"), nib.load(src)
+    assert pred.shape == ref.shape[:3] and np.allclose(pred.affine, ref.affine)

@@ -439,8 +439,34 @@ def _get_cached(name: str, root: Path) -> CatalogDataset:
     return _BUILDERS[name](root)
 
 
+def from_msd(folder: str | Path, seed: int = 0) -> CatalogDataset:
+    """A user's MSD / nnU-Net folder as a data set: ``imagesTr``/``labelsTr`` split 80/10/10 with ``seed``
+    (``imagesTs`` is not used: it has no labels). 2D if the images are pictures, 3D otherwise."""
+    from aemia.data.dataset import read_msd
+    from aemia.data.io import image_kind
+
+    msd = read_msd(folder)
+    cases = {c.id: Case(c.id, tuple(str(p) for p in c.images), str(c.label) if c.label else None)
+             for c in msd.training if c.label is not None}
+    if len(cases) < 3:
+        raise InputError(folder, f"needs at least 3 labelled training cases, found {len(cases)}")
+    parts = seeded_split(sorted(cases), (0.8, 0.1, 0.1), seed=seed)
+    first = next(iter(cases.values())).images[0]
+    dims = 2 if image_kind(first) == "picture" else 3
+    modality = " ".join(msd.channels.values()) if msd.channels else ""
+    return CatalogDataset(
+        name=Path(folder).name, task="segmentation", dims=dims, modality=modality, licence="(your data)",
+        citation="", labels=dict(msd.labels) or {0: "background", 1: "foreground"}, classes=[],
+        splits={s: [cases[i] for i in p] for s, p in zip(SPLITS, parts)}, seed=seed,
+        split_method=f"seeded shuffle of sorted training ids, 80/10/10 (seed {seed})", root=Path(folder),
+        scale_255=dims == 2)
+
+
 def get_dataset(name: str, root: Path | None = None) -> CatalogDataset:
-    """The catalog entry ``name`` built from ``root`` (default :func:`data_root`). Cached per (name, root)."""
+    """The catalog entry ``name`` built from ``root`` (default :func:`data_root`), or — when ``name`` is a
+    folder holding a ``dataset.json`` — that MSD / nnU-Net data set. Cached per (name, root)."""
+    if name not in _BUILDERS and (Path(name) / "dataset.json").is_file():
+        return from_msd(name)
     if name not in _BUILDERS:
         raise InputError(None, f"unknown data set '{name}'; known: {', '.join(_BUILDERS)}")
     return _get_cached(name, Path(root).resolve() if root is not None else data_root())
