@@ -72,7 +72,15 @@ class CELoss(nn.Module):
         return F.cross_entropy(logits.float(), y.long(), label_smoothing=self.label_smoothing)
 
 
-LOSSES: dict[str, Callable[[], nn.Module]] = {"dice_ce": DiceCELoss, "bce_dice": BCEDiceLoss, "ce": CELoss}
+class RestorationLoss(nn.Module):
+    """Models Genesis self-restoration: MSE between sigmoid(output) and the original image (METHODS.md §1.4)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(torch.sigmoid(logits.float()), target.float())
+
+
+LOSSES: dict[str, Callable[[], nn.Module]] = {"dice_ce": DiceCELoss, "bce_dice": BCEDiceLoss, "ce": CELoss,
+                                              "restoration": RestorationLoss}
 
 
 def get_loss(name: str) -> nn.Module:

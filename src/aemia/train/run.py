@@ -145,11 +145,25 @@ def _load_volume(ds: CatalogDataset, case: Any, cfg: RunConfig) -> tuple[np.ndar
 
 
 def _init_weights(model: torch.nn.Module, init: str) -> None:
+    """Load pretrained weights by name and shape; say what loaded and what was skipped and why.
+
+    ``load_weights`` refuses (CheckpointError → exit 2) when nothing matches, so a wrong ``--init`` never
+    silently trains from scratch."""
     path = Path(init)
     if path.is_dir():
         path = path / "checkpoints" / "best"
     report = load_weights(model, path, strict=False)
+    groups = sorted({k.split(".")[0] for k in report.loaded})
     print(f"init from {path}: {report.summary()}")
+    print(f"  loaded: {len(report.loaded)} tensors in {', '.join(groups)}")
+    mismatched = {m.split(" ")[0] for m in report.mismatched}
+    for m in report.mismatched:
+        print(f"  skipped (shape differs, e.g. another number of output channels): {m}")
+    for k in report.unexpected:
+        print(f"  skipped (not in this model): {k}")
+    fresh = [k for k in report.missing if k not in mismatched]
+    if fresh:
+        print(f"  newly initialised (not in the checkpoint): {', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''}")
 
 
 def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torch.nn.Module, Any, Any, str]:

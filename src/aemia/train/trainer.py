@@ -40,7 +40,8 @@ from aemia.train.losses import DeepSupervisionLoss, get_loss
 from aemia.utils.io import atomic_path, write_json_atomic
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "poly", "constant")
+SCHEDULES = ("cosine", "poly", "constant", "step")
+TASKS = ("segmentation", "classification", "restoration")
 
 
 @dataclass
@@ -53,7 +54,10 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.99  # SGD only (nnU-Net: 0.99, Nesterov)
+    nesterov: bool = True  # SGD only (Models Genesis: plain momentum 0.9)
     schedule: str = "cosine"
+    step_epochs: int = 40  # "step" schedule: multiply the rate by step_gamma every step_epochs (Genesis StepLR)
+    step_gamma: float = 0.5
     loss: str = "dice_ce"
     deep_supervision: bool = True
     ds_weights: list[float] | None = None
@@ -76,7 +80,10 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be at least 1")
 
 
-def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int = 1) -> float:
+    """Learning rate at optimiser step ``step`` (closed form, so a resumed run sets the same rates)."""
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** ((step // max(steps_per_epoch, 1)) // max(cfg.step_epochs, 1))
     t = min(step / max(total_steps, 1), 1.0)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
@@ -90,7 +97,8 @@ def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 1e-2)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -101,8 +109,9 @@ class History:
 class Trainer:
     """Fits ``model`` on ``train_set``; validates on ``val_set``.
 
-    ``task`` = ``segmentation`` (val metric: mean foreground Dice per case) or ``classification``
-    (val metric: AUC, macro one-vs-rest for more than two classes). ``val_set`` is a dataset of
+    ``task`` = ``segmentation`` (val metric: mean foreground Dice per case), ``classification``
+    (val metric: AUC, macro one-vs-rest for more than two classes) or ``restoration`` (self-supervised
+    targets are images: val metric = −MSE between sigmoid(output) and the target). ``val_set`` is a dataset of
     (image, label) tensors; for 3D volumes larger than ``val_roi`` a sliding window is used.
     """
 
@@ -117,6 +126,8 @@ class Trainer:
         task: str = "segmentation",
         loss: nn.Module | None = None,
     ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.cfg = config
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -137,7 +148,8 @@ class Trainer:
         self.spatial_dims = getattr(model, "spatial_dims", 2)
         if config.channels_last:
             self.model = self.model.to(memory_format=memory_format(self.spatial_dims))
-        base = loss if loss is not None else get_loss("ce" if task == "classification" else config.loss)
+        default_loss = {"classification": "ce", "restoration": "restoration"}.get(task, config.loss)
+        base = loss if loss is not None else get_loss(default_loss)
         self.deep_supervision = bool(config.deep_supervision and getattr(model, "deep_supervision", False))
         # What the loss sees goes through forward(), so DDP can synchronise gradients of every head.
         self.net: nn.Module = _AllHeads(self.model) if self.deep_supervision else self.model
@@ -182,7 +194,7 @@ class Trainer:
         x, y = batch[0].to(self.device), batch[1].to(self.device)
         if self.cfg.channels_last and x.ndim in (4, 5):
             x = x.contiguous(memory_format=memory_format(x.ndim - 2))
-        lr = lr_at(self.cfg, self.global_step, total_steps)
+        lr = lr_at(self.cfg, self.global_step, total_steps, self.steps_per_epoch())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.net.train()
@@ -221,6 +233,8 @@ class Trainer:
             value = auc(t.numpy(), probs[:, 1] if probs.shape[1] == 2 else probs)
             acc = float((p.argmax(1) == t).float().mean())
             return {"val_auc": float(value), "val_acc": acc, "val_metric": float(value)}
+        if self.task == "restoration":
+            return self._validate_restoration(indices)
         dice_sum = torch.zeros(2, dtype=torch.float64)
         bs = self.cfg.batch_size if self.spatial_dims == 2 else 1
         for start in range(0, len(indices), bs):
@@ -237,6 +251,21 @@ class Trainer:
             dist.all_reduce(dice_sum)
         val = float(dice_sum[0] / max(dice_sum[1], 1))
         return {"val_dice": val, "val_metric": val}
+
+    def _validate_restoration(self, indices: list[int]) -> dict[str, float]:
+        sums = torch.zeros(2, dtype=torch.float64)
+        for start in range(0, len(indices), self.cfg.batch_size):
+            chunk = [self.val_set[i] for i in indices[start : start + self.cfg.batch_size]]
+            x = torch.stack([c[0] for c in chunk])
+            y = torch.stack([c[1] for c in chunk]).to(self.device)
+            restored = predict_probs(self.model, x, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
+                                     activation="sigmoid")
+            sums += torch.tensor([float(((restored - y) ** 2).mean(dim=tuple(range(1, y.ndim))).sum()), len(chunk)],
+                                 dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        mse = float(sums[0] / max(sums[1], 1))
+        return {"val_mse": mse, "val_metric": -mse}
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
@@ -342,7 +371,7 @@ class Trainer:
                     for hook in self.hooks:
                         hook.on_batch_end(self, step, loss)
                 logs: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                                        "lr": lr_at(self.cfg, self.global_step, total_steps),
+                                        "lr": lr_at(self.cfg, self.global_step, total_steps, self.steps_per_epoch()),
                                         "seconds": round(time.perf_counter() - t0, 3)}
                 if (epoch + 1) % self.cfg.val_every == 0 or epoch == self.cfg.epochs - 1:
                     logs.update(self.validate())
