@@ -2,7 +2,7 @@
 
 ``save_checkpoint(model, "ckpt/best")`` writes ``best.safetensors`` and ``best.json`` (model config and any
 metadata). ``load_checkpoint("ckpt/best")`` rebuilds the model from its config. ``load_weights`` loads into an
-existing model, strips DDP's ``module.`` prefix, reports loaded / missing / unexpected / shape-mismatched keys
+existing model, strips DDP's ``module.`` prefix (and a pretraining wrapper's ``backbone.``), reports loaded / missing / unexpected / shape-mismatched keys
 and refuses (``CheckpointError``) when nothing matches — it never silently leaves a model untrained.
 """
 
@@ -84,6 +84,9 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Loa
     source = read_state(path)
     source = {k[len("module."):] if k.startswith("module.") else k: v for k, v in source.items()}
     target = unwrap(model).state_dict()
+    if not any(k in target for k in source) and any(k.startswith("backbone.") for k in source):
+        # a multi-task pretraining network (e.g. TransVW's YNet) around the encoder-decoder being fine-tuned
+        source = {k[len("backbone."):]: v for k, v in source.items() if k.startswith("backbone.")}
     report = LoadReport()
     matched: dict[str, torch.Tensor] = {}
     for k, v in source.items():

@@ -45,6 +45,7 @@ class PretrainConfig:
     cubes_per_volume: int = 32  # 3D (paper: 32)
     val_fraction: float = 0.1
     seed: int = 0
+    words: dict[str, Any] | None = None  # TransVW: VisualWordsConfig fields (None = the CPU preset for dims)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=100, batch_size=6, lr=1.0, optimizer="sgd", momentum=0.9, nesterov=False, schedule="step",
         step_epochs=40, step_gamma=0.5, deep_supervision=False))
@@ -136,39 +137,114 @@ def build_pool(cfg: PretrainConfig, progress: bool = True) -> np.ndarray:
 
 def pretrain(cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run self-restoration pretraining; writes the run folder and returns the summary (also ``metrics.json``)."""
-    if cfg.method != "genesis":
-        raise InputError(None, f"unknown pretraining method {cfg.method!r}; available: genesis")
+    if cfg.method not in METHODS:
+        raise InputError(None, f"unknown pretraining method {cfg.method!r}; available: {', '.join(METHODS)}")
     run_dir = Path(run_dir)
     if resume:
         cfg = load_pretrain_config(run_dir)
     elif (run_dir / "checkpoints" / "last.safetensors").exists():
         raise InputError(run_dir, "run folder already holds a pretraining run: pass --resume or choose a new --out")
-    pool = build_pool(cfg, progress)
-    order = np.random.default_rng(cfg.seed).permutation(len(pool))
-    n_val = max(1, int(round(cfg.val_fraction * len(pool))))
-    val_pool, train_pool = pool[np.sort(order[:n_val])], pool[np.sort(order[n_val:])]
-    transform = GenesisTransform()
+    pool = build_pool(cfg, progress) if cfg.method == "genesis" else None
+    images = whole_images(cfg) if cfg.method == "transvw" else None
     torch.manual_seed(cfg.seed)
-    channels = pool.shape[1]
-    model = create_model(cfg.model, cfg.dims, channels, channels, features=cfg.widths())
+    channels = pool.shape[1] if pool is not None else images[0].shape[0]
+    backbone = create_model(cfg.model, cfg.dims, channels, channels, features=cfg.widths())
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     cfg.train.seed = cfg.seed
-    trainer = Trainer(model, RestorationDataset(train_pool, transform, cfg.seed),
-                      RestorationDataset(val_pool, transform, cfg.seed + 1, fixed_epoch=0), cfg.train, run_dir,
-                      task="restoration")
-    result = trainer.fit(resume=resume)
-    summary = {"method": cfg.method, "data": cfg.data, "dims": cfg.dims, "patches": {"train": len(train_pool),
-               "val": len(val_pool), "shape": list(pool.shape[1:])}, "best_val_mse": -(result["best_metric"] or 0.0),
-               "best_epoch": result["best_epoch"], "epochs_run": len(result["history"]),
-               "first_val_mse": result["history"][0].get("val_mse") if result["history"] else None}
-    if trainer.is_main:
-        from aemia.nets import load_checkpoint
+    extra: dict[str, Any] = {}
+    if cfg.method == "genesis":
+        model: torch.nn.Module = backbone
+        clean = pool
+        transform: Any = GenesisTransform()
+        order = np.random.default_rng(cfg.seed).permutation(len(pool))
+        n_val = max(1, int(round(cfg.val_fraction * len(pool))))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        train_set: EpochDataset = RestorationDataset(pool[train_idx], transform, cfg.seed)
+        val_set: EpochDataset = RestorationDataset(pool[val_idx], transform, cfg.seed + 1, fixed_epoch=0)
+        loss = None
+    else:
+        from aemia.pretrain import visual_words as V
 
-        best, _ = load_checkpoint(run_dir / "checkpoints" / "best")
-        summary["figure"] = str(restoration_figure(best, val_pool[:6], transform, cfg.seed, run_dir / "figures" / "restoration.png"))
+        vw = _words_config(cfg)
+        words = _discover_words(images, vw, cfg.seed, progress)
+        write_json_atomic(run_dir / "visual_words.json", {"config": V.config_dict(vw), "words": words.words})
+        clean = words.patches
+        order = np.random.default_rng(cfg.seed).permutation(len(clean))
+        n_val = max(1, int(round(cfg.val_fraction * len(clean))))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        model = V.YNet(backbone, n_classes=len(words.words))
+        train_set = V.VisualWordDataset(words, train_idx, cfg.seed)
+        val_set = V.VisualWordDataset(words, val_idx, cfg.seed + 1, fixed_epoch=0)
+        loss = V.TransVWLoss(vw.lambda_cls, vw.lambda_rec)
+
+        def transform(c: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            return V.transvw_transform(c, rng), c
+
+        extra = {"visual_words": len(words.words), "instances": int(len(clean)), "chance_class_acc": 1 / len(words.words)}
+    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, task="restoration", loss=loss)
+    result = trainer.fit(resume=resume)
+    history = result["history"]
+    summary = {"method": cfg.method, "data": cfg.data, "dims": cfg.dims,
+               "patches": {"train": len(train_idx), "val": len(val_idx), "shape": list(clean.shape[1:])},
+               "best_val_mse": -(result["best_metric"] or 0.0), "best_epoch": result["best_epoch"],
+               "epochs_run": len(history), "first_val_mse": history[0].get("val_mse") if history else None, **extra}
+    if history and "val_class_acc" in history[-1]:
+        summary["val_class_acc"] = history[result["best_epoch"] or 0].get("val_class_acc")
+    if trainer.is_main:
+        from aemia.nets import load_weights
+
+        load_weights(model, run_dir / "checkpoints" / "best", strict=True)
+        summary["figure"] = str(restoration_figure(model, clean[val_idx[:6]], transform, cfg.seed,
+                                                   run_dir / "figures" / "restoration.png"))
         write_json_atomic(run_dir / "metrics.json", summary)
     return summary
+
+
+METHODS = ("genesis", "transvw")
+
+
+def whole_images(cfg: PretrainConfig) -> list[np.ndarray]:
+    """Whole unlabelled images in [0, 1] for self-discovery: 2D resized to ``size``, 3D at native size."""
+    from aemia.data.catalog import get_dataset, list_datasets
+    from aemia.data.transforms import resize
+    from aemia.pretrain.cubes import normalize_image
+
+    if cfg.dims == 2 and cfg.data in list_datasets() and get_dataset(cfg.data).dims == 2:
+        return list(build_pool(cfg, progress=False))
+    images, _, _ = _images(cfg.data)
+    assert images is not None
+    out = []
+    for image in images:
+        if image.spatial_dims != cfg.dims:
+            raise InputError(image.path, f"is {image.spatial_dims}D; this is a {cfg.dims}D pretraining (--dims)")
+        arr = normalize_image(image)
+        out.append(resize(arr, cfg.size, order=1) if cfg.dims == 2 else arr)
+    return out
+
+
+def _words_config(cfg: PretrainConfig) -> Any:
+    """TransVW settings: the CPU preset for the dimensionality; 2D word patches are half the image size,
+    3D word patches are ``--size`` cubes; ``cfg.words`` overrides any field."""
+    from aemia.pretrain.visual_words import VisualWordsConfig
+
+    base = VisualWordsConfig.cpu_2d() if cfg.dims == 2 else VisualWordsConfig.cpu_3d()
+    base.patch = tuple(s // 2 for s in cfg.size) if cfg.dims == 2 else tuple(cfg.size)
+    if cfg.words:
+        base = VisualWordsConfig(**{**asdict(base), **cfg.words})
+    base.patch = tuple(base.patch)
+    base.ae_size = tuple(base.ae_size)
+    return base
+
+
+def _discover_words(images: list[np.ndarray], vw: Any, seed: int, progress: bool) -> Any:
+    """Self-discovery on whole images: autoencoder features, then visual words."""
+    from aemia.data.transforms import resize
+    from aemia.pretrain import visual_words as V
+
+    small = np.stack([resize(img, vw.ae_size, order=1) for img in images]).astype(np.float32)
+    features = V.train_autoencoder(small, vw, seed, progress)
+    return V.discover(images, features, vw, np.random.default_rng(seed))
 
 
 def load_pretrain_config(run_dir: str | Path) -> PretrainConfig:
@@ -182,7 +258,9 @@ def load_pretrain_config(run_dir: str | Path) -> PretrainConfig:
 
 @torch.no_grad()
 def restoration_figure(model: torch.nn.Module, clean: np.ndarray, transform: GenesisTransform, seed: int, path: Path) -> Path:
-    """Rows: original / transformed / restored for a few held-out patches (3D: the middle axial slice)."""
+    """Rows: original / transformed / restored for a few held-out patches (3D: the middle axial slice).
+
+    ``transform(clean, rng) -> (input, target)``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +289,7 @@ def restoration_figure(model: torch.nn.Module, clean: np.ndarray, transform: Gen
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(title)
-    fig.suptitle("Models Genesis: restoring held-out patches")
+    fig.suptitle("Self-restoration of held-out patches")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")

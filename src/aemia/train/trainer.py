@@ -152,7 +152,7 @@ class Trainer:
         base = loss if loss is not None else get_loss(default_loss)
         self.deep_supervision = bool(config.deep_supervision and getattr(model, "deep_supervision", False))
         # What the loss sees goes through forward(), so DDP can synchronise gradients of every head.
-        self.net: nn.Module = _AllHeads(self.model) if self.deep_supervision else self.model
+        self.net: nn.Module = _TrainView(self.model, self.deep_supervision)
         if self.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(self.net)
         self.loss_fn = DeepSupervisionLoss(base, config.ds_weights) if self.deep_supervision else base
@@ -191,7 +191,7 @@ class Trainer:
         return self.loss_fn(out, y), out
 
     def train_step(self, batch: tuple[torch.Tensor, ...], total_steps: int) -> float:
-        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        x, y = batch[0].to(self.device), _to_device(batch[1], self.device)
         if self.cfg.channels_last and x.ndim in (4, 5):
             x = x.contiguous(memory_format=memory_format(x.ndim - 2))
         lr = lr_at(self.cfg, self.global_step, total_steps, self.steps_per_epoch())
@@ -253,19 +253,32 @@ class Trainer:
         return {"val_dice": val, "val_metric": val}
 
     def _validate_restoration(self, indices: list[int]) -> dict[str, float]:
-        sums = torch.zeros(2, dtype=torch.float64)
+        """Mean MSE of sigmoid(output) to the target image; with (image, class) targets (visual words) also
+        the self-classification accuracy."""
+        sums = torch.zeros(3, dtype=torch.float64)
+        with_class = False
         for start in range(0, len(indices), self.cfg.batch_size):
             chunk = [self.val_set[i] for i in indices[start : start + self.cfg.batch_size]]
-            x = torch.stack([c[0] for c in chunk])
-            y = torch.stack([c[1] for c in chunk]).to(self.device)
-            restored = predict_probs(self.model, x, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
-                                     activation="sigmoid")
-            sums += torch.tensor([float(((restored - y) ** 2).mean(dim=tuple(range(1, y.ndim))).sum()), len(chunk)],
-                                 dtype=torch.float64)
+            x = torch.stack([c[0] for c in chunk]).to(self.device)
+            with_class = isinstance(chunk[0][1], (tuple, list))
+            y = torch.stack([c[1][0] if with_class else c[1] for c in chunk]).to(self.device)
+            with autocast_context(self.cfg.amp, self.device):
+                out = self.model.forward_train(x) if with_class else self.model(x)
+            rec = out[0] if with_class else out
+            restored = torch.sigmoid(rec.float())
+            correct = 0.0
+            if with_class:
+                labels = torch.stack([torch.as_tensor(c[1][1]) for c in chunk]).to(self.device)
+                correct = float((out[1].float().argmax(1) == labels).sum())
+            sums += torch.tensor([float(((restored - y) ** 2).mean(dim=tuple(range(1, y.ndim))).sum()), len(chunk),
+                                  correct], dtype=torch.float64)
         if self.world_size > 1:
             dist.all_reduce(sums)
         mse = float(sums[0] / max(sums[1], 1))
-        return {"val_mse": mse, "val_metric": -mse}
+        logs = {"val_mse": mse, "val_metric": -mse}
+        if with_class:
+            logs["val_class_acc"] = float(sums[2] / max(sums[1], 1))
+        return logs
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
@@ -396,15 +409,29 @@ class Trainer:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "history": self.history.epochs}
 
 
-class _AllHeads(nn.Module):
-    """``forward`` = the wrapped network's ``forward_heads`` (shares its parameters)."""
+class _TrainView(nn.Module):
+    """What the loss sees, as one ``forward`` (so DDP hooks every parameter): the network's ``forward_train``
+    when it has one (multi-task pretraining), all heads under deep supervision, else ``forward``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, deep_supervision: bool) -> None:
         super().__init__()
         self.model = model
+        self.deep_supervision = deep_supervision
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_heads(x)
+    def forward(self, x: torch.Tensor) -> Any:
+        if hasattr(self.model, "forward_train"):
+            return self.model.forward_train(x)
+        if self.deep_supervision:
+            return self.model.forward_heads(x)
+        return self.model(x)
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    return obj
 
 
 def case_mean_dice(pred: torch.Tensor, gt: torch.Tensor, n_classes: int) -> float:
