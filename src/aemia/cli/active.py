@@ -1,0 +1,176 @@
+"""``aemia active``: the human-in-the-loop active-learning cycle (init → query → import → train → status)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from aemia.cli.common import console, parse_ints
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``active`` command group to the main app."""
+    active_app = typer.Typer(
+        name="active",
+        help=(
+            "Active learning with a person in the loop: choose the images most worth annotating, import the "
+            "labels, fine-tune the model continually (ACFT), repeat. 2D pictures only.\n\n"
+            "Example: aemia active init --images my_pictures/ --project polyps"
+        ),
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+    )
+    active_app.command("init")(init_cmd)
+    active_app.command("query")(query_cmd)
+    active_app.command("import")(import_cmd)
+    active_app.command("train")(train_cmd)
+    active_app.command("status")(status_cmd)
+    app.add_typer(active_app, name="active")
+
+
+def init_cmd(
+    images: Path = typer.Option(..., "--images", "-i", help="Folder of 2D pictures (.png .jpg ...): the unlabelled pool."),
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder to create (must not exist yet)."),
+    task: str = typer.Option("segmentation", help="segmentation or classification."),
+    size: int = typer.Option(128, help="Images are resized to SIZE x SIZE for the network."),
+    classes: Optional[str] = typer.Option(None, help="Class names, comma-separated (default background,foreground or 0,1)."),
+    model: Optional[str] = typer.Option(None, help="Network: unet or unetpp (segmentation), resnet (classification)."),
+    features: Optional[str] = typer.Option(None, help="Network widths per level (default 16,32,64,128)."),
+    dropout: float = typer.Option(0.0, help="Dropout in the network (> 0 is needed by --strategy bald)."),
+    val_fraction: float = typer.Option(0.2, help="Fraction of the first round's labels held out for validation."),
+    pretrained: Optional[Path] = typer.Option(None, help="Start the first model (M0) from these weights."),
+    seed: int = typer.Option(0, help="Seed of the initialisation, cold-start draws and the validation split."),
+) -> None:
+    """Create a project: register and hash every picture of --images in a new annotation ledger.
+
+    Example: aemia active init --images my_pictures/ --project polyps --task segmentation --size 128
+    """
+    from aemia.active.loop import init_project
+
+    proj = init_project(project, images, task=task, size=size,
+                        classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+                        model=model, features=parse_ints(features, "--features"), dropout=dropout, seed=seed,
+                        val_fraction=val_fraction, pretrained=pretrained)
+    with proj.ledger() as led:
+        n = sum(led.status_counts().values())
+    cfg = proj.config
+    console.print(f"project {project}: {n} images ({cfg.task}, classes {', '.join(cfg.classes)}, "
+                  f"{cfg.in_channels} channel(s), network {cfg.model} {cfg.features} at {cfg.size}x{cfg.size})")
+    console.print(f"next: aemia active query --project {project} --strategy acft --k 20")
+
+
+def query_cmd(
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder (aemia active init)."),
+    strategy: str = typer.Option("acft", help="acft, acft-entropy, acft-diversity, entropy, margin, least-confidence, "
+                                              "bald, coreset, fg-random or random."),
+    k: int = typer.Option(20, "--k", "-k", help="Number of cases to annotate in this round."),
+    reduce: Optional[str] = typer.Option(None, help="Segmentation: per-image score = mean over all pixels (mean) or "
+                                                    "over the predicted foreground (foreground)."),
+    batch_size: int = typer.Option(8, help="Images scored at once."),
+) -> None:
+    """Choose the K unlabelled images most worth annotating and put them in a new round folder.
+
+    Scores the pool with the latest model (before any model: random, the cold-start rule), writes
+    P/rounds/NN/worklist.csv and copies the images into P/rounds/NN/to_annotate/.
+
+    Example: aemia active query --project polyps --strategy acft --k 20
+    """
+    from aemia.active.loop import query_round
+
+    params = {"reduce": reduce} if reduce else {}
+    res = query_round(project, strategy, k, batch_size=batch_size, **params)
+    model = "no model yet" if res.model_round is None else f"model of round {res.model_round:02d}"
+    console.print(f"round {res.round:02d}: {len(res.cases)} cases chosen by {res.strategy} ({model})")
+    console.print(f"worklist: {res.worklist}")
+    console.print(f"images to annotate: {res.folder}")
+    if res.pending:
+        console.print(f"[yellow]note[/]: {res.pending} cases of earlier rounds still wait for labels")
+    console.print(f"next: aemia active import --project {project} --labels <folder of masks or CSV>")
+
+
+def import_cmd(
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder."),
+    labels: Path = typer.Option(..., "--labels", "-l", help="Segmentation: folder of masks named <case>.png; "
+                                                            "classification: CSV case,label."),
+    annotator: Optional[str] = typer.Option(None, help="Who annotated (default: your login name)."),
+    replace: bool = typer.Option(False, "--replace", help="Accept a different label for an already annotated case."),
+) -> None:
+    """Import labels: every label is checked against its image first, and if any is bad none is accepted.
+
+    Example: aemia active import --project polyps --labels masks_round00/ --annotator alice
+    """
+    from aemia.active.loop import import_labels
+
+    res = import_labels(project, labels, annotator=annotator, replace=replace)
+    console.print(f"imported {len(res.annotated)} new labels, {len(res.unchanged)} unchanged (already imported)"
+                  + (f", {len(res.reannotated)} re-annotated" if res.reannotated else ""))
+    console.print(f"next: aemia active train --project {project}")
+
+
+def train_cmd(
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder."),
+    epochs: int = typer.Option(20, help="Epochs over this round's training cases."),
+    mode: str = typer.Option("continual", help="continual (ACFT: previous model on new + hard old cases), "
+                                               "all-labelled, new-only, or from-scratch."),
+    hard_threshold: float = typer.Option(0.5, help="Segmentation: an old case with Dice below this is 'hard' and "
+                                                   "trained on again (classification: misclassified)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (Adam, cosine)."),
+    batch_size: int = typer.Option(8, help="Batch size."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain a round that already has a model."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Train one round: fine-tune the previous round's model (continual fine-tuning, ACFT).
+
+    The model goes to P/models/round_NN/ (model.safetensors + model.json, summary.json).
+
+    Example: aemia active train --project polyps --epochs 20
+    """
+    from aemia.active.loop import train_round
+
+    s = train_round(project, epochs=epochs, mode=mode, hard_threshold=hard_threshold, lr=lr, batch_size=batch_size,
+                    overwrite=overwrite, device=device, log=console.print)
+    v = s.get("validation") or {}
+    score = f"validation {v['metric']} {v['value']:.3f} (n = {v['n']})" if v.get("value") is not None else "no validation score"
+    console.print(f"[bold green]round {s['round']:02d} trained[/] on {len(s['trained_on'])} cases: {score}")
+    weights = Path(project) / "models" / f"round_{s['round']:02d}" / "model.safetensors"
+    console.print(f"model: {weights}")
+
+
+def status_cmd(
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder."),
+) -> None:
+    """Show counts per status, the rounds and the learning curve (written to P/learning_curve.png).
+
+    Example: aemia active status --project polyps
+    """
+    from rich.table import Table
+
+    from aemia.active.loop import project_status
+
+    st = project_status(project)
+    c = st["counts"]
+    console.print(f"{st['project']} ({st['task']}): {c['unlabelled']} unlabelled, {c['queried']} queried, "
+                  f"{c['annotated']} annotated")
+    rounds = Table(title="query rounds")
+    for col in ("round", "strategy", "queried", "annotated"):
+        rounds.add_column(col)
+    for r in st["rounds"]:
+        rounds.add_row(f"{r['round']:02d}", str(r["strategy"]), str(r["n_queried"]), str(r["n_annotated"]))
+    console.print(rounds)
+    if st["curve"]:
+        curve = Table(title="learning curve (models)")
+        for col in ("round", "mode", "labels", "training labels", "trained on", "validation"):
+            curve.add_column(col)
+        for r in st["curve"]:
+            val = "-" if r["value"] is None else f"{r['metric']} {r['value']:.3f} (n={r['n_validation']})"
+            if r.get("accuracy") is not None:
+                val += f", acc {r['accuracy']:.3f}"
+            curve.add_row(f"{r['round']:02d}", r["mode"], str(r["n_labels"]), str(r["n_train_labels"]),
+                          str(r["n_trained_on"]), val)
+        console.print(curve)
+    if st["curve_png"] is not None:
+        console.print(f"learning curve: {st['curve_png']}")
+    elif st["note"]:
+        console.print(f"learning curve: {st['note']}")
