@@ -18,7 +18,9 @@ DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].par
 KVASIR = DATA / "kvasir_seg_256"
 needs_data = pytest.mark.skipif(not KVASIR.is_dir(), reason=f"Kvasir data not found under {DATA}")
 
-COMMANDS = [["train"], ["predict"], ["evaluate"], ["demo"], ["data", "list"], ["data", "check"]]
+COMMANDS = [["train"], ["predict"], ["evaluate"], ["demo"], ["data", "list"], ["data", "check"],
+            ["pretrain", "genesis"], ["pretrain", "transvw"], ["active", "init"], ["active", "query"],
+            ["active", "import"], ["active", "train"], ["active", "status"], ["review", "prioritize"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))

@@ -1,0 +1,186 @@
+"""Benchmark: does self-supervised pretraining on unlabelled images save labels? (issue 3)
+
+2D — Kvasir-SEG, UNet++ (CPU preset widths, deep supervision), fine-tuned on 5%, 10% and 25% of the 798 training
+labels (nested seeded subsets), three initialisations:
+* ``scratch``: random initialisation;
+* ``genesis``: Models Genesis self-restoration pretraining on all 798 training images (labels unused);
+* ``transvw``: TransVW visual-word self-classification + restoration on the same images.
+Pretraining runs once per method (seed 0); fine-tuning uses the same recipe and budget for every arm (the
+``kvasir_supervised`` recipe: 128 px, Adam 2e-3 cosine, batch 8, ``--epochs`` but at least ``--min-steps``
+steps), ``--seeds`` seeds (subset, augmentation and head initialisation change with the seed), test Dice on the
+100 test images with a case-level bootstrap 95% CI (per seed, and pooled over seeds).
+
+3D — BraTS whole tumour (FLAIR + T1c): Genesis pretraining on the train + validation volumes (cubes, labels
+unused), fine-tuning on the 2 training cases, Dice on the 2 test cases, scratch vs Genesis.
+
+Runs live in ``benchmarks/work/ssl_label_efficiency/`` and finished ones are reused, so the benchmark resumes.
+
+    .venv/bin/python benchmarks/ssl_label_efficiency.py                      # full (several hours on 2 cores)
+    .venv/bin/python benchmarks/ssl_label_efficiency.py --quick --out /tmp/ssl.json   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from aemia.evaluate.metrics import bootstrap_ci  # noqa: E402
+from aemia.pretrain.restore import PretrainConfig, pretrain  # noqa: E402
+from aemia.train.run import RunConfig, train_run  # noqa: E402
+from aemia.train.trainer import TrainConfig  # noqa: E402
+from aemia.utils.io import write_json_atomic  # noqa: E402
+
+N_TRAIN = 798
+
+
+def pretrained(method: str, args: argparse.Namespace, dims: int = 2) -> Path:
+    out = args.work / f"pretrain_{method}_{dims}d"
+    if not (out / "metrics.json").exists():
+        if dims == 2:
+            cfg = PretrainConfig(data="kvasir", dims=2, method=method, preset="cpu", size=[args.size, args.size],
+                                 train=TrainConfig(epochs=args.pretrain_epochs, batch_size=8, lr=2e-3, optimizer="adam",
+                                                   schedule="cosine", deep_supervision=False))
+        else:
+            cfg = PretrainConfig(data=str(args.brats_unlabelled), dims=3, method=method, preset="cpu",
+                                 size=list(args.cube), cubes_per_volume=args.cubes_per_volume,
+                                 train=TrainConfig(epochs=args.pretrain_epochs, batch_size=4, lr=1e-3, optimizer="adam",
+                                                   schedule="cosine", deep_supervision=False))
+        resume = (out / "checkpoints" / "last.safetensors").exists()
+        print(f"== pretraining {method} {dims}D{' (resuming)' if resume else ''}", flush=True)
+        pretrain(cfg, out, resume=resume)
+    return out
+
+
+def finetune(name: str, cfg: RunConfig, args: argparse.Namespace) -> dict:
+    run_dir = args.work / name
+    if (run_dir / "metrics.json").exists():
+        return json.loads((run_dir / "metrics.json").read_text())
+    resume = (run_dir / "checkpoints" / "last.safetensors").exists()
+    print(f"== {name}{' (resuming)' if resume else ''}", flush=True)
+    return train_run(cfg, run_dir, resume=resume)
+
+
+def per_case_dice(run_dir: Path, column: str) -> list[float]:
+    import csv
+
+    with open(run_dir / "per_case.csv") as f:
+        return [float(r[column]) for r in csv.DictReader(f)]
+
+
+def kvasir(args: argparse.Namespace) -> dict:
+    inits = {"scratch": None, **{m: str(pretrained(m, args)) for m in args.methods}}
+    out: dict = {}
+    for frac in args.fractions:
+        steps_per_epoch = math.ceil(math.ceil(frac * N_TRAIN) / 8)
+        epochs = max(args.epochs, math.ceil(args.min_steps / steps_per_epoch))
+        out[str(frac)] = {}
+        for arm, init in inits.items():
+            seeds = {}
+            for seed in range(args.seeds):
+                cfg = RunConfig(dataset="kvasir", model="unetpp", preset="cpu", label_fraction=frac, size=args.size,
+                                init=init, train=TrainConfig(epochs=epochs, batch_size=8, lr=2e-3, seed=seed))
+                m = finetune(f"kvasir_{arm}_{frac}_s{seed}", cfg, args)
+                seeds[seed] = m["segmentation"]["polyp"]["dice"]
+            pooled = bootstrap_ci(np.concatenate([per_case_dice(args.work / f"kvasir_{arm}_{frac}_s{s}", "polyp_dice")
+                                                  for s in range(args.seeds)]))
+            means = [v["mean"] for v in seeds.values()]
+            out[str(frac)][arm] = {"dice": pooled.point, "ci": [pooled.lo, pooled.hi], "per_seed": means,
+                                   "seed_sd": float(np.std(means, ddof=1)) if len(means) > 1 else None,
+                                   "epochs": epochs, "labelled_cases": math.ceil(frac * N_TRAIN - 1e-9)}
+        for arm in args.methods:
+            out[str(frac)][f"{arm}_minus_scratch"] = out[str(frac)][arm]["dice"] - out[str(frac)]["scratch"]["dice"]
+    return out
+
+
+def brats(args: argparse.Namespace) -> dict:
+    init = str(pretrained("genesis", args, dims=3))
+    out = {}
+    for arm, weights in (("scratch", None), ("genesis", init)):
+        cfg = RunConfig(dataset="brats_wt", model="unetpp", preset="cpu", patch=list(args.brats_patch), init=weights,
+                        patches_per_volume=args.patches_per_volume,
+                        train=TrainConfig(epochs=args.brats_epochs, batch_size=2, lr=2e-3, seed=0))
+        m = finetune(f"brats_{arm}", cfg, args)
+        d = m["segmentation"]["whole tumour"]["dice"]
+        out[arm] = {"dice": d["mean"], "ci": d["ci"], "n_test": d["n"]}
+    out["genesis_minus_scratch"] = out["genesis"]["dice"] - out["scratch"]["dice"]
+    return out
+
+
+def brats_unlabelled_folder(work: Path) -> Path:
+    """The BraTS train + validation images as a folder of 2-channel NIfTIs (labels left out), built once."""
+    from aemia.data.catalog import get_dataset
+    from aemia.data.io import write_nifti
+
+    folder = work / "brats_unlabelled"
+    ds = get_dataset("brats")
+    cases = ds.splits["train"] + ds.splits["val"]
+    if len(list(folder.glob("*.nii.gz"))) != len(cases):
+        for c in cases:
+            s = ds.load(c)
+            write_nifti(s.image, folder / f"{c.id}.nii.gz")
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fractions", default="0.05,0.1,0.25")
+    ap.add_argument("--methods", default="genesis,transvw")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--min-steps", type=int, default=600)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--pretrain-epochs", type=int, default=30)
+    ap.add_argument("--cube", default="32,32,16")
+    ap.add_argument("--cubes-per-volume", type=int, default=64)
+    ap.add_argument("--brats-patch", default="64,64,64")
+    ap.add_argument("--brats-epochs", type=int, default=40)
+    ap.add_argument("--patches-per-volume", type=int, default=16)
+    ap.add_argument("--skip-3d", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (not a measurement)")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "ssl_label_efficiency")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ssl_label_efficiency.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.fractions, args.seeds, args.epochs, args.min_steps, args.size = "0.05", 1, 1, 0, 32
+        args.pretrain_epochs, args.brats_epochs, args.cube, args.brats_patch = 1, 1, "16,16,16", "32,32,32"
+        args.patches_per_volume, args.cubes_per_volume = 2, 4
+        args.work = args.work.with_name(args.work.name + "_quick")
+    args.fractions = [float(f) for f in args.fractions.split(",")]
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.cube = [int(v) for v in args.cube.split(",")]
+    args.brats_patch = [int(v) for v in args.brats_patch.split(",")]
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    result: dict = {"benchmark": "ssl_label_efficiency",
+                    "command": " ".join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + "/", ""), *sys.argv]),
+                    "date": started, "quick": args.quick,
+                    "machine": {"cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                                             if ln.startswith("model name")), ""), "cores": os.cpu_count(),
+                                "torch": torch.__version__, "python": platform.python_version()},
+                    "targets": {"genesis_minus_scratch_at_0.1": 0.03}}
+    result["kvasir"] = kvasir(args)
+    if not args.skip_3d:
+        args.brats_unlabelled = brats_unlabelled_folder(args.work)
+        result["brats"] = brats(args)
+    result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if "0.1" in result["kvasir"] and "genesis_minus_scratch" in result["kvasir"]["0.1"]:
+        result["verdict_genesis_at_0.1"] = "met" if result["kvasir"]["0.1"]["genesis_minus_scratch"] >= 0.03 else "not met"
+    write_json_atomic(args.out, result)
+    print(json.dumps(result["kvasir"], indent=1)[:2000])
+
+
+if __name__ == "__main__":
+    main()
