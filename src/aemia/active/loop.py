@@ -91,12 +91,16 @@ __all__ = [
     "ProjectConfig",
     "QueryResult",
     "decode_mask",
+    "fit_model",
+    "hard_cases",
     "import_labels",
     "init_project",
     "initial_model",
     "learning_curve",
     "project_status",
     "query_round",
+    "score_images",
+    "score_pool",
     "train_round",
 ]
 
@@ -451,30 +455,34 @@ def _forward_softmax(model: Any, x: Any) -> Any:
     return logits.softmax(1).cpu()
 
 
-def score_pool(
-    project: Project,
+def score_images(
     model: Any,
     strategy: Strategy,
-    items: Sequence[LedgerItem],
+    task: str,
+    n: int,
+    load: Callable[[int, int], np.ndarray],
     *,
-    labelled: Sequence[LedgerItem] = (),
+    n_labelled: int = 0,
+    load_labelled: Callable[[int, int], np.ndarray] | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> np.ndarray:
-    """Scores of ``items`` (higher = more worth annotating) by ``strategy`` with ``model``.
+    """Scores of ``n`` pool images (higher = more worth annotating) by ``strategy`` with ``model``.
 
-    Images are read and scored batch by batch (memory stays bounded); every built-in strategy except
-    fg-random and core-set scores each image independently, so per-batch scores equal whole-pool ones.
-    fg-random gets the pool's arg-max maps at once, core-set the pool's and ``labelled`` embeddings.
+    The array-level core of :func:`score_pool` (also used by :mod:`aemia.active.simulate`): ``load(a, b)``
+    returns pool images ``a..b-1`` as float32 ``(b - a, C, H, W)``; ``load_labelled`` likewise the
+    ``n_labelled`` labelled images (core-set only). Images are read and scored batch by batch (memory stays
+    bounded); every built-in strategy except fg-random and core-set scores each image independently, so
+    per-batch scores equal whole-pool ones. fg-random gets the pool's arg-max maps at once, core-set the
+    pool's and the labelled embeddings.
     """
     import torch
 
     from aemia.utils.progress import Bar
 
-    n = len(items)
     if isinstance(strategy, RandomStrategy):
         return strategy.score(n)
-    seg = project.config.task == "segmentation"
+    seg = task == "segmentation"
     if isinstance(strategy, ForegroundRandom) and not seg:
         raise InputError(None, "fg-random is for segmentation projects")
     scores: list[np.ndarray] = []
@@ -482,8 +490,7 @@ def score_pool(
     embeds: list[np.ndarray] = []
     with Bar(f"scoring pool ({strategy.name})", total=n, enabled=progress) as bar:
         for start in range(0, n, batch_size):
-            chunk = items[start : start + batch_size]
-            x = torch.from_numpy(project.load_images([it.image_path for it in chunk]))
+            x = torch.from_numpy(np.ascontiguousarray(load(start, min(start + batch_size, n))))
             if isinstance(strategy, ACFT):
                 copies = []
                 for t in range(N_COPIES):
@@ -498,17 +505,38 @@ def score_pool(
                 embeds.append(_embeddings(model, x))
             else:
                 scores.append(strategy.score(_probs(model, x).numpy()))
-            bar.advance(len(chunk))
+            bar.advance(len(x))
     if isinstance(strategy, ForegroundRandom):
         return strategy.score(np.concatenate(maps))
     if isinstance(strategy, CoreSet):
         lab = [
-            _embeddings(model, torch.from_numpy(project.load_images([it.image_path for it in labelled[s : s + batch_size]])))
-            for s in range(0, len(labelled), batch_size)
+            _embeddings(model, torch.from_numpy(np.ascontiguousarray(load_labelled(s, min(s + batch_size, n_labelled)))))
+            for s in range(0, n_labelled if load_labelled is not None else 0, batch_size)
         ]
         pool = np.concatenate(embeds)
         return strategy.score(EmbeddingPool(pool, np.concatenate(lab) if lab else None))
     return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def score_pool(
+    project: Project,
+    model: Any,
+    strategy: Strategy,
+    items: Sequence[LedgerItem],
+    *,
+    labelled: Sequence[LedgerItem] = (),
+    batch_size: int = 8,
+    progress: bool = True,
+) -> np.ndarray:
+    """Scores of ``items`` (higher = more worth annotating) by ``strategy`` with ``model``
+    (:func:`score_images` on the project's pictures; core-set also embeds the ``labelled`` cases)."""
+
+    def loader(seq: Sequence[LedgerItem]) -> Callable[[int, int], np.ndarray]:
+        return lambda a, b: project.load_images([it.image_path for it in seq[a:b]])
+
+    return score_images(model, strategy, project.config.task, len(items), loader(items),
+                        n_labelled=len(labelled), load_labelled=loader(labelled), batch_size=batch_size,
+                        progress=progress)
 
 
 # ------------------------------------------------------------------------------------------ query
@@ -889,6 +917,52 @@ def _validation_metrics(task: str, probs: np.ndarray, y: np.ndarray, n_classes: 
     return {"metric": "auc", "value": value, "accuracy": float(per_case.mean()), "n": int(len(y))}
 
 
+def hard_cases(task: str, probs: np.ndarray, y: np.ndarray, ids: Sequence[str], n_classes: int,
+               hard_threshold: float = 0.5) -> dict[str, float]:
+    """ACFT's **H**: the previously labelled cases ``ids`` the model gets wrong, ``{case: score}``.
+
+    ``probs`` are the model's predictions for them and ``y`` their labels. Segmentation: case Dice below
+    ``hard_threshold``; classification: misclassified (:func:`case_scores` is 1 / 0).
+    """
+    sc = case_scores(task, probs, y, n_classes)
+    threshold = hard_threshold if task == "segmentation" else 0.5  # correct = 1, wrong = 0
+    return {c: float(s) for c, s in zip(ids, sc) if s < threshold}
+
+
+def fit_model(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    run_dir: str | Path,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    ids: Sequence[str] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """One round's training recipe: ``epochs`` of Adam (cosine) with light augmentation on ``x, y`` (class
+    indices for classification, masks for segmentation), no validation, the last epoch is the model.
+
+    Returns ``(model on the CPU, the trainer's fit report)``; checkpoints and ``log.jsonl`` go to ``run_dir``.
+    """
+    from aemia.train.data import ArrayDataset, AugmentConfig
+    from aemia.train.trainer import TrainConfig, Trainer
+
+    aug = AugmentConfig()
+    train_set = (ArrayDataset(x, targets=y, augment=aug, seed=seed, ids=ids) if task == "classification"
+                 else ArrayDataset(x, y, augment=aug, seed=seed, ids=ids))
+    unetpp = getattr(model, "config", {}).get("name") == "unetpp"
+    tcfg = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), seed=seed, amp="none",
+                       device=device, progress=progress, deep_supervision=unetpp)
+    trainer = Trainer(model, train_set, None, tcfg, run_dir, task=task)
+    fit = trainer.fit()
+    return trainer.model.cpu(), fit
+
+
 def initial_model(proj: Project, mode: str, parent: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
     """The weights a round starts from: ``M_{t-1}`` (``parent``) for the continual modes, else ``M_0``.
 
@@ -927,9 +1001,6 @@ def train_round(
     round already has a model (``overwrite`` retrains it) and, in ``continual`` / ``new-only`` mode, when
     there are no labels the previous model has not seen.
     """
-    from aemia.train.data import ArrayDataset, AugmentConfig
-    from aemia.train.trainer import TrainConfig, Trainer
-
     say = log or (lambda _msg: None)
     proj = _open_project(project)
     mode = _normalise_mode(mode)
@@ -965,9 +1036,7 @@ def train_round(
         if mode == "continual" and seen:
             prev = proj.load_model(parent)
             x, y = proj.dataset_arrays([by_id[c] for c in seen], progress)
-            sc = case_scores(cfg.task, _predict_all(prev, x), y, proj.n_classes)
-            threshold = hard_threshold if cfg.task == "segmentation" else 0.5  # correct = 1, wrong = 0
-            hard = {c: float(s) for c, s in zip(seen, sc) if s < threshold}
+            hard = hard_cases(cfg.task, _predict_all(prev, x), y, seen, proj.n_classes, hard_threshold)
             train_ids = sorted(set(new) | set(hard))
     model, init = initial_model(proj, mode, parent)
     say(f"round {r:02d} ({mode}): init from {init['from']}"
@@ -978,17 +1047,10 @@ def train_round(
         shutil.rmtree(out_dir)  # an overwritten round, or one whose training was interrupted (no summary.json)
     out_dir.mkdir(parents=True)
     x, y = proj.dataset_arrays([by_id[c] for c in train_ids], progress)
-    seed = cfg.seed + r
-    aug = AugmentConfig()
-    train_set = (ArrayDataset(x, targets=y, augment=aug, seed=seed, ids=train_ids) if cfg.task == "classification"
-                 else ArrayDataset(x, y, augment=aug, seed=seed, ids=train_ids))
-    tcfg = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), seed=seed, amp="none",
-                       device=device, progress=progress, deep_supervision=cfg.model == "unetpp")
-    trainer = Trainer(model, train_set, None, tcfg, out_dir, task=cfg.task)
-    fit = trainer.fit()
+    trained, fit = fit_model(model, x, y, cfg.task, out_dir, epochs=epochs, lr=lr, batch_size=batch_size,
+                             seed=cfg.seed + r, device=device, progress=progress, ids=train_ids)
     from aemia.nets import save_checkpoint
 
-    trained = trainer.model.cpu()
     val_items = [by_id[c] for c in sorted(val_ids)]
     val: dict[str, Any] = {}
     if val_items:

@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
     active_app.command("import")(import_cmd)
     active_app.command("train")(train_cmd)
     active_app.command("status")(status_cmd)
+    active_app.command("simulate")(simulate_cmd)
     app.add_typer(active_app, name="active")
 
 
@@ -174,3 +175,56 @@ def status_cmd(
         console.print(f"learning curve: {st['curve_png']}")
     elif st["note"]:
         console.print(f"learning curve: {st['note']}")
+
+
+def simulate_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="pneumoniamnist (AUC), kvasir (Dice) or busi (AUC)."),
+    strategy: str = typer.Option("random,acft", "--strategy", "-s",
+                                 help="Strategy name(s), comma-separated: random, fg-random (segmentation), entropy, "
+                                      "margin, least-confidence, bald (needs --dropout), coreset, acft, "
+                                      "acft-entropy, acft-diversity."),
+    initial: int = typer.Option(20, help="Random initial labelled set (round 0)."),
+    per_round: int = typer.Option(20, "--per-round", help="Cases revealed per query round."),
+    rounds: int = typer.Option(5, help="Query rounds after round 0."),
+    seeds: int = typer.Option(3, help="Repeats with seeds 0..SEEDS-1 (initial set, initialisation, training)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: curves.json, curves.png, cached runs/."),
+    mode: str = typer.Option("continual", help="continual (ACFT: previous model on new + hard old cases), "
+                                               "all-labelled, new-only or from-scratch."),
+    epochs: int = typer.Option(10, help="Epochs per round."),
+    min_steps: int = typer.Option(0, help="At least this many optimiser steps per round."),
+    size: Optional[int] = typer.Option(None, help="Working size (default 28 PneumoniaMNIST, 64 Kvasir/BUSI)."),
+    features: Optional[str] = typer.Option(None, help="Network widths, e.g. 16,32,64,128 (the default)."),
+    dropout: float = typer.Option(0.0, help="Network dropout (> 0 needed by bald; used for every strategy)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate per round (Adam, cosine)."),
+    reduce: Optional[str] = typer.Option(None, help="Segmentation: per-image score = mean over all pixels (mean) "
+                                                    "or over the predicted foreground (foreground)."),
+    pool_limit: Optional[int] = typer.Option(None, help="Use a fixed random subset of this many pool cases."),
+    test_limit: Optional[int] = typer.Option(None, help="Evaluate on a fixed random subset of this many test cases."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Benchmark strategies with a simulated annotator who reveals the ground truth of the queried cases.
+
+    Per strategy and seed: a random initial set, then ROUNDS rounds of query, reveal, fine-tuning and test
+    evaluation. Writes OUT/curves.json (metric vs labels, mean over seeds with a 95% bootstrap CI) and
+    OUT/curves.png; finished curves are cached in OUT/runs/ and reused when rerun.
+
+    Example: aemia active simulate --dataset pneumoniamnist --strategy random,acft --initial 20 --per-round 20 --rounds 5 --seeds 3 --out sim_pneumonia
+    """
+    from aemia.active.simulate import simulate
+
+    settings = {"min_steps": min_steps, "dropout": dropout, "lr": lr, "reduce": reduce, "pool_limit": pool_limit,
+                "test_limit": test_limit, "device": device}
+    feats = parse_ints(features, "--features")
+    if feats:
+        settings["features"] = tuple(feats)
+    res = simulate(dataset, strategy, initial=initial, per_round=per_round, rounds=rounds, seeds=seeds, mode=mode,
+                   epochs_per_round=epochs, size=size, out_dir=out, log=console.print, **settings)
+    metric = res["metric"]
+    for name, summ in res["strategies"].items():
+        pts = summ["points"]
+        if pts:
+            last = pts[-1]
+            console.print(f"{name}: {metric} {last['mean']:.3f} (95% CI {last['ci'][0]:.3f}-{last['ci'][1]:.3f}) "
+                          f"with {last['n_labels']} labels, {summ['n_seeds']} seed(s)")
+    console.print(f"curves: {Path(out) / 'curves.json'}")
+    console.print(f"plot: {Path(out) / 'curves.png'}")
