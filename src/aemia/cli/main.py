@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Verb modules, in pipeline order. A module that is missing is skipped so partial installs still run.
-_VERB_MODULES = ("data", "pretrain", "train", "predict", "evaluate", "active", "review", "demo")
+_VERB_MODULES = ("data", "pretrain", "synth", "train", "predict", "evaluate", "active", "review", "demo")
 
 
 
