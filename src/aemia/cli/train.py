@@ -21,6 +21,7 @@ def train(
     preset: str = typer.Option("cpu", help="Width preset: cpu (16,16,32,64,128), tiny, paper (32..512)."),
     features: Optional[str] = typer.Option(None, help="Level widths, e.g. 16,32,64,128 (overrides --preset)."),
     label_fraction: float = typer.Option(1.0, help="Fraction of the training split whose labels are used."),
+    task: str = typer.Option("auto", help="auto (the data set's task), segmentation, or classification (e.g. PH2 diagnosis)."),
     epochs: int = typer.Option(30, help="Epochs."),
     batch_size: int = typer.Option(8, help="Batch size."),
     lr: float = typer.Option(1e-3, help="Peak learning rate."),
@@ -50,7 +51,7 @@ def train(
                        device=device)
     cfg = RunConfig(dataset=dataset, model=model, preset=preset, features=parse_ints(features, "--features"),
                     label_fraction=label_fraction, size=size, patch=parse_ints(patch, "--patch"),
-                    labels=parse_labels(labels), init=str(init) if init else None, train=tcfg)
+                    labels=parse_labels(labels), task=task, init=str(init) if init else None, train=tcfg)
     metrics = train_run(cfg, run, resume=resume)
     if metrics:
         console.print(f"[bold green]done[/]: {metrics.get('headline', '')}")

@@ -59,7 +59,9 @@ def evaluate_run(run_dir: str | Path, cfg: Any, ds: CatalogDataset, history: lis
     recipe = _recipe(cfg, labelled, history)
     split = cfg.eval_split
     title = f"aemia run: {cfg.model} on {cfg.dataset} ({cfg.label_fraction:.0%} of training labels)"
-    if ds.task == "classification":
+    from aemia.train.run import resolve_task
+
+    if resolve_task(cfg, ds) == "classification":
         return _evaluate_classification(run_dir, predictor, ds, split, recipe, history, title)
     cases = []
     if ds.dims == 2:

@@ -41,6 +41,20 @@ PRESETS: dict[str, list[int]] = {
 }
 
 
+RUN_TASKS = ("auto", "segmentation", "classification")
+
+
+def resolve_task(cfg: "RunConfig", ds: CatalogDataset) -> str:
+    """The run's task: ``auto`` is classification for classification-only data sets, else segmentation."""
+    if cfg.task == "auto":
+        return "classification" if ds.task == "classification" else "segmentation"
+    if cfg.task == "classification" and not ds.classes:
+        raise InputError(None, f"data set '{ds.name}' has no image-level classes: it cannot train --task classification")
+    if cfg.task == "segmentation" and ds.task == "classification":
+        raise InputError(None, f"data set '{ds.name}' has no masks: it cannot train --task segmentation")
+    return cfg.task
+
+
 @dataclass
 class RunConfig:
     dataset: str
@@ -56,11 +70,14 @@ class RunConfig:
     init: str | None = None  # pretrained weights (a run folder or a checkpoint path)
     tta: bool = False
     eval_split: str = "test"
+    task: str = "auto"  # auto (the data set's own task) | segmentation | classification (PH2: image + diagnosis)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label fraction must be in (0, 1], got {self.label_fraction}")
+        if self.task not in RUN_TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {RUN_TASKS}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
 
@@ -171,7 +188,7 @@ def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torc
     seed = cfg.train.seed
     torch.manual_seed(seed)  # model initialisation is part of the seeded recipe
     aug = AugmentConfig()
-    task = "classification" if ds.task == "classification" else "segmentation"
+    task = resolve_task(cfg, ds)
     if task == "classification" and model_task(cfg.model) != "classification":
         raise InputError(None, f"data set '{ds.name}' is classification: use --model resnet")
     if ds.dims == 2:
