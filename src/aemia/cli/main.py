@@ -24,7 +24,8 @@ app = typer.Typer(
 )
 
 # Verb modules, in pipeline order. A module that is missing is skipped so partial installs still run.
-_VERB_MODULES = ("data", "pretrain", "synth", "train", "predict", "evaluate", "active", "review", "demo")
+_VERB_MODULES = ("data", "pretrain", "synth", "train", "semi", "weak", "predict", "evaluate", "active", "review",
+                 "demo")
 
 
 
