@@ -21,7 +21,14 @@ def train(
     preset: str = typer.Option("cpu", help="Width preset: cpu (16,16,32,64,128), tiny, paper (32..512)."),
     features: Optional[str] = typer.Option(None, help="Level widths, e.g. 16,32,64,128 (overrides --preset)."),
     label_fraction: float = typer.Option(1.0, help="Fraction of the training split whose labels are used."),
-    task: str = typer.Option("auto", help="auto (the data set's task), segmentation, or classification (e.g. PH2 diagnosis)."),
+    task: str = typer.Option("auto", help="auto (the data set's task), segmentation, classification (e.g. PH2 diagnosis), "
+                                          "or liver-tumor (3D CT: liver + tumor; with --synthetic-tumors)."),
+    synthetic_tumors: bool = typer.Option(False, "--synthetic-tumors",
+                                          help="liver-tumor: synthetic tumors in the healthy livers instead of tumor "
+                                               "labels (Hu et al. CVPR 2023). Example: aemia train --dataset "
+                                               "totalseg_ct --task liver-tumor --synthetic-tumors --run runs/lt"),
+    spacing: Optional[str] = typer.Option(None, help="3D: working voxel size in mm, e.g. 2,2,2 (default: the "
+                                                     "training cases' median; liver-tumor: 2,2,2)."),
     epochs: int = typer.Option(30, help="Epochs."),
     batch_size: int = typer.Option(8, help="Batch size."),
     lr: float = typer.Option(1e-3, help="Peak learning rate."),
@@ -35,6 +42,14 @@ def train(
     early_stopping: int = typer.Option(0, help="Stop after N epochs without validation improvement (0 = off)."),
     amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 where native), bf16, fp16 or none."),
     init: Optional[Path] = typer.Option(None, help="Start from pretrained weights (a run folder or checkpoint)."),
+    semi: Optional[str] = typer.Option(
+        None, help="2D semi-supervised training on the unlabelled rest of the training split: mean-teacher or "
+                   "pseudo-label. Example: aemia train -d pneumoniamnist --model resnet --label-fraction 0.05 "
+                   "--semi mean-teacher --run runs/pn_mt"),
+    semi_weight: Optional[float] = typer.Option(
+        None, help="Max weight of the unlabelled loss after the ramp-up (default: mean-teacher 10, pseudo-label 1)."),
+    semi_threshold: Optional[float] = typer.Option(
+        None, help="Pseudo-label confidence threshold (default: 0.95 classification, 0.9 per pixel segmentation)."),
     seed: int = typer.Option(0, help="Seed for splits, subsets, augmentation and initialisation."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
@@ -49,9 +64,17 @@ def train(
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, loss=loss,
                        deep_supervision=deep_supervision, early_stopping=early_stopping, seed=seed, amp=amp,
                        device=device)
-    cfg = RunConfig(dataset=dataset, model=model, preset=preset, features=parse_ints(features, "--features"),
-                    label_fraction=label_fraction, size=size, patch=parse_ints(patch, "--patch"),
-                    labels=parse_labels(labels), task=task, init=str(init) if init else None, train=tcfg)
+    try:
+        cfg = RunConfig(dataset=dataset, model=model, preset=preset, features=parse_ints(features, "--features"),
+                        label_fraction=label_fraction, size=size, patch=parse_ints(patch, "--patch"),
+                        labels=parse_labels(labels), task=task, synthetic_tumors=synthetic_tumors,
+                        spacing=[float(v) for v in spacing.split(",")] if spacing else None,
+                        init=str(init) if init else None, semi=semi,
+                        semi_weight=semi_weight, semi_threshold=semi_threshold, train=tcfg)
+    except ValueError as exc:  # a bad option value: one-line error, exit 2
+        from aemia.errors import InputError
+
+        raise InputError(None, str(exc)) from None
     metrics = train_run(cfg, run, resume=resume)
     if metrics:
         console.print(f"[bold green]done[/]: {metrics.get('headline', '')}")

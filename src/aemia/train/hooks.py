@@ -25,6 +25,13 @@ class Hook:
     def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: dict[str, Any]) -> None: ...
     def on_fit_end(self, trainer: "Trainer") -> None: ...
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors that ``Trainer.save_state`` stores (as ``hook/<i>/<name>``) so the hook resumes exactly."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_tensors` (called by ``Trainer.load_state``, before ``on_fit_start``)."""
+
 
 class JsonlLogger(Hook):
     """Appends one JSON line per epoch to ``log.jsonl`` (rank 0 only). On resume, drops lines past the resumed

@@ -11,6 +11,8 @@
 
 2D data sets train on whole images (resized to ``size``); 3D data sets on random patches with foreground
 oversampling and are evaluated by sliding window; classification data sets train the ResNet classifier.
+With ``semi`` (2D only) a mean-teacher or pseudo-label hook (:mod:`aemia.semisup`) also learns from the training
+images outside the labelled subset; the log gets ``semi_*`` entries and ``figures/semi.png`` is drawn.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import yaml
 
 from aemia.data.catalog import CatalogDataset, get_dataset
-from aemia.data.transforms import normalise
+from aemia.data.transforms import normalise, window
 from aemia.errors import InputError
 from aemia.nets import create_model, load_checkpoint, load_weights
 from aemia.nets.registry import model_task
@@ -41,7 +43,7 @@ PRESETS: dict[str, list[int]] = {
 }
 
 
-RUN_TASKS = ("auto", "segmentation", "classification")
+RUN_TASKS = ("auto", "segmentation", "classification", "liver-tumor")
 
 
 def resolve_task(cfg: "RunConfig", ds: CatalogDataset) -> str:
@@ -50,6 +52,8 @@ def resolve_task(cfg: "RunConfig", ds: CatalogDataset) -> str:
         return "classification" if ds.task == "classification" else "segmentation"
     if cfg.task == "classification" and not ds.classes:
         raise InputError(None, f"data set '{ds.name}' has no image-level classes: it cannot train --task classification")
+    if cfg.task == "liver-tumor" and ds.dims != 3:
+        raise InputError(None, f"--task liver-tumor needs 3D CT; data set '{ds.name}' is {ds.dims}D")
     if cfg.task == "segmentation" and ds.task == "classification":
         raise InputError(None, f"data set '{ds.name}' has no masks: it cannot train --task segmentation")
     return cfg.task
@@ -71,6 +75,12 @@ class RunConfig:
     tta: bool = False
     eval_split: str = "test"
     task: str = "auto"  # auto (the data set's own task) | segmentation | classification (PH2: image + diagnosis)
+    #                     | liver-tumor (3D CT: liver + tumor from liver masks only, aemia.train.liver_tumor)
+    synthetic_tumors: bool = False  # liver-tumor: train on synthetic tumors in healthy livers (no tumor labels)
+    window: list[float] | None = None  # CT: HU window to [0, 1] (default: abdominal; liver-tumor: -21..189)
+    semi: str | None = None  # 2D: mean-teacher | pseudo-label on the unlabelled rest of the training split
+    semi_weight: float | None = None  # max weight of the unlabelled term (None: the method's default)
+    semi_threshold: float | None = None  # pseudo-label confidence (None: 0.95 classification, 0.9 segmentation)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -80,6 +90,14 @@ class RunConfig:
             raise ValueError(f"unknown task {self.task!r}; choose one of {RUN_TASKS}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.semi is not None:
+            from aemia.semisup import check_method
+
+            self.semi = check_method(self.semi)
+        if self.semi_weight is not None and self.semi_weight < 0:
+            raise ValueError(f"semi weight must be ≥ 0, got {self.semi_weight}")
+        if self.semi_threshold is not None and not 0.0 < self.semi_threshold <= 1.0:
+            raise ValueError(f"semi threshold must be in (0, 1], got {self.semi_threshold}")
 
     def widths(self) -> list[int]:
         return list(self.features) if self.features else list(PRESETS[self.preset])
@@ -143,6 +161,10 @@ def remap_labels(label: np.ndarray, keep: dict[int, str] | None) -> np.ndarray:
 
 def class_names(cfg: RunConfig, ds: CatalogDataset) -> dict[int, str]:
     """Output index → name for the run's segmentation classes (background included)."""
+    if cfg.task == "liver-tumor":
+        from aemia.train.liver_tumor import TUMOR_CLASS
+
+        return {0: "background", 1: "liver", 2: TUMOR_CLASS}
     if cfg.labels:
         return {0: "background", **{i: cfg.labels[src] for i, src in enumerate(sorted(cfg.labels), start=1)}}
     return dict(ds.labels)
@@ -153,7 +175,7 @@ def _load_volume(ds: CatalogDataset, case: Any, cfg: RunConfig) -> tuple[np.ndar
     from aemia.data.transforms import resample_to_spacing
 
     s = ds.load(case)
-    img = normalise(s.image.array, ds.modality)
+    img = window(s.image.array, *cfg.window) if cfg.window else normalise(s.image.array, ds.modality)
     lab = remap_labels(s.label, cfg.labels)
     if cfg.spacing:
         img = resample_to_spacing(img, s.image.spacing, cfg.spacing, order=1)
@@ -183,12 +205,45 @@ def _init_weights(model: torch.nn.Module, init: str) -> None:
         print(f"  newly initialised (not in the checkpoint): {', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''}")
 
 
+def unlabelled_images(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> np.ndarray:
+    """Semi-supervised runs: the training images outside the labelled subset, at the run's size and
+    normalisation (the same arrays the labelled images come from)."""
+    if ds.dims != 2:
+        raise InputError(None, f"--semi is for 2D data sets; '{ds.name}' is {ds.dims}D")
+    x = ds.arrays("train", cfg.size)[0]
+    keep = set(labelled)
+    idx = [i for i, cid in enumerate(ds.case_ids("train")) if cid not in keep]
+    if not idx:
+        raise InputError(None, "--semi needs unlabelled training images: use a --label-fraction below 1")
+    return x[idx]
+
+
+def semi_hook(cfg: RunConfig, ds: CatalogDataset, labelled: list[str], task: str) -> tuple[Any, Any]:
+    """The semi-supervised hook and its resolved settings (which are written back into ``cfg``)."""
+    from aemia.semisup import make_hook, resolve_settings
+
+    images = unlabelled_images(cfg, ds, labelled)
+    settings = resolve_settings(cfg.semi or "", task, cfg.train.epochs, cfg.semi_weight, cfg.semi_threshold,
+                                unlabelled_cases=len(images))
+    cfg.semi_weight, cfg.semi_threshold = settings.weight, settings.threshold
+    n_classes = len(ds.classes) if task == "classification" else len(class_names(cfg, ds))
+    return make_hook(settings, images, n_classes, cfg.train.batch_size, cfg.train.seed), settings
+
+
 def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torch.nn.Module, Any, Any, str]:
     """Model, training set, validation set and task for a run."""
     seed = cfg.train.seed
+    if cfg.semi and ds.dims != 2:
+        raise InputError(None, f"--semi is for 2D data sets; '{ds.name}' is {ds.dims}D")
     torch.manual_seed(seed)  # model initialisation is part of the seeded recipe
     aug = AugmentConfig()
     task = resolve_task(cfg, ds)
+    if task == "liver-tumor":
+        from aemia.train.liver_tumor import build_liver_tumor
+
+        return build_liver_tumor(cfg, ds, labelled)
+    if cfg.synthetic_tumors:
+        raise InputError(None, "--synthetic-tumors goes with --task liver-tumor")
     if task == "classification" and model_task(cfg.model) != "classification":
         raise InputError(None, f"data set '{ds.name}' is classification: use --model resnet")
     if ds.dims == 2:
@@ -240,14 +295,29 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
     ds = get_dataset(cfg.dataset)
     labelled = labelled_subset(ds.case_ids("train"), cfg.label_fraction, cfg.train.seed)
     model, train_set, val_set, task = build(cfg, ds, labelled)
+    hooks: list[Any] = []
+    semi: Any = None
+    if cfg.semi:
+        hook, semi = semi_hook(cfg, ds, labelled, task)
+        hooks.append(hook)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     write_json_atomic(run_dir / "splits.json", {**ds.split_manifest(), "labelled": labelled,
                                                   "label_fraction": cfg.label_fraction})
-    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, task=task)
+    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, hooks=hooks, task=task)
     result = trainer.fit(resume=resume)
     if not trainer.is_main:
         return {}
     from aemia.train.report import evaluate_run
 
-    return evaluate_run(run_dir, cfg, ds, result["history"], labelled, extras=extras)
+    if cfg.task == "liver-tumor":
+        from aemia.train.liver_tumor import evaluate_liver_tumor
+
+        return evaluate_liver_tumor(run_dir, cfg, ds, result["history"], labelled)
+    if semi is None:
+        return evaluate_run(run_dir, cfg, ds, result["history"], labelled, extras=extras)
+    from aemia.semisup import record_semi, semi_extras, semi_figure
+
+    figure = semi_figure(result["history"], run_dir / "figures" / "semi.png", f"{cfg.dataset}: {semi.method}")
+    summary = evaluate_run(run_dir, cfg, ds, result["history"], labelled, extras=semi_extras(semi, figure, extras))
+    return record_semi(run_dir, summary, semi)

@@ -7,8 +7,9 @@
 * Determinism: data order from ``seed + epoch``, augmentation from ``[seed, epoch, index]``, torch RNG saved
   in every checkpoint. Killing a run and resuming with ``resume=True`` reproduces an uninterrupted run.
 * Checkpoints every epoch: ``checkpoints/last.safetensors`` holds the weights plus the optimiser state
-  (``optim/…``) and RNG (``rng/…``) in one atomically renamed file, its training state in the safetensors
-  metadata; ``last.json`` / ``best.json`` hold the model config. ``best`` is the best validation epoch.
+  (``optim/…``), RNG (``rng/…``) and the hooks' state (``hook/<i>/…``, :meth:`Hook.state_tensors`) in one
+  atomically renamed file, its training state in the safetensors metadata; ``last.json`` / ``best.json``
+  hold the model config. ``best`` is the best validation epoch.
 * Distributed: under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on
   CPU, NCCL on CUDA); each rank takes an equal shard of every epoch's order; rank 0 writes.
 """
@@ -157,9 +158,11 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.net)
         self.loss_fn = DeepSupervisionLoss(base, config.ds_weights) if self.deep_supervision else base
         self.optimizer = make_optimizer(config, self.model.parameters())
-        self.hooks: list[Hook] = [JsonlLogger(self.run_dir / "log.jsonl"), *hooks]
+        self.hooks: list[Hook] = list(hooks)
         if config.early_stopping > 0:
             self.hooks.append(EarlyStopping(config.early_stopping))
+        # the logger goes last, so each epoch's line holds what the other hooks added to the logs
+        self.hooks.append(JsonlLogger(self.run_dir / "log.jsonl"))
         self.start_epoch = 0
         self.global_step = 0
         self.best_metric: float | None = None
@@ -316,6 +319,9 @@ class Trainer:
                 else:
                     opt_json["state"][str(pid)][key] = val
         tensors["rng/torch"] = torch.get_rng_state()
+        for i, hook in enumerate(self.hooks):
+            for name, val in hook.state_tensors().items():
+                tensors[f"hook/{i}/{name}"] = val.detach().cpu().contiguous().clone()
         meta = {"aemia_state": json.dumps(self._state_metadata(epoch)), "optimizer": json.dumps(opt_json)}
         last = self.ckpt_dir / "last.safetensors"
         with atomic_path(last, suffix=".safetensors") as tmp:
@@ -349,6 +355,9 @@ class Trainer:
                 opt_state["state"].setdefault(int(pid), {})[key] = v.to(self.device)
         self.optimizer.load_state_dict(opt_state)
         torch.set_rng_state(tensors["rng/torch"])
+        for i, hook in enumerate(self.hooks):
+            prefix = f"hook/{i}/"
+            hook.load_state_tensors({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         self.start_epoch = int(state["epoch"]) + 1
         self.global_step = int(state["global_step"])
         self.best_metric = state["best_metric"]
