@@ -2,7 +2,8 @@
 
 ``features`` lists the stage widths (ResNet-18: (64, 128, 256, 512) with ``blocks=(2, 2, 2, 2)``; CPU preset
 (16, 32, 64, 128) with one block per stage). ``forward_features`` returns the pooled embedding used by
-embedding-based strategies (core-set) and ``forward`` the class logits.
+embedding-based strategies (core-set), ``forward_maps`` the last feature map before pooling (class activation
+maps) and ``forward`` the class logits.
 """
 
 from __future__ import annotations
@@ -73,10 +74,14 @@ class ResNetClassifier(nn.Module):
         self.fc = nn.Linear(in_ch, out_channels)
         self.embedding_dim = in_ch
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (N, embedding_dim, *S') before global pooling (for class activation maps)."""
         if x.shape[1] != self.in_channels:
             raise ValueError(f"model expects {self.in_channels} input channels, got {x.shape[1]}")
-        return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
+        return self.stages(self.stem(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.forward_maps(x)), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.forward_features(x)))

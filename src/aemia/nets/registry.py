@@ -69,6 +69,7 @@ def _register_builtin() -> None:
     register_model("unet")(UNet)
     register_model("unetpp")(UNetPlusPlus)
     register_model("resnet", task="classification")(ResNetClassifier)
+    register_model("arl-resnet", task="classification")(__import__("aemia.nets.arl", fromlist=["ArlResNet"]).ArlResNet)
 
 
 _register_builtin()
