@@ -21,7 +21,7 @@ needs_data = pytest.mark.skipif(not KVASIR.is_dir(), reason=f"Kvasir data not fo
 COMMANDS = [["train"], ["predict"], ["evaluate"], ["demo"], ["data", "list"], ["data", "check"],
             ["pretrain", "genesis"], ["pretrain", "transvw"], ["active", "init"], ["active", "query"],
             ["active", "import"], ["active", "train"], ["active", "status"], ["review", "prioritize"],
-            ["synth", "tumors"], ["active", "simulate"]]
+            ["synth", "tumors"], ["active", "simulate"], ["weak", "cam"], ["semi", "mbdcnn"], ["semi", "ssac"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
