@@ -229,11 +229,13 @@ def evaluate_cases(
     extra: dict[str, Any] | None = None,
     curves: dict[str, Sequence[float]] | None = None,
     extra_figures: Sequence[Figure] = (),
+    lesion_label: int | None = None,
 ) -> dict[str, Any]:
     """Score in-memory cases and write ``metrics.json``, ``per_case.csv``, ``report.html`` and ``figures/``.
 
     ``classes`` maps label values to names (background excluded); ``extra`` fields are added to the summary
-    (e.g. the run's recipe) and ``curves`` adds a learning-curve figure to the report.
+    (e.g. the run's recipe) and ``curves`` adds a learning-curve figure to the report. Lesions are the connected
+    components of every foreground label, or of ``lesion_label`` only (e.g. tumor inside an organ).
     """
     if classes is not None:
         classes = {k: v for k, v in classes.items() if k != 0}
@@ -251,7 +253,11 @@ def evaluate_cases(
             seg_cases.append({lab: M.binary_case_metrics(pred == lab, gt == lab, spacing, nsd_tolerance_mm)
                               for lab in labels})
             if lesions:
-                les_cases.append(M.lesion_detection(pred != 0, gt != 0, spacing, size_bins_mm))
+                if lesion_label is None:
+                    les_cases.append(M.lesion_detection(pred != 0, gt != 0, spacing, size_bins_mm))
+                else:
+                    les_cases.append(M.lesion_detection(pred == lesion_label, gt == lesion_label, spacing,
+                                                        size_bins_mm))
             bar.advance()
 
     if classes is None:

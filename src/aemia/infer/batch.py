@@ -10,6 +10,7 @@ import numpy as np
 
 from aemia.data.io import case_id, image_kind, is_dicom_file, read_image, write_nifti, write_png
 from aemia.errors import InputError
+from aemia.infer.lesions import lesion_classes, lesion_csv, lesion_rows
 from aemia.infer.predictor import Predictor
 from aemia.utils.io import write_text_atomic
 
@@ -32,7 +33,8 @@ def collect_inputs(path: Path) -> list[Path]:
 def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool = False, prune: int | None = None,
                  device: str = "auto", amp: str = "none", progress: bool = True) -> list[Path]:
     """Predict all inputs; 2D masks as PNG (binary 0/255), volumes as NIfTI with the input's affine,
-    classification as ``predictions.csv``. Inputs are read and checked one by one; an unusable input stops
+    classification as ``predictions.csv``; for runs with a tumor / lesion class also ``<case>_lesions.csv`` (one row
+    per predicted lesion: centre in voxels and world mm, equivalent diameter, extent, volume). Inputs are read and checked one by one; an unusable input stops
     the run with a one-line error and leaves no partial file for it."""
     predictor = Predictor.from_run(run, prune=prune, tta=tta, device=device, amp=amp)
     inputs = collect_inputs(Path(input))
@@ -51,6 +53,13 @@ def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool 
                              **{f"p{k}": f"{float(p):.6f}" for k, p in enumerate(result)}})
             elif image.spatial_dims == 3:
                 written.append(write_nifti(result, out / f"{cid}.nii.gz", like=image))
+                lesions = lesion_classes(predictor.classes)
+                if lesions:  # e.g. liver + tumor: one row per predicted lesion
+                    rows_l = [r for k, name in lesions.items()
+                              for r in lesion_rows(result, k, image.spacing, image.affine, name)]
+                    target = out / f"{cid}_lesions.csv"
+                    write_text_atomic(target, lesion_csv(rows_l))
+                    written.append(target)
             else:
                 labels = int(result.max()) > 1
                 written.append(write_png(result, out / f"{cid}.png", labels=labels))

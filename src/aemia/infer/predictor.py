@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aemia.data.image import Image
-from aemia.data.transforms import normalise
+from aemia.data.transforms import normalise, window
 from aemia.errors import InputError
 from aemia.infer.predict import predict_probs, resolve_device
 from aemia.nets import load_checkpoint
@@ -33,6 +33,8 @@ class Predictor:
     modality: str = ""
     spacing: list[float] | None = None  # 3D working voxel size (mm) the model was trained at
     task: str = "segmentation"
+    window: list[float] | None = None  # CT HU window the model was trained with (None: the modality's default)
+    classes: dict[int, str] | None = None  # output index → class name (segmentation runs)
     tta: bool = False
     amp: str = "none"
     channels_last: bool = False
@@ -56,8 +58,16 @@ class Predictor:
             modality = get_dataset(cfg.dataset).modality
         except InputError:
             modality = ""
+        classes = None
+        try:
+            from aemia.train.run import class_names
+
+            classes = class_names(cfg, get_dataset(cfg.dataset)) if meta.get("task", "segmentation") == "segmentation" else None
+        except InputError:
+            pass
         return cls(model=model, spatial_dims=model.spatial_dims, size=cfg.size, patch=cfg.patch,
                    modality=modality, task=meta.get("task", "segmentation"), spacing=cfg.spacing,
+                   window=cfg.window, classes=classes,
                    tta=cfg.tta if tta is None else tta, amp=amp or "none")
 
     @property
@@ -76,7 +86,7 @@ class Predictor:
         if self.spatial_dims == 3:
             from aemia.data.transforms import resample_to_spacing, resize
 
-            vol = normalise(arr, self.modality)
+            vol = window(arr, *self.window) if self.window else normalise(arr, self.modality)
             if self.spacing:  # to the training voxel size and back: works for any input spacing
                 vol = resample_to_spacing(vol, image.spacing, self.spacing, order=1)
             x = torch.from_numpy(np.ascontiguousarray(vol))[None]

@@ -1,0 +1,67 @@
+"""Per-lesion table of a predicted label map: one row per connected component of a lesion class.
+
+Used by ``aemia predict`` for runs whose classes include a tumor or lesion (e.g. the liver + tumor model):
+``<case>_lesions.csv`` lists every predicted lesion with its centre (voxel and world mm through the image's
+affine), equivalent diameter (of a sphere with the same volume), longest axis-aligned extent and volume.
+Connectivity is full (26 neighbours in 3D), as in the lesion-wise evaluation (:mod:`aemia.evaluate.metrics`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from aemia.evaluate.metrics import equivalent_diameter_mm
+
+LESION_WORDS = ("tumor", "tumour", "lesion", "metastas", "nodule", "cancer")
+
+
+def lesion_classes(classes: dict[int, str] | None) -> dict[int, str]:
+    """The classes whose names say they are lesions (tumor, lesion, nodule, ...)."""
+    return {k: v for k, v in (classes or {}).items() if k != 0 and any(w in str(v).lower() for w in LESION_WORDS)}
+
+
+def lesion_rows(label_map: np.ndarray, label: int, spacing: Sequence[float], affine: np.ndarray | None = None,
+                name: str = "lesion", min_voxels: int = 1) -> list[dict[str, object]]:
+    """One row per connected component of ``label_map == label`` with at least ``min_voxels`` voxels,
+    largest first."""
+    mask = np.asarray(label_map) == label
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    comp, n = ndimage.label(mask, structure=structure)
+    if n == 0:
+        return []
+    sp = np.asarray([float(s) for s in spacing], dtype=float)
+    voxel_mm3 = float(np.prod(sp))
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+    centres = ndimage.center_of_mass(mask, comp, range(1, n + 1))
+    boxes = ndimage.find_objects(comp)
+    rows = []
+    for i in np.argsort(-sizes, kind="stable"):
+        if sizes[i] < min_voxels:
+            continue
+        c = np.asarray(centres[i], dtype=float)
+        world = (affine @ np.append(c, 1.0))[:3] if affine is not None else c * sp
+        extent = max((sl.stop - sl.start) * s for sl, s in zip(boxes[i], sp))
+        rows.append({
+            "lesion": len(rows) + 1, "class": name,
+            **{f"centre_voxel_{a}": round(float(v), 1) for a, v in zip("xyz", c)},
+            **{f"centre_mm_{a}": round(float(v), 1) for a, v in zip("xyz", world)},
+            "diameter_mm": round(equivalent_diameter_mm(float(sizes[i]) * voxel_mm3, mask.ndim), 2),
+            "extent_mm": round(float(extent), 1),
+            "volume_mm3": round(float(sizes[i]) * voxel_mm3, 1), "voxels": int(sizes[i]),
+        })
+    return rows
+
+
+def lesion_csv(rows: list[dict[str, object]]) -> str:
+    fields = ["lesion", "class", "centre_voxel_x", "centre_voxel_y", "centre_voxel_z", "centre_mm_x", "centre_mm_y",
+              "centre_mm_z", "diameter_mm", "extent_mm", "volume_mm3", "voxels"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
