@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 def train(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Bundled data set (see `aemia data list`)."),
     run: Path = typer.Option(..., "--run", "-r", help="Run folder to create (or resume)."),
-    model: str = typer.Option("unetpp", help="Network: unetpp, unet (segmentation) or resnet (classification)."),
+    model: str = typer.Option("unetpp", help="Network: unetpp, unet (segmentation); resnet or arl-resnet (classification)."),
     preset: str = typer.Option("cpu", help="Width preset: cpu (16,16,32,64,128), tiny, paper (32..512)."),
     features: Optional[str] = typer.Option(None, help="Level widths, e.g. 16,32,64,128 (overrides --preset)."),
     label_fraction: float = typer.Option(1.0, help="Fraction of the training split whose labels are used."),

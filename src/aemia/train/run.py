@@ -245,7 +245,7 @@ def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torc
     if cfg.synthetic_tumors:
         raise InputError(None, "--synthetic-tumors goes with --task liver-tumor")
     if task == "classification" and model_task(cfg.model) != "classification":
-        raise InputError(None, f"data set '{ds.name}' is classification: use --model resnet")
+        raise InputError(None, f"data set '{ds.name}' is classification: use --model resnet or arl-resnet")
     if ds.dims == 2:
         x, y, t = ds.arrays("train", cfg.size)
         keep = set(labelled)
