@@ -15,9 +15,10 @@ sample, worker and epoch. Published recipe, and what we keep:
   flips as augmentation;
 * loss Dice + CE over 3 classes, AdamW (the paper: lr 4e-4, warm-up cosine) — the run's TrainConfig.
 
-Cost: one synthesis per ``patches_per_synthesis`` patches (default 2) on the liver's bounding box only (about
-0.2 s at 2 mm), cached until the next draw; the draw is seeded by ``[seed, epoch, volume, group]``, so killing
-and resuming a run reproduces the same tumors.
+The synthesis is :class:`aemia.synth.transform.RandTumorSynthesisd`, the MONAI dictionary transform a MONAI
+pipeline would use, applied to the liver's bounding box: one synthesis per ``patches_per_synthesis`` patches
+(default 2; about 0.2 s at 2 mm), cached until the next draw. Its generator is seeded by ``[seed, worker, epoch,
+volume·2²⁰ + group]``, so killing and resuming a run reproduces the same tumors.
 
 Evaluation (:func:`evaluate_liver_tumor`): the test CTs are never used in training; each gets ``val_variants``
 synthetic *validation* versions (:func:`aemia.synth.tumor.synthesize_validation_tumors`: a fixed number of
@@ -40,7 +41,8 @@ import torch
 from aemia.data.catalog import CatalogDataset
 from aemia.data.transforms import resample_to_spacing, window
 from aemia.errors import InputError
-from aemia.synth.tumor import TumorConfig, synthesize_tumors, synthesize_validation_tumors
+from aemia.synth.transform import RandTumorSynthesisd
+from aemia.synth.tumor import TumorConfig, synthesize_validation_tumors
 from aemia.train.data import AugmentConfig, EpochDataset, augment, sample_rng
 from aemia.utils.io import write_text_atomic
 
@@ -121,6 +123,10 @@ class SyntheticTumorPatches(EpochDataset):
                 m = np.pad(m, pads, mode="constant")
             self.volumes.append((np.ascontiguousarray(h, np.float32), m, _bbox(m)))
         self._cache: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # The MONAI dictionary transform does the synthesis (p = prob, only on healthy labels, its own per-call
+        # generator from [seed, worker, epoch, index]); index = volume × 2**20 + group.
+        self.transform = RandTumorSynthesisd(keys=("image", "label"), prob=self.prob, seed=self.seed,
+                                             spacing=self.spacing, config=self.tumor_config)
 
     def __len__(self) -> int:
         return len(self.volumes) * self.per_volume
@@ -131,13 +137,14 @@ class SyntheticTumorPatches(EpochDataset):
         if key in self._cache:
             return self._cache[key]
         hu, organ_mask, box = self.volumes[v]
-        rng = np.random.default_rng([self.seed, self.epoch, v, group, 1729])
         image = hu.copy()
         label = organ_mask.astype(np.int64)
-        if rng.random() < self.prob:
-            res = synthesize_tumors(hu[box], organ_mask[box], rng, spacing=self.spacing, config=self.tumor_config)
-            image[box] = res.image
-            label[box] = res.label
+        self.transform.set_epoch(self.epoch)
+        out = self.transform({"image": hu[box][None], "label": organ_mask[box][None].astype(np.uint8),
+                              "index": v * 2**20 + group})
+        if self.transform.last_result is not None:
+            image[box] = out["image"][0]
+            label[box] = out["label"][0]
         tumor = np.argwhere(label == 2)
         out = (window(image, *self.window), label, tumor)
         if len(self._cache) > 4 * len(self.volumes):
