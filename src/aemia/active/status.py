@@ -1,0 +1,87 @@
+"""``status``: counts per status, the query rounds, the trained models and the learning curve
+(``P/learning_curve.png/.csv``: validation metric vs number of training labels; :mod:`aemia.active.loop`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from aemia.active.project import Project, _open_project
+from aemia.utils.io import atomic_path, write_text_atomic
+
+__all__ = [
+    "learning_curve",
+    "project_status",
+]
+
+
+def learning_curve(project: str | Path | Project) -> list[dict[str, Any]]:
+    """One row per trained round: round, mode, labels, training labels, validation metric."""
+    proj = _open_project(project)
+    rows = []
+    for s in proj.model_summaries():
+        v = s.get("validation") or {}
+        rows.append({"round": s["round"], "mode": s["mode"], "n_labels": s["n_labels"],
+                     "n_train_labels": s["n_train_labels"], "n_trained_on": len(s["trained_on"]),
+                     "n_validation": s["n_validation"], "metric": v.get("metric"), "value": v.get("value"),
+                     "accuracy": v.get("accuracy")})
+    return rows
+
+
+def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in rows if r["value"] is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    xs, ys = [r["n_train_labels"] for r in pts], [r["value"] for r in pts]
+    ax.plot(xs, ys, "o-", color="tab:blue")
+    for r in pts:
+        ax.annotate(f"r{r['round']}", (r["n_train_labels"], r["value"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
+    metric = pts[0]["metric"] if pts else "metric"
+    ax.set_xlabel("annotated training cases")
+    ax.set_ylabel(f"validation {metric} (n = {pts[-1]['n_validation'] if pts else 0})")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def project_status(project: str | Path | Project, *, plot: bool = True) -> dict[str, Any]:
+    """Counts per status, the query rounds, the trained models and the learning curve.
+
+    With ``plot``, writes ``learning_curve.png`` and ``learning_curve.csv`` when at least one model has a
+    validation score (a held-out validation set exists); ``"curve_png"`` is then its path, else ``None``
+    and ``"note"`` says why.
+    """
+    proj = _open_project(project)
+    with proj.ledger() as led:
+        counts = led.status_counts()
+        rounds = [asdict(ri) for ri in led.rounds()]
+    rows = learning_curve(proj)
+    png: Path | None = None
+    note = None
+    if not rows:
+        note = "no model trained yet (aemia active train)"
+    elif not any(r["value"] is not None for r in rows):
+        note = "no validation score yet (the validation set is empty or has a single class)"
+    elif plot:
+        png = proj.root / "learning_curve.png"
+        _plot_curve(rows, png, f"{proj.root.name}: {proj.config.task}")
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        write_text_atomic(proj.root / "learning_curve.csv", buf.getvalue())
+    return {"project": str(proj.root), "task": proj.config.task, "counts": counts, "rounds": rounds,
+            "curve": rows, "curve_png": png, "note": note}
