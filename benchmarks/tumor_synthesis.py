@@ -20,7 +20,10 @@ Figures (``tumor_synthesis.json``):
 
 * ``cold`` — seconds from the loaded CT to the first synthesized case, precompute included;
 * ``steady`` — median seconds per case over ``--cases`` cases after the first (same tumor-type sequence);
-* ``peak_mb`` — peak resident memory of the whole side process (``ru_maxrss`` of the child);
+* ``peak_mb`` — peak resident memory of the whole side process (``ru_maxrss`` of the child). Both sides load the
+  CT the same way (scipy zoom, no torch) and write tumors in place into the loaded volume, as the original
+  transform writes into its data dictionary (``synthesize_tumors(..., inplace=True)``); every case restarts from
+  the healthy liver;
 * ratios ours / original: ``cold_time_ratio`` (target ≤ 0.1), ``steady_time_ratio`` (≤ 1.5),
   ``memory_ratio`` (≤ 0.1).
 
@@ -53,13 +56,18 @@ RADIUS = {"tiny": 4, "small": 8, "medium": 16, "large": 32}
 
 
 def load_ct_1mm() -> tuple[np.ndarray, np.ndarray]:
+    """The CT and its liver mask at 1 mm (linear / nearest zoom with scipy: no torch in either side's process,
+    since neither synthesis needs it)."""
+    from scipy import ndimage
+
     from aemia.data.catalog import get_dataset
-    from aemia.data.transforms import resample_to_spacing
 
     ds = get_dataset("totalseg_ct")
     s = ds.load(ds.splits["train"][0])
-    hu = resample_to_spacing(s.image.array.astype(np.float32), s.image.spacing, (1.0, 1.0, 1.0), order=1)[0]
-    liver = resample_to_spacing((s.label == 5)[None].astype(np.uint8), s.image.spacing, (1.0, 1.0, 1.0), order=0)[0] > 0
+    zoom = [sp / 1.0 for sp in s.image.spacing]
+    hu = ndimage.zoom(s.image.array[0].astype(np.float32), zoom, order=1, output=np.float32, grid_mode=True,
+                      mode="grid-constant", cval=-1024.0)
+    liver = ndimage.zoom((s.label == 5).astype(np.uint8), zoom, order=0, grid_mode=True, mode="grid-constant").view(bool)
     return hu, liver
 
 
@@ -124,11 +132,11 @@ def original_case(hu: np.ndarray, liver: np.ndarray, textures: list[np.ndarray],
     delta = rng.uniform(65, 145)
     new = vol - texture * geo_blur * delta
     vol = np.where(mask, new, vol)
-    out, label = hu.copy(), liver.astype(np.uint8)
-    out[bb] = vol
+    hu[bb] = vol  # in place, as the original writes into its data dictionary
+    label = liver.astype(np.uint8)
     lab = label[bb]
     lab[geo] = 2
-    return out, label
+    return hu, label
 
 
 # -------------------------------------------------------------------------------------------------- one side
@@ -145,20 +153,28 @@ def run_side(side: str, n_cases: int, texture_shape: tuple[int, int, int], seed:
         precompute = time.perf_counter() - t0
     from aemia.synth.tumor import synthesize_tumors
 
+    box = []
+    for ax in range(3):
+        hit = np.flatnonzero(np.any(liver, axis=tuple(i for i in range(3) if i != ax)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    box = tuple(box)
+    healthy = hu[box].copy()  # both sides write in place; each case starts from the healthy liver again
     for k, ttype in enumerate(types):
+        hu[box] = healthy
         t = time.perf_counter()
         if side == "original":
             _, label = original_case(hu, liver, textures, ttype, rng)
         else:
-            label = synthesize_tumors(hu, liver, rng, tumor_type=ttype, spacing=(1.0, 1.0, 1.0)).label
+            label = synthesize_tumors(hu, liver, rng, tumor_type=ttype, spacing=(1.0, 1.0, 1.0), inplace=True).label
         times.append(time.perf_counter() - t)
         n_tumor_voxels.append(int((label == 2).sum()))
+        del label  # a training pipeline hands the label on; do not hold two at once
         if k == 0:
             cold = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {"side": side, "cold_s": cold, "precompute_s": precompute, "case_s": times,
             "steady_median_s": float(np.median(times[1:] if len(times) > 1 else times)), "types": types,
-            "tumor_voxels": n_tumor_voxels, "peak_mb": peak_mb, "ct_shape_1mm": list(hu.shape),
+            "tumor_voxels": n_tumor_voxels, "peak_mb": peak_mb, "torch_imported": "torch" in sys.modules, "ct_shape_1mm": list(hu.shape),
             "liver_voxels": int(liver.sum())}
 
 

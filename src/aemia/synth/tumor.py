@@ -135,7 +135,7 @@ class SynthTumor:
 
 @dataclass
 class SynthesisResult:
-    """``image``: float32 HU with tumors; ``label``: uint8 0/1/2; ``instances``: int16 tumor ids (0 = none; where
+    """``image``: float32 HU with tumors; ``label``: uint8 0/1/2; ``instances``: tumor ids (uint8, int16 above 254 tumors) (0 = none; where
     tumors overlap the later one wins); ``hu_drop``: Δ of the case; ``tumor_type`` as drawn."""
 
     image: np.ndarray
@@ -264,7 +264,10 @@ def ellipsoid_tumor_shape(rng: np.random.Generator, radius_mm: float, sigma_mm: 
     radii = rng.uniform(jitter[0] * radius_mm, jitter[1] * radius_mm, size=3)
     half = np.maximum(np.ceil(box_factor * radii / 2.0 / sp).astype(int), 1)
     grids = [(np.arange(-h, h + 1) * s / r) ** 2 for h, s, r in zip(half, sp, radii)]
-    ell = (grids[0][:, None, None] + grids[1][None, :, None] + grids[2][None, None, :]) <= 1.0
+    # one float32 box summed in place (a large tumor's box at 1 mm is about 161³ voxels)
+    acc = (grids[0][:, None] + grids[1][None, :]).astype(np.float32)[:, :, None] + grids[2].astype(np.float32)[None, None, :]
+    ell = acc <= 1.0
+    del acc
     if sigma_mm > 0:
         ell = elastic_deform_random_grid(ell, rng, sigma_mm / sp, points=points)
     return ell
@@ -353,16 +356,30 @@ def generate_texture(rng: np.random.Generator, shape: tuple[int, int, int], spac
     sigma_a = rng.uniform(*cfg.texture_sigma_a_mm)
     first, second = cfg.texture_sigma_b_mm
     sigma_b = rng.uniform(*first) if rng.random() < cfg.texture_sigma_b_p_first else rng.uniform(*second)
+    # in place where possible (same values as the out-of-place formulas): a large tumor's region at 1 mm is
+    # several million voxels, and every temporary would be another 20 MB
     a = _smooth_noise(rng, shape, sigma_a / sp)
     lo, hi = float(a.min()), float(a.max())
-    a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    a = a * np.float32(rng.uniform(*cfg.texture_scale)) + np.float32(rng.uniform(*cfg.texture_base))
-    b = (a > rng.random(shape, dtype=np.float32)).astype(np.float32)
-    b = ndimage.gaussian_filter(b, sigma=sigma_b / sp, mode="reflect")
+    if hi > lo:
+        a -= lo
+        a /= hi - lo
+    else:
+        a[...] = 0.0
+    a *= np.float32(rng.uniform(*cfg.texture_scale))
+    a += np.float32(rng.uniform(*cfg.texture_base))
+    r = rng.random(shape, dtype=np.float32)
+    hit = a > r
+    del a
+    r[...] = hit  # Bernoulli samples as float32, in the uniform draws' buffer
+    del hit
+    b = ndimage.gaussian_filter(r, sigma=sigma_b / sp, mode="reflect")
+    del r
     sel = b[b > cfg.texture_threshold]
     denom = float(sel.mean()) if sel.size else max(float(b.max()), 1e-6)
+    del sel
     beta = rng.uniform(*cfg.texture_u0) / denom
-    return np.clip(b * np.float32(beta), 0.0, 1.0).astype(np.float32, copy=False)
+    b *= np.float32(beta)
+    return np.clip(b, 0.0, 1.0, out=b)
 
 
 # ----------------------------------------------------------------------------------------------- synthesis
@@ -401,13 +418,17 @@ def _paste_box(shape_box: np.ndarray, centre: Sequence[int], vol_shape: Sequence
 
 def _synthesize(image: np.ndarray, organ_mask: np.ndarray, rng: np.random.Generator, plans: list[_Plan],
                 tumor_type: str, spacing: Sequence[float] | None, affine: np.ndarray | None,
-                config: TumorConfig, vessel_mask: np.ndarray | None, allow_overlap: bool) -> SynthesisResult:
+                config: TumorConfig, vessel_mask: np.ndarray | None, allow_overlap: bool,
+                inplace: bool = False) -> SynthesisResult:
     img, organ_full, sp = _prepare(image, organ_mask, spacing, affine, vessel_mask)
     aff = np.asarray(affine, dtype=np.float64) if affine is not None else np.diag([*sp, 1.0])
     axis = axial_axis(affine)
-    # Work inside the organ's bounding box only.
-    nz = np.nonzero(organ_full)
-    bb = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in nz)
+    # Work inside the organ's bounding box only (from per-axis projections: no voxel coordinate lists).
+    bb = []
+    for ax in range(3):
+        hit = np.flatnonzero(np.any(organ_full, axis=tuple(i for i in range(3) if i != ax)))
+        bb.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    bb = tuple(bb)
     offset = np.array([s.start for s in bb])
     organ = organ_full[bb]
     vessels = None
@@ -416,7 +437,8 @@ def _synthesize(image: np.ndarray, organ_mask: np.ndarray, rng: np.random.Genera
         if not vessels.any():
             vessels = None
     union = np.zeros(organ.shape, dtype=bool)
-    instances = np.zeros(organ.shape, dtype=np.int16)
+    id_dtype = np.uint8 if len(plans) < 255 else np.int16  # tumor ids; uint8 keeps a 1 mm volume small
+    instances = np.zeros(organ.shape, dtype=id_dtype)
     # plan, centre (crop voxel), slices into the crop, tumor mask in those slices (cut to the organ), shape voxels
     kept: list[tuple[_Plan, tuple[int, int, int], tuple[slice, ...], np.ndarray, int]] = []
     for plan in plans:
@@ -456,9 +478,6 @@ def _synthesize(image: np.ndarray, organ_mask: np.ndarray, rng: np.random.Genera
         instances[vsl][m] = len(kept) + 1
         kept.append((plan, centre, vsl, m, n_shape))
 
-    out = img.astype(np.float32, copy=True)
-    label = organ_full.astype(np.uint8)
-    inst_full = np.zeros(img.shape, dtype=np.int16)
     delta = float(rng.uniform(*config.hu_drop))
     drop = np.zeros(organ.shape, dtype=np.float32)
     if union.any():
@@ -473,15 +492,23 @@ def _synthesize(image: np.ndarray, organ_mask: np.ndarray, rng: np.random.Genera
         region = union[rb]
         tex = generate_texture(rng, region.shape, sp, config)
         geo = ndimage.gaussian_filter(region.astype(np.float32), sigma=blur_vox, mode="constant")
-        d = tex * geo * np.float32(delta)
-        d *= organ[rb]
-        drop[rb] = d
+        tex *= geo
+        del geo
+        tex *= np.float32(delta)
+        tex *= organ[rb]
+        drop[rb] = tex
+        del tex
         if config.capsule:
             width = np.maximum(np.rint(config.capsule_width_mm / np.asarray(sp)).astype(int), 1)
             struct = np.ones(tuple(2 * w + 1 for w in width), dtype=bool)
             ring = ndimage.binary_dilation(region, structure=struct) & ~region & organ[rb]
             ring_f = ndimage.gaussian_filter(ring.astype(np.float32), sigma=0.5 * blur_vox) * organ[rb]
             drop[rb] -= ring_f * np.float32(rng.uniform(*config.capsule_hu))
+    # full-size outputs only now, after the texture's temporaries are gone (peak memory at 1 mm)
+    out = img if inplace and img.dtype == np.float32 else img.astype(np.float32, copy=True)
+    label = organ_full.astype(np.uint8)
+    inst_full = np.zeros(img.shape, dtype=id_dtype)
+    if union.any():
         crop = out[bb]
         crop -= drop
         out[bb] = crop
@@ -508,27 +535,30 @@ def _synthesize(image: np.ndarray, organ_mask: np.ndarray, rng: np.random.Genera
 def synthesize_tumors(image: np.ndarray, organ_mask: np.ndarray, rng: np.random.Generator, *,
                       tumor_type: str | None = None, spacing: Sequence[float] | None = None,
                       affine: np.ndarray | None = None, config: TumorConfig | None = None,
-                      vessel_mask: np.ndarray | None = None) -> SynthesisResult:
+                      vessel_mask: np.ndarray | None = None, inplace: bool = False) -> SynthesisResult:
     """Synthesize liver tumors into ``image`` (HU, 3D ``(X, Y, Z)``) inside ``organ_mask`` (METHODS §3.1).
 
     Hu et al., CVPR 2023 "Label-Free Liver Tumor Segmentation". ``tumor_type`` None draws one of
     ``tiny | small | medium | large | mix`` (p 0.2 each). ``spacing`` (mm per axis) defaults to the affine's
     column norms, else 1 mm; every size is converted from mm to voxels per axis (anisotropic grids are fine).
     ``affine`` maps voxels to world mm for the reported centres and tells which voxel axis is axial.
-    ``vessel_mask`` enables vessel avoidance (see the module docstring). Raises
+    ``vessel_mask`` enables vessel avoidance (see the module docstring). ``inplace=True`` writes the tumors into
+    ``image`` itself when it is float32 (as the original transform writes into its data dictionary), saving one
+    volume of memory; ``result.image`` is then ``image``. Raises
     :class:`aemia.errors.InputError` if the organ mask is empty.
     """
     cfg = config or TumorConfig()
     ttype = tumor_type if tumor_type is not None else sample_tumor_type(rng, cfg)
     plans = [_Plan(t, r, s, cfg.radius_jitter) for t, r, s in plan_tumors(rng, ttype, cfg)]
-    return _synthesize(image, organ_mask, rng, plans, ttype, spacing, affine, cfg, vessel_mask, cfg.allow_overlap)
+    return _synthesize(image, organ_mask, rng, plans, ttype, spacing, affine, cfg, vessel_mask, cfg.allow_overlap,
+                       inplace)
 
 
 def synthesize_validation_tumors(image: np.ndarray, organ_mask: np.ndarray, rng: np.random.Generator, *,
                                  per_bin: int = 2, bins: Sequence[str] | None = None,
                                  spacing: Sequence[float] | None = None, affine: np.ndarray | None = None,
                                  config: TumorConfig | None = None,
-                                 vessel_mask: np.ndarray | None = None) -> SynthesisResult:
+                                 vessel_mask: np.ndarray | None = None, inplace: bool = False) -> SynthesisResult:
     """A validation case with ``per_bin`` separate tumors in each size bin (``<=5``, ``5-10``, ``10-20``,
     ``>20`` mm equivalent diameter, measured inside the organ), so lesion-wise sensitivity per size can be
     measured. Same shape, texture and intensity model as :func:`synthesize_tumors`; radii jitter ±10 % around a
@@ -549,4 +579,4 @@ def synthesize_validation_tumors(image: np.ndarray, organ_mask: np.ndarray, rng:
             ttype = min(SIZE_TYPES, key=lambda t: abs(math.log(cfg.radius_mm[t] / r)))
             plans.append(_Plan(ttype, r, _draw_sigma(rng, cfg.elastic_sigma_mm[ttype]) * min(1.0, r / cfg.radius_mm[ttype]),
                                (0.9, 1.1), table[name]))
-    return _synthesize(image, organ_mask, rng, plans, "validation", spacing, affine, cfg, vessel_mask, False)
+    return _synthesize(image, organ_mask, rng, plans, "validation", spacing, affine, cfg, vessel_mask, False, inplace)
