@@ -169,7 +169,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     out["n_pool"], out["n_test"] = res["n_pool"], res["n_test"]
     out["ci_method"] = res["ci_method"]
     out["seconds"] = round(time.time() - t0, 1)
-    png = args.out.with_name(f"{args.out.stem}_{name}.png")
+    stem = args.out.stem if args.out.stem.endswith(name) else f"{args.out.stem}_{name}"
+    png = args.out.with_name(f"{stem}.png")
     plot_curves(res, png, title=f"{name}: {res['metric']} vs labels ({args.seeds} seeds, continual fine-tuning)",
                 reference=target)
     out["png"] = str(png)
