@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from aemia.utils.io import save_figure
 from aemia.errors import InputError
 
 __all__ = [
@@ -643,7 +644,6 @@ def plot_curves(result: dict[str, Any], path: str | Path, title: str | None = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aemia.utils.io import atomic_path
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
@@ -668,8 +668,4 @@ def plot_curves(result: dict[str, Any], path: str | Path, title: str | None = No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

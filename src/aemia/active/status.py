@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aemia.active.project import Project, _open_project
-from aemia.utils.io import atomic_path, write_text_atomic
+from aemia.utils.io import save_figure, write_text_atomic
 
 __all__ = [
     "learning_curve",
@@ -52,9 +52,7 @@ def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def project_status(project: str | Path | Project, *, plot: bool = True) -> dict[str, Any]:

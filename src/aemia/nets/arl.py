@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aemia.nets.classifier import BasicBlock
+from aemia.nets.classifier import BasicBlock, ResNetHead
 from aemia.nets.layers import conv_nd, max_pool_nd, norm_nd
 
 #: The paper's ARL-CNN50.
@@ -117,7 +117,7 @@ class ArlBottleneck(_ArlMixin, nn.Module):
         return self._combine(self.residual(x), x)
 
 
-class ArlResNet(nn.Module):
+class ArlResNet(ResNetHead):
     """ARL-CNN classifier: stem → stages of ARL blocks (stride 2 at the start of every stage but the first) →
     global average pooling → dropout → linear layer.
 
@@ -187,15 +187,3 @@ class ArlResNet(nn.Module):
     def alphas(self) -> list[float]:
         """Current α of every ARL block, in network order (empty without attention)."""
         return [float(m.alpha.detach()) for m in self.arl_blocks() if m.alpha is not None]
-
-    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map (N, embedding_dim, *S') before global pooling (for class activation maps)."""
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"model expects {self.in_channels} input channels, got {x.shape[1]}")
-        return self.stages(self.stem(x))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.forward_maps(x)), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.forward_features(x)))

@@ -35,7 +35,31 @@ class BasicBlock(nn.Module):
         return self.relu(y + self.shortcut(x))
 
 
-class ResNetClassifier(nn.Module):
+class ResNetHead(nn.Module):
+    """The shared forward of ResNet-style classifiers: ``stem`` → ``stages`` → global ``pool`` → ``dropout`` →
+    ``fc``. Subclasses build those modules and set ``in_channels``."""
+
+    in_channels: int
+    stem: nn.Module
+    stages: nn.Module
+    pool: nn.Module
+    dropout: nn.Module
+    fc: nn.Module
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map (N, embedding_dim, *S') before global pooling (for class activation maps)."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"model expects {self.in_channels} input channels, got {x.shape[1]}")
+        return self.stages(self.stem(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.forward_maps(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.forward_features(x)))
+
+
+class ResNetClassifier(ResNetHead):
     def __init__(
         self,
         spatial_dims: int,
@@ -74,14 +98,3 @@ class ResNetClassifier(nn.Module):
         self.fc = nn.Linear(in_ch, out_channels)
         self.embedding_dim = in_ch
 
-    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map (N, embedding_dim, *S') before global pooling (for class activation maps)."""
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"model expects {self.in_channels} input channels, got {x.shape[1]}")
-        return self.stages(self.stem(x))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.forward_maps(x)), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.forward_features(x)))

@@ -29,7 +29,7 @@ from aemia.nets import create_model
 from aemia.pretrain.genesis import GenesisTransform
 from aemia.train.data import EpochDataset, sample_rng
 from aemia.train.trainer import TrainConfig, Trainer
-from aemia.utils.io import write_json_atomic, write_text_atomic
+from aemia.utils.io import save_figure, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -266,8 +266,6 @@ def restoration_figure(model: torch.nn.Module, clean: np.ndarray, transform: Gen
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aemia.utils.io import atomic_path
-
     model.eval()
     pairs = [transform(c, sample_rng(seed + 1, 0, i)) for i, c in enumerate(clean)]
     x = torch.from_numpy(np.stack([p[0] for p in pairs]).astype(np.float32))
@@ -291,7 +289,4 @@ def restoration_figure(model: torch.nn.Module, clean: np.ndarray, transform: Gen
                 ax.set_ylabel(title)
     fig.suptitle("Self-restoration of held-out patches")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from aemia.utils.io import save_figure
 from aemia.semisup.mean_teacher import (
     MeanTeacherConfig,
     MeanTeacherHook,
@@ -122,7 +123,6 @@ def semi_figure(history: Sequence[dict[str, Any]], path: str | Path, title: str 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aemia.utils.io import atomic_path
 
     epochs = [int(h["epoch"]) + 1 for h in history]
 
@@ -157,11 +157,7 @@ def semi_figure(history: Sequence[dict[str, Any]], path: str | Path, title: str 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def semi_extras(settings: SemiSettings, figure: Path,

@@ -72,7 +72,7 @@ from aemia.nets.registry import create_model, register_model
 from aemia.nets.unet import UNet
 from aemia.train.data import ArrayDataset, AugmentConfig, EpochDataset, augment, sample_rng
 from aemia.train.trainer import TrainConfig, Trainer
-from aemia.utils.io import atomic_path, write_json_atomic, write_text_atomic
+from aemia.utils.io import save_figure, write_json_atomic, write_text_atomic
 
 __all__ = [
     "CamGuidedUNet", "GuidedArrayDataset", "HybridSegLoss", "MBDCNNConfig", "class_activation_map",
@@ -801,9 +801,7 @@ def _figure(path: Path, te: _Data, seg: dict[str, np.ndarray], masks: np.ndarray
         axes[r][2].set_xlabel(f"p({te.classes[pos]}) {p_mask[i, pos]:.2f}", fontsize=8)
     fig.suptitle("MB-DCNN on held-out cases (largest Jaccard change first)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def load_metrics(run_dir: str | Path) -> dict[str, Any]:

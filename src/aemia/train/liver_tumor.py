@@ -72,14 +72,19 @@ def _bbox(mask: np.ndarray, margin: Sequence[int] = (0, 0, 0)) -> tuple[slice, .
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def load_hu_and_organ(ds: CatalogDataset, case: Any, organ: int,
-                      spacing: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Raw HU volume (X, Y, Z) float32 and organ mask (bool), resampled to ``spacing`` when given."""
+def _load_case(ds: CatalogDataset, case: Any, organ: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The sample, its raw HU volume (X, Y, Z) float32 and organ mask (InputError if the organ is absent)."""
     s = ds.load(case)
-    hu = s.image.array[0].astype(np.float32)
     organ_mask = s.label == organ
     if not organ_mask.any():
         raise InputError(case.label, f"has no voxel of the organ label {organ}")
+    return s, s.image.array[0].astype(np.float32), organ_mask
+
+
+def load_hu_and_organ(ds: CatalogDataset, case: Any, organ: int,
+                      spacing: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Raw HU volume (X, Y, Z) float32 and organ mask (bool), resampled to ``spacing`` when given."""
+    s, hu, organ_mask = _load_case(ds, case, organ)
     sp = tuple(float(v) for v in s.image.spacing)
     if spacing is not None:
         hu = resample_to_spacing(hu[None], sp, spacing, order=1)[0]
@@ -264,11 +269,7 @@ def evaluate_liver_tumor(run_dir: str | Path, cfg: "RunConfig", ds: CatalogDatas
         raise InputError(None, f"data set '{ds.name}' has no {cfg.eval_split} split to evaluate on")
     with Bar("synthetic validation", total=len(test) * val_variants, enabled=progress) as bar:
         for case in test:
-            s = ds.load(case)
-            hu = s.image.array[0].astype(np.float32)
-            organ_mask = s.label == organ
-            if not organ_mask.any():
-                raise InputError(case.label, f"has no voxel of the organ label {organ}")
+            s, hu, organ_mask = _load_case(ds, case, organ)
             spacing = tuple(float(v) for v in s.image.spacing)
             for k in range(val_variants):
                 img, lab, tumors = validation_case(hu, organ_mask, spacing, seed=1_000_003 + k, per_bin=per_bin)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aemia.utils.io import save_figure
 from aemia.evaluate import metrics as M
 from aemia.infer.predictor import Predictor
 
@@ -63,7 +64,6 @@ def pruning_figure(rows: list[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aemia.utils.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
     ms = [r["ms_per_image"] for r in rows]
@@ -77,8 +77,4 @@ def pruning_figure(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_title("UNet++ pruned at inference: speed vs accuracy")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -54,6 +54,18 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib figure as PNG atomically (parent folders created), close it, return the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+    plt.close(fig)
+    return path
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 
