@@ -80,10 +80,12 @@ def class_activation_maps(
     classes: int | Sequence[int] | np.ndarray | None = None,
     size: tuple[int, int] | None = None,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> CamOutput:
     """CAMs of ``images`` (N, C, H, W) for ``classes``: ``None`` = each image's predicted class, an int = that
     class for every image, a sequence = one class per image. Maps are upsampled to ``size`` (default: the images'
-    own H, W) and normalised (:func:`normalise_cams`). The model is put in eval mode."""
+    own H, W) and normalised (:func:`normalise_cams`). The model is put in eval mode. ``progress`` shows a bar
+    over the batches."""
     if not supports_cam(model):
         raise ValueError(f"{type(model).__name__} has no forward_maps + linear fc head: no class activation maps")
     model.eval()
@@ -102,23 +104,33 @@ def class_activation_maps(
             raise ValueError(f"class index out of range 0..{n_classes - 1}")
     device = next(model.parameters()).device
     cams, chosen, probs = [], [], []
-    for start in range(0, n, batch_size):
-        x = x_all[start : start + batch_size].to(device)
-        maps = model.forward_maps(x).float()
-        logits = fc(torch.flatten(maps.mean(dim=(2, 3), keepdim=True), 1))
-        p = logits.softmax(1)
-        cls = p.argmax(1) if wanted is None else torch.from_numpy(wanted[start : start + x.shape[0]]).to(device)
-        raw = cam_from_maps(maps, fc.weight.float())  # (B, C, h, w)
-        sel = raw[torch.arange(raw.shape[0], device=device), cls][:, None]
-        up = F.interpolate(sel, size=out_size, mode="bilinear", align_corners=False)
-        cams.append(normalise_cams(up)[:, 0].cpu())
-        chosen.append(cls.cpu())
-        probs.append(p.cpu())
+    from aemia.utils.progress import Bar
+
+    with Bar("class activation maps", total=-(-n // batch_size), enabled=progress) as bar:
+        for start in range(0, n, batch_size):
+            _cam_batch(model, fc, x_all[start : start + batch_size].to(device), wanted, start, out_size, device,
+                       cams, chosen, probs)
+            bar.advance()
     if not cams:
         empty = np.zeros((0, *out_size), np.float32)
         return CamOutput(empty, np.zeros(0, np.int64), np.zeros((0, n_classes), np.float32))
     return CamOutput(torch.cat(cams).numpy().astype(np.float32), torch.cat(chosen).numpy().astype(np.int64),
                      torch.cat(probs).numpy().astype(np.float32))
+
+
+def _cam_batch(model: nn.Module, fc: nn.Linear, x: torch.Tensor, wanted: np.ndarray | None, start: int,
+               out_size: tuple[int, ...], device: torch.device, cams: list, chosen: list, probs: list) -> None:
+    """One batch of :func:`class_activation_maps` (appends to ``cams``, ``chosen``, ``probs``)."""
+    maps = model.forward_maps(x).float()
+    logits = fc(torch.flatten(maps.mean(dim=(2, 3), keepdim=True), 1))
+    p = logits.softmax(1)
+    cls = p.argmax(1) if wanted is None else torch.from_numpy(wanted[start : start + x.shape[0]]).to(device)
+    raw = cam_from_maps(maps, fc.weight.float())  # (B, C, h, w)
+    sel = raw[torch.arange(raw.shape[0], device=device), cls][:, None]
+    up = F.interpolate(sel, size=out_size, mode="bilinear", align_corners=False)
+    cams.append(normalise_cams(up)[:, 0].cpu())
+    chosen.append(cls.cpu())
+    probs.append(p.cpu())
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -249,6 +261,7 @@ def run_cams(
     target: str = "predicted",
     config: CamConfig | None = None,
     max_figure_images: int = 16,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """CAMs of a trained classification run on a split of a data set with masks, scored against the masks.
 
@@ -294,7 +307,7 @@ def run_cams(
     rows: list[dict[str, Any]] = []
     first: tuple[CamOutput, np.ndarray, list[dict[str, float]]] | None = None
     for key, cls in targets:
-        out = class_activation_maps(model, x, cls, batch_size=cfg_cam.batch_size)
+        out = class_activation_maps(model, x, cls, batch_size=cfg_cam.batch_size, progress=progress)
         masks = threshold_cams(out.cams, cfg_cam)
         scores = score_masks(masks, truth)
         pointing = [float(truth[i].ravel()[int(np.argmax(out.cams[i]))]) if out.cams[i].max() > 0 else 0.0
