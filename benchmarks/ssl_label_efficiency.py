@@ -16,6 +16,7 @@ unused), fine-tuning on the 2 training cases, Dice on the 2 test cases, scratch 
 Runs live in ``benchmarks/work/ssl_label_efficiency/`` and finished ones are reused, so the benchmark resumes.
 
     .venv/bin/python benchmarks/ssl_label_efficiency.py                      # full (several hours on 2 cores)
+    .venv/bin/python benchmarks/ssl_label_efficiency.py --fractions 0.1 --skip-3d      # one fraction; merged into the JSON
     .venv/bin/python benchmarks/ssl_label_efficiency.py --quick --out /tmp/ssl.json   # smoke run
 """
 
@@ -80,9 +81,9 @@ def per_case_dice(run_dir: Path, column: str) -> list[float]:
         return [float(r[column]) for r in csv.DictReader(f)]
 
 
-def kvasir(args: argparse.Namespace) -> dict:
+def kvasir(args: argparse.Namespace, out: dict, save) -> dict:
+    """Fine-tune every arm at every fraction; ``out`` holds fractions measured earlier and is saved after each."""
     inits = {"scratch": None, **{m: str(pretrained(m, args)) for m in args.methods}}
-    out: dict = {}
     for frac in args.fractions:
         steps_per_epoch = math.ceil(math.ceil(frac * N_TRAIN) / 8)
         epochs = max(args.epochs, math.ceil(args.min_steps / steps_per_epoch))
@@ -93,7 +94,7 @@ def kvasir(args: argparse.Namespace) -> dict:
                 cfg = RunConfig(dataset="kvasir", model="unetpp", preset="cpu", label_fraction=frac, size=args.size,
                                 init=init, train=TrainConfig(epochs=epochs, batch_size=8, lr=2e-3, seed=seed))
                 m = finetune(f"kvasir_{arm}_{frac}_s{seed}", cfg, args)
-                seeds[seed] = m["segmentation"]["polyp"]["dice"]
+                seeds[seed] = {**m["segmentation"]["polyp"]["dice"], "train_seconds": m["run"]["train_seconds"]}
             pooled = bootstrap_ci(np.concatenate([per_case_dice(args.work / f"kvasir_{arm}_{frac}_s{s}", "polyp_dice")
                                                   for s in range(args.seeds)]))
             means = [v["mean"] for v in seeds.values()]
@@ -102,6 +103,7 @@ def kvasir(args: argparse.Namespace) -> dict:
                                    "epochs": epochs, "labelled_cases": math.ceil(frac * N_TRAIN - 1e-9)}
         for arm in args.methods:
             out[str(frac)][f"{arm}_minus_scratch"] = out[str(frac)][arm]["dice"] - out[str(frac)]["scratch"]["dice"]
+        save()
     return out
 
 
@@ -158,11 +160,12 @@ def main() -> None:
         args.pretrain_epochs, args.brats_epochs, args.cube, args.brats_patch = 1, 1, "16,16,16", "32,32,32"
         args.patches_per_volume, args.cubes_per_volume = 2, 4
         args.work = args.work.with_name(args.work.name + "_quick")
-    args.fractions = [float(f) for f in args.fractions.split(",")]
+    args.fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     args.methods = [m for m in args.methods.split(",") if m]
     args.cube = [int(v) for v in args.cube.split(",")]
     args.brats_patch = [int(v) for v in args.brats_patch.split(",")]
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if "OMP_NUM_THREADS" not in os.environ:  # otherwise respect the caller's choice (e.g. two jobs side by side)
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     result: dict = {"benchmark": "ssl_label_efficiency",
                     "command": " ".join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + "/", ""), *sys.argv]),
@@ -171,14 +174,25 @@ def main() -> None:
                                              if ln.startswith("model name")), ""), "cores": os.cpu_count(),
                                 "torch": torch.__version__, "python": platform.python_version()},
                     "targets": {"genesis_minus_scratch_at_0.1": 0.03}}
-    result["kvasir"] = kvasir(args)
+    previous = json.loads(args.out.read_text()) if args.out.exists() and not args.quick else {}
+    result["kvasir"] = previous.get("kvasir", {})  # fractions measured by earlier invocations are kept
+    if "brats" in previous:
+        result["brats"] = previous["brats"]
+    result["invocations"] = [*previous.get("invocations", []), {"command": result["command"], "date": started}]
+
+    def save() -> None:
+        k = result["kvasir"]
+        if "0.1" in k and "genesis_minus_scratch" in k["0.1"]:
+            result["verdict_genesis_at_0.1"] = "met" if k["0.1"]["genesis_minus_scratch"] >= 0.03 else "not met"
+        result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        write_json_atomic(args.out, result)
+
+    if args.fractions:
+        kvasir(args, result["kvasir"], save)
     if not args.skip_3d:
         args.brats_unlabelled = brats_unlabelled_folder(args.work)
         result["brats"] = brats(args)
-    result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    if "0.1" in result["kvasir"] and "genesis_minus_scratch" in result["kvasir"]["0.1"]:
-        result["verdict_genesis_at_0.1"] = "met" if result["kvasir"]["0.1"]["genesis_minus_scratch"] >= 0.03 else "not met"
-    write_json_atomic(args.out, result)
+        save()
     print(json.dumps(result["kvasir"], indent=1)[:2000])
 
 

@@ -177,3 +177,6 @@ def test_short_real_run_logs_pseudo_label_terms(tmp_path: Path) -> None:
     assert metrics["run"]["semi"] == "pseudo-label" and metrics["run"]["semi_threshold"] == 0.95
     assert "semi_threshold: 0.95" in (run / "config.yaml").read_text()
     assert (run / "figures" / "semi.png").exists()
+    # a classification run's report embeds the semi figure and metrics.json keeps the settings
+    assert "Semi-supervised (pseudo-label)" in (run / "report.html").read_text()
+    assert json.loads((run / "metrics.json").read_text())["semi"]["method"] == "pseudo-label"

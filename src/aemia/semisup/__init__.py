@@ -164,7 +164,7 @@ def semi_extras(settings: SemiSettings, figure: Path,
                 inner: Callable[[Path, list[Any]], tuple[dict[str, Any], list[Any]]] | None = None
                 ) -> Callable[[Path, list[Any]], tuple[dict[str, Any], list[Any]]]:
     """An ``extras`` for :func:`aemia.train.report.evaluate_run` that adds the semi settings and figure to the
-    report, after whatever ``inner`` adds. (``evaluate_run`` calls ``extras`` for segmentation runs only.)"""
+    report, after whatever ``inner`` adds (segmentation and classification runs alike)."""
     from aemia.evaluate.report import Figure
 
     def extras(run_dir: Path, cases: list[Any]) -> tuple[dict[str, Any], list[Any]]:

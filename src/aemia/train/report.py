@@ -62,7 +62,7 @@ def evaluate_run(run_dir: str | Path, cfg: Any, ds: CatalogDataset, history: lis
     from aemia.train.run import resolve_task
 
     if resolve_task(cfg, ds) == "classification":
-        return _evaluate_classification(run_dir, predictor, ds, split, recipe, history, title)
+        return _evaluate_classification(run_dir, predictor, ds, split, recipe, history, title, extras)
     cases = []
     if ds.dims == 2:
         for case in ds.splits[split]:
@@ -96,7 +96,8 @@ def evaluate_run(run_dir: str | Path, cfg: Any, ds: CatalogDataset, history: lis
 
 
 def _evaluate_classification(run_dir: Path, predictor: Predictor, ds: CatalogDataset, split: str,
-                             recipe: dict[str, Any], history: list[dict[str, Any]], title: str) -> dict[str, Any]:
+                             recipe: dict[str, Any], history: list[dict[str, Any]], title: str,
+                             extras: Extras | None = None) -> dict[str, Any]:
     x, _, targets = ds.arrays(split, predictor.size)
     probs = []
     with torch.no_grad():
@@ -123,8 +124,10 @@ def _evaluate_classification(run_dir: Path, predictor: Predictor, ds: CatalogDat
     w.writeheader()
     w.writerows(rows)
     write_text_atomic(run_dir / "per_case.csv", buf.getvalue())
-    summary = {"n_cases": len(y), "run": recipe, "classes": ds.classes, "classification": cls,
+    more, figures = extras(run_dir, []) if extras is not None else ({}, [])  # no per-case images to pass
+    summary = {"n_cases": len(y), "run": recipe, "classes": ds.classes, "classification": cls, **more,
                "headline": f"test AUC {auc.point:.3f} (95% CI {auc.lo:.3f}-{auc.hi:.3f})"}
-    write_report(run_dir, summary, rows, None, _curves(history), title)
+    write_report(run_dir, summary, rows, [f if isinstance(f, Figure) else Figure(Path(f)) for f in figures] or None,
+                 _curves(history), title)
     write_json_atomic(run_dir / "metrics.json", summary)
     return summary
