@@ -258,6 +258,37 @@ def test_nonlinear_apply_equals_np_interp() -> None:
     assert out.dtype == np.float32 and out.shape == x.shape
 
 
+@pytest.mark.parametrize("kind", ["ct_quantised", "continuous", "float64", "2d", "with_nan"])
+def test_fast_apply_curve_is_exactly_np_interp(kind: str) -> None:
+    """The radix-ordered / run-length path (arrays of >= 4096 voxels) gives np.interp's values bit for bit."""
+    rng = np.random.default_rng(3)
+    shape = (1, 32, 32, 16) if kind != "2d" else (3, 64, 64)
+    if kind == "ct_quantised":  # integer HU through the [-1000, 1000] window: few distinct values
+        x = ((np.round(rng.normal(0, 300, shape)) + 1000).clip(0, 2000) / 2000).astype(np.float32)
+    else:
+        x = rng.random(shape).astype(np.float64 if kind == "float64" else np.float32)
+    if kind == "with_nan":
+        x[0, 0, 0, :3] = np.nan
+    for seed in range(4):
+        xp, fp, _ = G.intensity_curve(np.random.default_rng(seed))
+        want = np.interp(x, xp, fp).astype(x.dtype)
+        got = G.apply_curve(x, xp, fp)
+        assert got.dtype == x.dtype and got.shape == x.shape
+        assert np.array_equal(got, want, equal_nan=True)
+
+
+def test_bezier_curve_matches_the_bernstein_form() -> None:
+    t = np.linspace(0.0, 1.0, 1000)
+    p1, p2 = (0.3, 0.8), (0.6, 0.1)
+    xs, ys = G.bezier_curve(p1, p2, 1000)
+    bern = [(1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3]
+    assert np.allclose(xs, bern[1] * p1[0] + bern[2] * p2[0] + bern[3], atol=1e-14)
+    assert np.allclose(ys, bern[1] * p1[1] + bern[2] * p2[1] + bern[3], atol=1e-14)
+    assert xs[0] == 0.0 and xs[-1] == 1.0 and ys[0] == 0.0 and ys[-1] == 1.0
+    xs[0] = 5.0  # the returned arrays are the caller's own (the cached basis is not exposed)
+    assert G.bezier_curve(p1, p2, 1000)[0][0] == 0.0
+
+
 # ------------------------------------------------------------------------------------------ painting
 @pytest.mark.parametrize("shape", [(1, 64, 64, 32), (3, 48, 40)])
 def test_inpainting_changes_only_inside_its_blocks(shape: tuple[int, ...]) -> None:

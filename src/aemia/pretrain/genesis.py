@@ -244,15 +244,30 @@ def local_pixel_shuffle(x: np.ndarray, rng: np.random.Generator, num_blocks: int
 
 
 # ----------------------------------------------------------------------------------- 3. non-linear intensity
+@functools.lru_cache(maxsize=4)
+def _bernstein(n_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The inner cubic Bernstein terms ``3 s^2 t``, ``3 s t^2``, ``t^3`` (``s = 1 - t``) at ``n_samples`` t in
+    [0, 1]; they do not depend on the control points, so they are computed once (read-only)."""
+    t = np.linspace(0.0, 1.0, n_samples)
+    s = 1.0 - t
+    terms = (3.0 * s * s * t, 3.0 * s * t * t, t * t * t)
+    for a in terms:
+        a.setflags(write=False)
+    return terms
+
+
 def bezier_curve(p1: tuple[float, float], p2: tuple[float, float],
                  n_samples: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
     """A cubic Bézier curve from (0, 0) through control points ``p1``, ``p2`` to (1, 1), at ``n_samples`` t."""
-    t = np.linspace(0.0, 1.0, n_samples)
-    s = 1.0 - t
-    b1 = 3.0 * s * s * t
-    b2 = 3.0 * s * t * t
-    b3 = t * t * t
-    return b1 * p1[0] + b2 * p2[0] + b3, b1 * p1[1] + b2 * p2[1] + b3
+    b1, b2, b3 = _bernstein(n_samples)
+
+    def axis(c1: float, c2: float) -> np.ndarray:
+        out = np.multiply(b1, c1)
+        out += np.multiply(b2, c2)
+        out += b3
+        return out
+
+    return axis(p1[0], p2[0]), axis(p1[1], p2[1])
 
 
 def intensity_curve(rng: np.random.Generator, n_samples: int = 100_000) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -278,15 +293,31 @@ def _sorted(a: np.ndarray) -> np.ndarray:
 
 
 def apply_curve(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """``np.interp(x, xp, fp)`` in ``x.dtype``, identical values, but evaluated on the sorted voxels.
+    """``np.interp(x, xp, fp)`` in ``x.dtype`` with identical values, computed faster on real scans.
 
-    ``np.interp`` searches the 100,000-knot table from the previous voxel's position; on sorted input that
-    search is a short step, which makes this about 5x faster on real cubes than the direct call.
+    ``np.interp`` is exact for any order of its input, but its search starts from the previous voxel's knot, so
+    on (nearly) sorted voxels each search is a short step instead of a walk down 100,000 knots. The voxels are
+    ordered by a 16-bit key with NumPy's radix sort (cheaper than a full argsort). Runs of equal values in that
+    order (CT is quantised to integer HU) are interpolated once and repeated.
     """
     flat = x.reshape(-1)
-    order = np.argsort(flat)
+    if not np.issubdtype(flat.dtype, np.floating) or flat.size < 4096:
+        return np.interp(flat, xp, fp).astype(x.dtype, copy=False).reshape(x.shape)
+    scale = 65535.0
+    key = np.multiply(flat, scale, dtype=np.float32)
+    np.clip(key, 0.0, scale, out=key)
+    with np.errstate(invalid="ignore"):  # a NaN's key is arbitrary; np.interp still maps it to NaN
+        order = np.argsort(key.astype(np.uint16), kind="stable")
+    ordered = flat[order]
+    changes = ordered[1:] != ordered[:-1]
+    if np.count_nonzero(changes) < flat.size // 4:  # few distinct runs: interpolate each run's value once
+        starts = np.concatenate(([0], np.flatnonzero(changes) + 1))
+        values = np.interp(ordered[starts], xp, fp)
+        mapped = np.repeat(values, np.diff(starts, append=flat.size))
+    else:
+        mapped = np.interp(ordered, xp, fp)
     out = np.empty(flat.size, dtype=x.dtype)
-    out[order] = np.interp(flat[order], xp, fp)
+    out[order] = mapped
     return out.reshape(x.shape)
 
 
