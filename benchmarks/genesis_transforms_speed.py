@@ -377,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
             "loop's per-block cost (loop_us_per_block) decides how much the vectorised shuffle can gain.",
             "in_painting/out_painting are vectorised in the original too (a few boxes): ratios near 1 are expected.",
         ],
-        "command": "OMP_NUM_THREADS=1 nice -n 10 " + shlex.join([".venv/bin/python", *sys.argv]),
+        "command": "".join([f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else "",
+                            f"nice -n {os.nice(0)} " if os.nice(0) > 0 else ""])
+                   + shlex.join([".venv/bin/python", *sys.argv]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - started, 1),
         "machine": _machine(),
