@@ -181,6 +181,15 @@ def main() -> None:
     result["invocations"] = [*previous.get("invocations", []), {"command": result["command"], "date": started}]
 
     def save() -> None:
+        # another invocation (e.g. a second fraction run side by side) may have written meanwhile: keep its parts
+        latest = json.loads(args.out.read_text()) if args.out.exists() and not args.quick else {}
+        for frac, arms in latest.get("kvasir", {}).items():
+            if frac not in [str(f) for f in args.fractions]:
+                result["kvasir"][frac] = arms
+        if "brats" in latest and args.skip_3d:
+            result["brats"] = latest["brats"]
+        known = {json.dumps(i, sort_keys=True) for i in result["invocations"]}
+        result["invocations"] += [i for i in latest.get("invocations", []) if json.dumps(i, sort_keys=True) not in known]
         k = result["kvasir"]
         if "0.1" in k and "genesis_minus_scratch" in k["0.1"]:
             result["verdict_genesis_at_0.1"] = "met" if k["0.1"]["genesis_minus_scratch"] >= 0.03 else "not met"
