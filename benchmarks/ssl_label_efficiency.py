@@ -121,6 +121,82 @@ def brats(args: argparse.Namespace) -> dict:
     return out
 
 
+def label_savings(kvasir_result: dict, methods: list[str]) -> dict:
+    """Scratch-equivalent labels of every pretrained arm: the fraction at which scratch, linearly interpolated
+    between its measured fractions, reaches the arm's Dice. ``saved`` = 1 - fraction / equivalent (negative when
+    the arm is below scratch); outside scratch's measured range the equivalent is a bound (``above``/``below``)."""
+    fracs = sorted(float(f) for f, arms in kvasir_result.items() if "scratch" in arms)
+    if len(fracs) < 2:
+        return {}
+    ys = [kvasir_result[str(f)]["scratch"]["dice"] for f in fracs]
+    out: dict = {}
+    for f in fracs:
+        for m in methods:
+            arm = kvasir_result[str(f)].get(m)
+            if arm is None:
+                continue
+            d = arm["dice"]
+            entry: dict = {"dice": d}
+            if d > max(ys):
+                entry.update(equivalent_fraction=None, above=fracs[int(np.argmax(ys))])
+            elif d < min(ys):
+                entry.update(equivalent_fraction=None, below=fracs[int(np.argmin(ys))])
+            else:  # first crossing of the piecewise-linear scratch curve
+                for (f0, y0), (f1, y1) in zip(zip(fracs, ys), zip(fracs[1:], ys[1:])):
+                    if min(y0, y1) <= d <= max(y0, y1):
+                        eq = f0 if y1 == y0 else f0 + (d - y0) * (f1 - f0) / (y1 - y0)
+                        entry.update(equivalent_fraction=round(eq, 4), saved=round(1 - f / eq, 3))
+                        break
+            out.setdefault(m, {})[str(f)] = entry
+    return out
+
+
+def figure(result: dict, path: Path) -> None:
+    """Dice vs labelled Kvasir images per initialisation (pooled 95% CI bars, per-seed dots), BraTS beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aemia.utils.io import save_figure
+
+    k = result.get("kvasir", {})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
+    ax = axes[0]
+    for i, arm in enumerate(["scratch", "genesis", "transvw"]):
+        pts = sorted((float(f), a[arm]) for f, a in k.items() if arm in a)
+        if not pts:
+            continue
+        n = np.array([p[1]["labelled_cases"] for p in pts], float) * (1 + 0.03 * (i - 1))
+        d = np.array([p[1]["dice"] for p in pts])
+        lo, hi = np.array([p[1]["ci"][0] for p in pts]), np.array([p[1]["ci"][1] for p in pts])
+        ax.errorbar(n, d, yerr=[d - lo, hi - d], marker="o", capsize=3, label=arm)
+        for x, p in zip(n, pts):
+            ax.scatter([x] * len(p[1]["per_seed"]), p[1]["per_seed"], s=10, alpha=0.5, color=ax.lines[-1].get_color())
+    ax.set_xscale("log")
+    ticks = sorted({a["scratch"]["labelled_cases"] for a in k.values() if "scratch" in a})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training images (of 798)")
+    ax.set_ylabel("test Dice (100 images)")
+    ax.set_title("Kvasir-SEG UNet++: pretraining on the unlabelled images")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax = axes[1]
+    b = result.get("brats")
+    if b:
+        arms = ["scratch", "genesis"]
+        d = [b[a]["dice"] for a in arms]
+        err = [[d[j] - b[a]["ci"][0] for j, a in enumerate(arms)], [b[a]["ci"][1] - d[j] for j, a in enumerate(arms)]]
+        ax.bar(arms, d, yerr=err, capsize=4, color=["tab:blue", "tab:orange"])
+        ax.set_title(f"BraTS whole tumour\n(3D, {b['scratch']['n_test']} test cases)", fontsize=10)
+        ax.set_ylabel("Dice")
+    else:
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
 def brats_unlabelled_folder(work: Path) -> Path:
     """The BraTS train + validation images as a folder of 2-channel NIfTIs (labels left out), built once."""
     from aemia.data.catalog import get_dataset
@@ -152,6 +228,7 @@ def main() -> None:
     ap.add_argument("--patches-per-volume", type=int, default=16)
     ap.add_argument("--skip-3d", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (not a measurement)")
+    ap.add_argument("--summarise-only", action="store_true", help="redo label savings and figure from the JSON")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "ssl_label_efficiency")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ssl_label_efficiency.json")
     args = ap.parse_args()
@@ -193,9 +270,14 @@ def main() -> None:
         k = result["kvasir"]
         if "0.1" in k and "genesis_minus_scratch" in k["0.1"]:
             result["verdict_genesis_at_0.1"] = "met" if k["0.1"]["genesis_minus_scratch"] >= 0.03 else "not met"
+        result["label_savings"] = label_savings(k, args.methods or ["genesis", "transvw"])
         result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         write_json_atomic(args.out, result)
+        figure(result, args.out.with_suffix(".png"))
 
+    if args.summarise_only:
+        save()
+        return
     if args.fractions:
         kvasir(args, result["kvasir"], save)
     if not args.skip_3d:
