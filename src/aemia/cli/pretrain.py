@@ -9,7 +9,7 @@ import typer
 
 from aemia.cli.common import console, parse_ints
 
-pretrain_app = typer.Typer(help="Self-supervised pretraining on unlabelled images (Models Genesis).",
+pretrain_app = typer.Typer(help="Self-supervised pretraining on unlabelled images (Models Genesis, TransVW).",
                            no_args_is_help=True)
 
 
