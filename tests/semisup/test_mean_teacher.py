@@ -113,7 +113,9 @@ def test_hook_weight_ramps_over_fractional_epochs() -> None:
 
 def test_resolve_settings_defaults() -> None:
     mt = resolve_settings("mean_teacher", "segmentation", epochs=20)
-    assert (mt.method, mt.weight, mt.threshold, mt.ema_decay, mt.rampup_epochs) == ("mean-teacher", 10.0, None, 0.99, 6.0)
+    assert (mt.method, mt.weight, mt.threshold, mt.ema_decay, mt.rampup_epochs) == ("mean-teacher", 0.1, None, 0.99, 6.0)
+    assert resolve_settings("mean-teacher", "classification", epochs=20).weight == 10.0
+    assert resolve_settings("mean-teacher", "segmentation", epochs=20, weight=3.0).weight == 3.0
     with pytest.raises(ValueError):
         resolve_settings("temporal-ensembling", "segmentation", epochs=20)
 

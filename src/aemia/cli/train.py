@@ -47,7 +47,7 @@ def train(
                    "pseudo-label. Example: aemia train -d pneumoniamnist --model resnet --label-fraction 0.05 "
                    "--semi mean-teacher --run runs/pn_mt"),
     semi_weight: Optional[float] = typer.Option(
-        None, help="Max weight of the unlabelled loss after the ramp-up (default: mean-teacher 10, pseudo-label 1)."),
+        None, help="Max weight of the unlabelled loss after the ramp-up (default: mean-teacher 10 classification / 0.1 segmentation, pseudo-label 1)."),
     semi_threshold: Optional[float] = typer.Option(
         None, help="Pseudo-label confidence threshold (default: 0.95 classification, 0.9 per pixel segmentation)."),
     seed: int = typer.Option(0, help="Seed for splits, subsets, augmentation and initialisation."),

@@ -8,8 +8,12 @@ share of unlabelled images or pixels). :func:`semi_figure` draws them with the v
 
 Run defaults (the weight is the maximum reached after the ramp-up):
 
-* mean teacher: weight 10 (toolkit choice: the paper uses 100 on CIFAR-10 over 300 epochs; on a few CPU
-  epochs so strong a pull towards the barely trained teacher holds the student back), EMA decay 0.99 (paper);
+* mean teacher: EMA decay 0.99 (paper); weight 10 for classification (toolkit choice: the paper uses 100 on
+  CIFAR-10 over 300 epochs; on a few CPU epochs so strong a pull towards the barely trained teacher holds the
+  student back) and 0.1 for segmentation (UA-MT, Yu et al. MICCAI 2019, the usual value for a per-pixel MSE
+  consistency). Measured on Kvasir 5% (UNet++, 120 steps, seed 0): weight 10 cost 6 Dice points (0.446 vs
+  0.508 supervised, student and teacher alike), weight 1 about 2 (0.491): a strong per-pixel pull towards an
+  early teacher that under-segments the polyps shrinks the student's masks;
 * pseudo-label: weight 1 (FixMatch λ_u), threshold 0.95 for classification (FixMatch τ), 0.9 per pixel for
   segmentation (toolkit choice);
 * ramp-up over 30% of the epochs (the paper's 80 of 180–300 epochs).
@@ -55,7 +59,8 @@ __all__ = [
 ]
 
 SEMI_METHODS = ("mean-teacher", "pseudo-label")
-_DEFAULT_WEIGHT = {"mean-teacher": 10.0, "pseudo-label": 1.0}
+_DEFAULT_WEIGHT = {("mean-teacher", "classification"): 10.0, ("mean-teacher", "segmentation"): 0.1,
+                   ("pseudo-label", "classification"): 1.0, ("pseudo-label", "segmentation"): 1.0}
 _DEFAULT_THRESHOLD = {"classification": 0.95, "segmentation": 0.9}
 
 
@@ -89,7 +94,7 @@ def resolve_settings(method: str, task: str, epochs: int, weight: float | None =
     method = check_method(method)
     if task not in _DEFAULT_THRESHOLD:
         raise ValueError(f"semi-supervised training is for segmentation or classification, not {task!r}")
-    w = _DEFAULT_WEIGHT[method] if weight is None else float(weight)
+    w = _DEFAULT_WEIGHT[(method, task)] if weight is None else float(weight)
     if w < 0:
         raise ValueError(f"semi weight must be ≥ 0, got {w}")
     thr = None
