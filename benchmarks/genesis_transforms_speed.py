@@ -2,7 +2,9 @@
 
 What is compared
 ----------------
-* ``ours``  ``aemia.pretrain.genesis.GenesisTransform`` (vectorised local shuffle, sorted-order ``np.interp``).
+* ``ours``  ``aemia.pretrain.genesis.GenesisTransform``: vectorised local shuffle (blocks sorted in groups of
+            equal size), the intensity map interpolated once per distinct CT value, and with out-painting the
+            shuffle and the map computed only inside the windows that survive it (identical outputs).
 * ``loop``  the same published rules (METHODS.md §1.2) written here in the original code's style: the local
             pixel shuffle is a Python loop over the 10,000 blocks (slice, flatten, permute, write back), the
             Bézier curve uses the original's Bernstein basis (``comb(n, i) t^(n-i) (1-t)^i``, which runs from
@@ -10,10 +12,11 @@ What is compared
             cube, flips are applied one at a time, painting fills box by box.
 
 Same RNG draws: both get ``np.random.default_rng(seed)`` and consume it in the same order and the same calls
-(flip coins/axes; shuffle coin, all block sizes, all block origins, one raw 64-bit word per block voxel whose
-top bits order the block; non-linear coin, u1..u4, inversion coin; paint coin, in-paint coin, boxes, noise).
-The only deviations from the original's draw order are that (a) the loop draws the block sizes/origins/keys up
-front in three array calls instead of 6 scalar calls + one shuffle per block (this makes the loop *faster*, so
+(flip coins/axes; shuffle coin, all block sizes and all block origins as ``floor(U(0,1)·n)``, one raw 64-bit
+word per block voxel whose top bits order the block; non-linear coin, u1..u4, inversion coin; paint coin,
+in-paint coin, boxes, noise). The only deviations from the original's draw order are that (a) the loop draws the
+block sizes/origins/keys up front in three array calls instead of 6 scalar calls + one shuffle per block (this
+makes the loop *faster*, so
 the ratio is conservative; the original's scalar-draw style is timed separately as ``loop_scalar_draws`` for the
 shuffle) and (b) in-painting draws all boxes before the noise. With equal draws the outputs are asserted equal:
 inputs/targets identical except for the non-linear map, whose two formulations of the same curve differ by
@@ -83,8 +86,10 @@ def loop_shuffle(x: np.ndarray, rng: np.random.Generator, num_blocks: int = 10_0
     """Per-block Python loop, reading from the unshuffled original and writing to the output."""
     _, rows, cols, deps = x.shape
     dims = np.array([rows, cols, deps])
-    sizes = rng.integers(1, np.maximum(dims // divisor, 1) + 1, size=(num_blocks, 3))
-    origins = rng.integers(0, dims - sizes + 1)
+    hi = np.maximum(dims // divisor, 1)
+    sizes = 1 + np.minimum((rng.random((num_blocks, 3)) * hi).astype(np.int64), hi - 1)  # randint(1, dim // 10)
+    span = dims - sizes + 1
+    origins = np.minimum((rng.random((num_blocks, 3)) * span).astype(np.int64), span - 1)
     counts = sizes.prod(axis=1)
     total = int(counts.sum())
     local_bits = max(1, int(counts.max() - 1).bit_length())
