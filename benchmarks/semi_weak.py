@@ -5,6 +5,8 @@ Runs the four parts in ``benchmarks/semi_weak_parts/`` one after the other in th
 
 * ``semi``   — supervised only vs mean teacher vs pseudo-labels at 5% and 10% labels: Kvasir Dice,
   PneumoniaMNIST AUC (``semi_weak_parts/semi.py``);
+* ``semi_long`` — the Kvasir 10% comparison again with the supervised benchmarks' 600-step budget
+  (``semi_weak_parts/semi.py: run_long``);
 * ``ssac``   — SSAC vs the same classifier alone: PneumoniaMNIST 5%, BUSI 10% (``semi_weak_parts/ssac.py``);
 * ``mbdcnn`` — MB-DCNN on PH2 under a fixed 5-fold split: coarse vs enhanced segmentation (Jaccard), plain vs
   mask-guided classifier (melanoma AUC), with a "more training, no CAM" control (``semi_weak_parts/mbdcnn.py``);
@@ -33,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("semi", "ssac", "mbdcnn", "arl_cam")
+PARTS = ("semi", "semi_long", "ssac", "mbdcnn", "arl_cam")
+#: part -> (file in semi_weak_parts/, function)
+ENTRY = {"semi_long": ("semi", "run_long")}
 
 
 def _load(name: str) -> Any:
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in parts:
         t0 = time.time()
         print(f"== {name}", flush=True)
-        out = _load(name).run(args.quick, seeds, args.work)
+        file, function = ENTRY.get(name, (name, "run"))
+        out = getattr(_load(file), function)(args.quick, seeds, args.work)
         result[name] = {**out, "seconds": round(time.time() - t0, 1), "date": result["date"], "seeds": seeds,
                         "quick": bool(args.quick)}
         write_json_atomic(args.out, result)
