@@ -172,7 +172,7 @@ def _block_voxels(blocks: ShuffleBlocks, spatial_shape: tuple[int, ...]) -> tupl
         m = int(np.prod(max_sizes))
         shape_id = np.ravel_multi_index(tuple((sizes - 1).T), max_sizes)
         idx = np.arange(total, dtype=np.int64) + np.repeat(shape_id * m - starts, counts)
-        return np.repeat(base, counts) + table[idx], counts, starts
+        return np.repeat(base, counts) + np.take(table, idx), counts, starts
     # general path: decompose the position inside the block into per-axis coordinates
     local = np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
     offset = np.repeat(base, counts)
@@ -254,7 +254,7 @@ def _shuffle_plan(blocks: ShuffleBlocks, spatial_shape: tuple[int, ...], drawn: 
     for lo, hi in zip(edges[:-1], edges[1:]):
         group = by_count[lo:hi]
         position = np.arange(int(counts[group[0]]), dtype=np.int64)
-        packed = drawn.keys[key_starts[group][:, None] + position]  # (blocks, count): one row per block
+        packed = np.take(drawn.keys, key_starts[group][:, None] + position)  # (blocks, count): a row per block
         packed |= position
         packed.sort(axis=1)  # the values of a row are unique: any sort gives the (key, position) order
         packed &= mask
@@ -301,9 +301,9 @@ def local_pixel_shuffle(x: np.ndarray, rng: np.random.Generator | None, num_bloc
     winner = np.full(int(np.prod(spatial)), -1, dtype=np.int64)
     np.maximum.at(winner, dest, np.arange(dest.size, dtype=np.int64))
     voxels = np.flatnonzero(winner >= 0)
-    src = dest[source[winner[voxels]]]
+    src = np.take(dest, np.take(source, np.take(winner, voxels)))  # np.take: cheaper than [] on 1-D
     if x.shape[0] == 1:
-        out[0, voxels] = flat[0, src]
+        out[0, voxels] = np.take(flat[0], src)
     else:
         out[:, voxels] = flat[:, src]
     return out.reshape(x.shape)
