@@ -98,9 +98,12 @@ def kvasir(args: argparse.Namespace, out: dict, save) -> dict:
             pooled = bootstrap_ci(np.concatenate([per_case_dice(args.work / f"kvasir_{arm}_{frac}_s{s}", "polyp_dice")
                                                   for s in range(args.seeds)]))
             means = [v["mean"] for v in seeds.values()]
+            curves = [[json.loads(ln).get("val_dice") for ln in (args.work / f"kvasir_{arm}_{frac}_s{s}" / "log.jsonl")
+                       .read_text().splitlines() if ln.strip()] for s in range(args.seeds)]
             out[str(frac)][arm] = {"dice": pooled.point, "ci": [pooled.lo, pooled.hi], "per_seed": means,
                                    "seed_sd": float(np.std(means, ddof=1)) if len(means) > 1 else None,
-                                   "epochs": epochs, "labelled_cases": math.ceil(frac * N_TRAIN - 1e-9)}
+                                   "epochs": epochs, "labelled_cases": math.ceil(frac * N_TRAIN - 1e-9),
+                                   "val_dice_curve": [round(float(np.mean(v)), 4) for v in zip(*curves)]}
         for arm in args.methods:
             out[str(frac)][f"{arm}_minus_scratch"] = out[str(frac)][arm]["dice"] - out[str(frac)]["scratch"]["dice"]
         save()
@@ -119,6 +122,48 @@ def brats(args: argparse.Namespace) -> dict:
         out[arm] = {"dice": d["mean"], "ci": d["ci"], "n_test": d["n"]}
     out["genesis_minus_scratch"] = out["genesis"]["dice"] - out["scratch"]["dice"]
     return out
+
+
+def diagnose(args: argparse.Namespace, kvasir_result: dict) -> dict:
+    """Why pretraining helps or not (Kvasir): the effective rank of every encoder level's features on 32
+    validation images (``aemia.pretrain.diagnostics``) at random initialisation, after each pretraining and after
+    fine-tuning (seed 0 of every arm and fraction whose run is in the work folder), and each run's final training
+    loss (a pretrained start that fits its labels worse than scratch shows up here)."""
+    from aemia.data.catalog import get_dataset
+    from aemia.nets import create_model, load_weights
+    from aemia.pretrain.diagnostics import encoder_feature_ranks
+    from aemia.train.run import PRESETS
+
+    x = get_dataset("kvasir").arrays("val", args.size)[0][:32]
+
+    def model(weights: Path | None) -> torch.nn.Module:
+        torch.manual_seed(0)
+        m = create_model("unetpp", 2, 3, 2, features=PRESETS["cpu"], deep_supervision=True)
+        if weights is not None:
+            load_weights(m, weights, strict=False)
+        return m
+
+    ranks: dict[str, dict[str, float]] = {"random_init": encoder_feature_ranks(model(None), x)}
+    for m in args.methods:
+        ckpt = args.work / f"pretrain_{m}_2d" / "checkpoints" / "best"
+        if ckpt.with_suffix(".safetensors").exists():
+            ranks[f"{m}_pretrained"] = encoder_feature_ranks(model(ckpt), x)
+    train_loss: dict[str, dict[str, list[float]]] = {}
+    for frac in sorted(kvasir_result, key=float):
+        for arm in ["scratch", *args.methods]:
+            runs = sorted(args.work.glob(f"kvasir_{arm}_{frac}_s*"))
+            done = [r for r in runs if (r / "metrics.json").exists()]
+            if not done:
+                continue
+            first = args.work / f"kvasir_{arm}_{frac}_s0"
+            if (first / "metrics.json").exists():
+                ranks[f"{arm}_finetuned_{frac}"] = encoder_feature_ranks(model(first / "checkpoints" / "best"), x)
+            train_loss.setdefault(frac, {})[arm] = [
+                round(json.loads((r / "log.jsonl").read_text().splitlines()[-1])["train_loss"], 4) for r in done]
+    return {"effective_rank": ranks, "final_train_loss": train_loss,
+            "what": "effective rank (Roy & Vetterli 2007) of each UNet++ encoder level X^{i,0} on 32 Kvasir validation "
+                    "images, batch statistics; channels per level " + ", ".join(str(c) for c in PRESETS["cpu"]) +
+                    "; final_train_loss: last epoch's deep-supervision Dice+CE (sum over 4 heads) per seed"}
 
 
 def label_savings(kvasir_result: dict, methods: list[str]) -> dict:
@@ -161,7 +206,21 @@ def figure(result: dict, path: Path) -> None:
     from aemia.utils.io import save_figure
 
     k = result.get("kvasir", {})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 2, 1]})
+    ax = axes[1]
+    with_curves = sorted((f for f, a in k.items() if "val_dice_curve" in a.get("scratch", {})), key=float)
+    if with_curves:
+        frac = with_curves[0]
+        for arm in ["scratch", "genesis", "transvw"]:
+            if "val_dice_curve" in k[frac].get(arm, {}):
+                ax.plot(range(1, len(k[frac][arm]["val_dice_curve"]) + 1), k[frac][arm]["val_dice_curve"], label=arm)
+        ax.set_xlabel("fine-tuning epoch")
+        ax.set_ylabel("validation Dice (mean over seeds)")
+        ax.set_title(f"fine-tuning at {float(frac):.0%} labels", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    else:
+        ax.axis("off")
     ax = axes[0]
     for i, arm in enumerate(["scratch", "genesis", "transvw"]):
         pts = sorted((float(f), a[arm]) for f, a in k.items() if arm in a)
@@ -182,7 +241,7 @@ def figure(result: dict, path: Path) -> None:
     ax.set_title("Kvasir-SEG UNet++: pretraining on the unlabelled images")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax = axes[1]
+    ax = axes[2]
     b = result.get("brats")
     if b:
         arms = ["scratch", "genesis"]
@@ -271,6 +330,8 @@ def main() -> None:
         if "0.1" in k and "genesis_minus_scratch" in k["0.1"]:
             result["verdict_genesis_at_0.1"] = "met" if k["0.1"]["genesis_minus_scratch"] >= 0.03 else "not met"
         result["label_savings"] = label_savings(k, args.methods or ["genesis", "transvw"])
+        if any(args.work.glob("kvasir_*_s0/metrics.json")):
+            result["diagnosis"] = diagnose(args, k)
         result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         write_json_atomic(args.out, result)
         figure(result, args.out.with_suffix(".png"))
