@@ -95,3 +95,26 @@ def test_self_classification_beats_chance_on_real_images(tmp_path: Path) -> None
     assert summary["best_val_mse"] < summary["first_val_mse"]
     words = json.loads((tmp_path / "tv" / "visual_words.json").read_text())
     assert len(words["words"]) == 6 and (tmp_path / "tv" / "figures" / "restoration.png").is_file()
+
+
+def test_elastic_deformation_moves_x_and_y_only() -> None:
+    rng = np.random.default_rng(0)
+    z_only = np.broadcast_to(np.linspace(0, 1, 8), (1, 16, 16, 8)).astype(np.float32).copy()  # varies along z only
+    assert np.allclose(V.elastic_deform(z_only, rng, 991.0, 4.0), z_only, atol=1e-6)  # x/y motion changes nothing
+    x = np.random.default_rng(1).random((2, 24, 24, 8)).astype(np.float32)
+    assert np.array_equal(V.elastic_deform(x, np.random.default_rng(2), 0.0, 4.0), x)  # alpha 0: identity
+    out = V.elastic_deform(x, np.random.default_rng(2), 991.0, 4.0)
+    assert out.shape == x.shape and out.dtype == x.dtype and not np.allclose(out, x)
+    assert out.min() >= x.min() - 1e-6 and out.max() <= x.max() + 1e-6  # linear interpolation stays in range
+    assert np.array_equal(out, V.elastic_deform(x, np.random.default_rng(2), 991.0, 4.0))
+    img2d = np.random.default_rng(3).random((3, 20, 20)).astype(np.float32)
+    assert V.elastic_deform(img2d, np.random.default_rng(4), 991.0, 4.0).shape == img2d.shape
+
+
+def test_transvw_dataset_target_is_the_undeformed_patch() -> None:
+    patches = np.random.default_rng(5).random((4, 1, 16, 16)).astype(np.float32)
+    words = V.VisualWords(patches, np.array([0, 0, 1, 1]))
+    ds = V.VisualWordDataset(words, np.arange(4), seed=0, elastic=(991.0, 4.0))
+    x, (target, label) = ds[2]
+    assert torch.equal(target, torch.from_numpy(patches[2])) and int(label) == 1
+    assert not torch.allclose(x, target)

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 def _common(method: str, data: str, out: Path, dims: int, model: str, preset: str, features: Optional[str],
             size: Optional[str], patches_per_image: int, epochs: int, batch_size: int, optimizer: str,
-            lr: Optional[float], amp: str, seed: int, device: str, resume: bool) -> None:
+            lr: Optional[float], amp: str, seed: int, device: str, resume: bool, words: Optional[dict] = None) -> None:
     from aemia.pretrain.restore import PretrainConfig, pretrain
     from aemia.train.trainer import TrainConfig
 
@@ -32,10 +32,10 @@ def _common(method: str, data: str, out: Path, dims: int, model: str, preset: st
                            nesterov=False, schedule="step", step_epochs=40, step_gamma=0.5, deep_supervision=False,
                            amp=amp, device=device, seed=seed)
     else:
-            tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr or 1e-3, optimizer=optimizer, schedule="cosine",
+        tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr or 1e-3, optimizer=optimizer, schedule="cosine",
                            deep_supervision=False, amp=amp, device=device, seed=seed)
     cfg = PretrainConfig(data=data, dims=dims, method=method, model=model, preset=preset, features=parse_ints(features, "--features"),
-                         size=sizes, patches_per_image=patches_per_image, seed=seed, train=tcfg)
+                         size=sizes, patches_per_image=patches_per_image, seed=seed, words=words, train=tcfg)
     summary = pretrain(cfg, out, resume=resume)
     if "visual_words" in summary:
         console.print(f"visual words: {summary['visual_words']} classes, {summary['instances']} instances; "
@@ -96,6 +96,8 @@ def transvw(
     optimizer: str = typer.Option("adam", help="adam (paper: lr 1e-3, halved every 40 epochs) or sgd."),
     lr: Optional[float] = _OPTS["lr"], amp: str = _OPTS["amp"], seed: int = _OPTS["seed"], device: str = _OPTS["device"],
     resume: bool = _OPTS["resume"],
+    elastic: bool = typer.Option(False, "--elastic/--no-elastic",
+                                 help="Elastically deform patches first (the paper's option; α 991 / σ 8, 2D α 180)."),
 ) -> None:
     """TransVW / Semantic Genesis: self-discover visual words, then learn to classify and restore them.
 
@@ -104,4 +106,4 @@ def transvw(
     Example: aemia pretrain transvw --data kvasir --dims 2 --epochs 20 --out runs/transvw_kvasir
     """
     _common("transvw", data, out, dims, model, preset, features, size, patches_per_image, epochs, batch_size,
-            optimizer, lr, amp, seed, device, resume)
+            optimizer, lr, amp, seed, device, resume, words={"elastic": True} if elastic else None)

@@ -174,12 +174,12 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, pro
         n_val = max(1, int(round(cfg.val_fraction * len(clean))))
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         model = V.YNet(backbone, n_classes=len(words.words))
-        train_set = V.VisualWordDataset(words, train_idx, cfg.seed)
-        val_set = V.VisualWordDataset(words, val_idx, cfg.seed + 1, fixed_epoch=0)
+        train_set = V.VisualWordDataset(words, train_idx, cfg.seed, elastic=vw.elastic_params())
+        val_set = V.VisualWordDataset(words, val_idx, cfg.seed + 1, fixed_epoch=0, elastic=vw.elastic_params())
         loss = V.TransVWLoss(vw.lambda_cls, vw.lambda_rec)
 
         def transform(c: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-            return V.transvw_transform(c, rng), c
+            return V.transvw_transform(c, rng, vw.elastic_params()), c
 
         extra = {"visual_words": len(words.words), "instances": int(len(clean)), "chance_class_acc": 1 / len(words.words)}
     trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, task="restoration", loss=loss)

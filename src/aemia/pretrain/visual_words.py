@@ -17,7 +17,8 @@ Visual Words" (TransVW, IEEE TMI 2021). Facts from ``shared/reference/METHODS.md
 
 Defaults are the paper's (44 classes = the chest-CT training default, 200 instances, 64×64×32 patches); the
 CPU presets shrink classes, instances and sizes. Coordinates are stored relative to the image size, so images
-of different sizes share a word's location. The optional elastic deformation is not implemented.
+of different sizes share a word's location. The optional elastic deformation (α 991, σ 8, x and y only; the
+restoration target is the undeformed patch) is off by default (``elastic=True`` turns it on).
 """
 
 from __future__ import annotations
@@ -48,10 +49,21 @@ class VisualWordsConfig:
     ae_epochs: int = 20
     lambda_cls: float = 0.01
     lambda_rec: float = 1.0
+    elastic: bool = False  # the optional elastic deformation before the transformation (target: the undeformed patch)
+    elastic_alpha: float = 991.0  # METHODS §6.1: α = 991, σ = 8 voxels (64x64x32 patches)
+    elastic_sigma: float = 8.0
+
+    @classmethod
+    def elastic_params(self) -> tuple[float, float] | None:
+        """``(alpha, sigma)`` when the elastic deformation is on, else None."""
+        return (self.elastic_alpha, self.elastic_sigma) if self.elastic else None
 
     @classmethod
     def cpu_2d(cls) -> "VisualWordsConfig":
-        return cls(n_classes=16, instances=40, patch=(64, 64), ae_size=(64, 64), ae_width=8, ae_epochs=8)
+        # α 180 in 2D gives the paper's 3D displacement (std ~3 voxels at σ 8): smoothing a 2D field averages fewer
+        # voxels, so α 991 would move 2D pixels ~17 voxels
+        return cls(n_classes=16, instances=40, patch=(64, 64), ae_size=(64, 64), ae_width=8, ae_epochs=8,
+                   elastic_alpha=180.0)
 
     @classmethod
     def cpu_3d(cls) -> "VisualWordsConfig":
@@ -183,8 +195,28 @@ def discover(images: list[np.ndarray], features: np.ndarray, cfg: VisualWordsCon
 
 
 # ------------------------------------------------------------------------ self-classification + restoration
-def transvw_transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Exactly one of local shuffle, non-linear, in-painting (one block), out-painting, each p = 0.25."""
+def elastic_deform(x: np.ndarray, rng: np.random.Generator, alpha: float = 991.0, sigma: float = 8.0) -> np.ndarray:
+    """Elastic deformation as in TransVW's generator (METHODS §6.1; Simard et al. 2003): a displacement field of
+    U(-1, 1) noise over the patch, Gaussian-smoothed with ``sigma`` voxels and scaled by ``alpha``, along the first
+    two spatial axes only (x and y; none along z in 3D), applied to every channel with linear interpolation
+    (edges reflected). Draws: the x field, then the y field, each of the patch's spatial shape."""
+    from scipy import ndimage
+
+    spatial = x.shape[1:]
+    if len(spatial) < 2:
+        raise ValueError(f"elastic deformation needs at least 2 spatial axes, got shape {x.shape}")
+    fields = [ndimage.gaussian_filter(rng.uniform(-1.0, 1.0, spatial), sigma, mode="constant") * alpha
+              for _ in range(2)]
+    grid = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in spatial], indexing="ij")
+    coords = [g + f for g, f in zip(grid, fields)] + list(grid[2:])
+    return np.stack([ndimage.map_coordinates(c, coords, order=1, mode="reflect") for c in x]).astype(x.dtype)
+
+
+def transvw_transform(x: np.ndarray, rng: np.random.Generator, elastic: tuple[float, float] | None = None) -> np.ndarray:
+    """Exactly one of local shuffle, non-linear, in-painting (one block), out-painting, each p = 0.25; with
+    ``elastic = (alpha, sigma)`` the patch is first deformed (:func:`elastic_deform`)."""
+    if elastic is not None:
+        x = elastic_deform(x, rng, *elastic)
     choice = int(rng.integers(4))
     if choice == 0:
         return G.local_pixel_shuffle(x, rng)
@@ -198,8 +230,10 @@ def transvw_transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class VisualWordDataset(EpochDataset):
     """(transformed patch, (original patch, word class)) with per-(seed, epoch, index) randomness."""
 
-    def __init__(self, words: VisualWords, indices: np.ndarray, seed: int = 0, fixed_epoch: int | None = None) -> None:
+    def __init__(self, words: VisualWords, indices: np.ndarray, seed: int = 0, fixed_epoch: int | None = None,
+                 elastic: tuple[float, float] | None = None) -> None:
         self.words, self.indices, self.seed, self.fixed_epoch = words, indices, seed, fixed_epoch
+        self.elastic = elastic
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -208,7 +242,7 @@ class VisualWordDataset(EpochDataset):
         j = int(self.indices[i])
         clean = self.words.patches[j]
         epoch = self.epoch if self.fixed_epoch is None else self.fixed_epoch
-        x = transvw_transform(clean, sample_rng(self.seed, epoch, i))
+        x = transvw_transform(clean, sample_rng(self.seed, epoch, i), self.elastic)
         return (torch.from_numpy(np.ascontiguousarray(x, np.float32)),
                 (torch.from_numpy(clean), torch.tensor(int(self.words.labels[j]))))
 
@@ -273,4 +307,4 @@ def config_dict(cfg: VisualWordsConfig) -> dict[str, Any]:
 
 
 __all__ = ["ConvAutoencoder", "TransVWLoss", "VisualWordDataset", "VisualWords", "VisualWordsConfig", "YNet",
-           "config_dict", "discover", "train_autoencoder", "transvw_transform"]
+           "config_dict", "discover", "elastic_deform", "train_autoencoder", "transvw_transform"]
