@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         file, function = ENTRY.get(name, (name, "run"))
         out = getattr(_load(file), function)(args.quick, seeds, args.work)
         result[name] = {**out, "seconds": round(time.time() - t0, 1), "date": result["date"], "seeds": seeds,
-                        "quick": bool(args.quick)}
+                        "quick": bool(args.quick), "command": result["command"]}
         write_json_atomic(args.out, result)
         print(f"   {name} done in {time.time() - t0:.0f} s", flush=True)
     print(f"wrote {args.out}")

@@ -11,7 +11,10 @@
 (b) CAM localisation on PH2 (Zhou et al., CVPR 2016; :mod:`aemia.weak.cam`): the out-of-fold classifiers' CAM of
     the predicted class, thresholded at 0.5 of its maximum, against the lesion masks: per-image IoU and Dice with
     bootstrap CIs, for both networks (headline: ARL), next to an uninformed centre prior (a centred ellipse with
-    semi-axes 0.3 × the image side), because PH2 lesions are large and mostly central.
+    semi-axes 0.3 × the image side), because PH2 lesions are large and mostly central. Also scored: thresholds
+    0.1 / 0.2 / 0.3 / 0.5, and the CAM of the melanoma class (on all images and on the 40 melanomas alone: the
+    class whose evidence is the lesion; a "rest" CAM shows evidence for benign, which need not be the lesion).
+    The figure of the first seed's ARL CAMs is copied to ``results/semi_weak_ph2_cams.png``.
 
 Recipe (both networks identical): 128 px, Adam 1e-3, cosine schedule, batch 16, fp32 (under bf16 the tiny
 α·A(F)⊙x term would round away), the toolkit's default flips / 90° rotations / intensity jitter; PH2 12 epochs per
@@ -36,6 +39,7 @@ import torch
 
 from aemia.data.catalog import get_dataset
 from aemia.evaluate import metrics as M
+from aemia.evaluate.metrics import iou
 from aemia.nets import create_model
 from aemia.train.data import ArrayDataset, AugmentConfig
 from aemia.train.trainer import TrainConfig, Trainer
@@ -43,6 +47,8 @@ from aemia.utils.io import write_json_atomic
 from aemia.weak.cam import CamConfig, class_activation_maps, plot_cams, score_masks, threshold_cams
 
 MODELS = {"resnet": "resnet", "arl": "arl-resnet"}
+#: CAM thresholds (fractions of each map's maximum) scored besides the recipe's; Zhou et al. used 0.2
+SWEEP = (0.1, 0.2, 0.3, 0.5)
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,8 @@ def _ph2(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
     scores = {m: np.zeros((n, len(seeds))) for m in MODELS}
     ious = {m: np.zeros((n, len(seeds))) for m in MODELS}
     dices = {m: np.zeros((n, len(seeds))) for m in MODELS}
+    # threshold sweep: per model, target ("predicted" class / "melanoma" class), threshold -> per-image IoU
+    sweep = {m: {t: {th: np.zeros((n, len(seeds))) for th in SWEEP} for t in ("predicted", "melanoma")} for m in MODELS}
     alphas: dict[str, list[list[float]]] = {}
     cam_cfg = CamConfig(threshold=recipe.threshold)
     for si, seed in enumerate(seeds):
@@ -177,15 +185,21 @@ def _ph2(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
                 if not res.exists():
                     model = _train(unit, name, x[train], target[train], 2, recipe.ph2_epochs, seed, recipe)
                     out = class_activation_maps(model, x[test])
+                    mel = class_activation_maps(model, x[test], classes=1)
                     sc = score_masks(threshold_cams(out.cams, cam_cfg), masks[test], n_resamples=10)
                     np.savez(res.with_suffix(".tmp.npz"), test=test, p=out.probs[:, 1],
                              iou=[r["iou"] for r in sc["per_image"]], dice=[r["dice"] for r in sc["per_image"]],
-                             alphas=np.asarray(_alphas(model), dtype=float), cams=out.cams.astype(np.float16))
+                             alphas=np.asarray(_alphas(model), dtype=float), cams=out.cams.astype(np.float16),
+                             cams_melanoma=mel.cams.astype(np.float16))
                     res.with_suffix(".tmp.npz").replace(res)
                 r = np.load(res)
                 if not np.array_equal(r["test"], test):
                     raise RuntimeError(f"{res}: stored fold differs from the current split; delete {root}")
                 scores[m][test, si], ious[m][test, si], dices[m][test, si] = r["p"], r["iou"], r["dice"]
+                for tgt, key in (("predicted", "cams"), ("melanoma", "cams_melanoma")):
+                    for th in SWEEP:
+                        pred = threshold_cams(r[key].astype(np.float32), CamConfig(threshold=th))
+                        sweep[m][tgt][th][test, si] = [iou(p_, g_) for p_, g_ in zip(pred, masks[test])]
                 alphas.setdefault(m, []).append([float(a) for a in r["alphas"]])
     if seeds:  # a figure of the first seed's ARL CAMs (first 16 images by id)
         order = np.argsort(ids)[:16]
@@ -198,6 +212,22 @@ def _ph2(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
                     cams[j] = r["cams"][where[int(i)]]
         plot_cams(x[order], cams, threshold_cams(cams, cam_cfg), masks[order], root / "ph2_cams_arl.png",
                   titles=[f"{ids[i]} {'MEL' if target[i] else 'nev'} IoU {ious['arl'][i, 0]:.2f}" for i in order])
+        mel = np.flatnonzero(target == 1)[:16]  # the melanoma class's CAM on melanomas
+        mcams = np.zeros((len(mel),) + masks.shape[1:], np.float32)
+        for f in range(recipe.folds):
+            r = np.load(root / "ph2" / "arl" / f"seed{seeds[0]}" / f"fold{f}" / "result.npz")
+            where = {int(i): k for k, i in enumerate(r["test"])}
+            for j, i in enumerate(mel):
+                if int(i) in where:
+                    mcams[j] = r["cams_melanoma"][where[int(i)]]
+        plot_cams(x[mel], mcams, threshold_cams(mcams, cam_cfg), masks[mel], root / "ph2_cams_arl_melanoma.png",
+                  titles=[f"{ids[i]} MEL, melanoma CAM" for i in mel])
+        if root.name.startswith("arl_cam_full"):  # a measured run (not --quick)
+            import shutil
+
+            results = Path(__file__).resolve().parents[1] / "results"
+            shutil.copy(root / "ph2_cams_arl.png", results / "semi_weak_ph2_cams.png")
+            shutil.copy(root / "ph2_cams_arl_melanoma.png", results / "semi_weak_ph2_cams_melanoma.png")
     prior = _centre_prior(masks.shape[1:])
     prior_scores = score_masks(np.broadcast_to(prior, masks.shape), masks, n_resamples=recipe.n_resamples)
     cam = {m: _seg_block(ious[m].mean(1), dices[m].mean(1), recipe.n_resamples) for m in MODELS}
@@ -208,6 +238,13 @@ def _ph2(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
                 "fold_seed": recipe.fold_seed},
         "cam": {**cam["arl"], "model": "arl", "target": "predicted class", "threshold": recipe.threshold,
                 "by_model": cam,
+                "threshold_sweep_iou": {
+                    m: {tgt: {str(th): float(v.mean()) for th, v in per.items()} for tgt, per in sweep[m].items()}
+                    for m in MODELS},
+                "melanoma_cam_on_melanomas_iou": {
+                    m: {str(th): float(sweep[m]["melanoma"][th][target == 1].mean()) for th in SWEEP} for m in MODELS},
+                "sweep_what": "mean per-image IoU (all 200 images, or the 40 melanomas) of the CAM of the predicted "
+                              "class / of the melanoma class, thresholded at each fraction of its maximum",
                 "centre_prior": {"iou": prior_scores["iou"]["mean"], "ci": prior_scores["iou"]["ci"],
                                  "dice": prior_scores["dice"]["mean"], "dice_ci": prior_scores["dice"]["ci"],
                                  "what": "centred ellipse, semi-axes 0.3 x image side"}},
