@@ -20,7 +20,8 @@ def demo(
     size: int = typer.Option(128, help="Training image size (Kvasir images are 256x256)."),
     label_fraction: float = typer.Option(1.0, help="Fraction of Kvasir's training labels to use."),
     pretrain: str = typer.Option("none", help="Optional self-supervised stage on the training images first: "
-                                 "none, genesis or transvw (adds about --pretrain-epochs x 25 s)."),
+                                 "none, genesis or transvw (adds about --pretrain-epochs x 25 s). Measured at this "
+                                 "scale it lowers Kvasir test Dice (README: self-supervised pretraining)."),
     pretrain_epochs: int = typer.Option(6, help="Epochs of the optional pretraining stage."),
     synth: bool = typer.Option(True, help="Stage: synthetic liver tumors in the bundled CT (montage in the report)."),
     active: bool = typer.Option(True, help="Stage: ACFT vs random active learning on Kvasir, small budget "
