@@ -34,7 +34,7 @@ def demo(
     Writes config.yaml, splits.json, log.jsonl, checkpoints/, metrics.json, per_case.csv, figures/ and
     report.html into the run folder and prints the report's path.
 
-    Stages: [optional self-supervised pretraining] → UNet++ training and test evaluation → pruning table →
+    Stages: (optional) self-supervised pretraining → UNet++ training and test evaluation → pruning table →
     synthetic liver tumors in the bundled CT (montage) → ACFT vs random active learning on Kvasir (curve).
 
     Example: aemia demo --out runs/demo --epochs 16   (or: aemia demo --pretrain genesis --label-fraction 0.1)
