@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from aemia.errors import CheckpointError
-from aemia.infer.predict import autocast_context, memory_format, predict_probs, resolve_device
+from aemia.infer.predict import amp_dtype, autocast_context, memory_format, predict_probs, resolve_device
 from aemia.nets.checkpoint import save_checkpoint, unwrap
 from aemia.train.data import EpochDataset
 from aemia.train.hooks import EarlyStopping, Hook, JsonlLogger
@@ -387,7 +387,8 @@ class Trainer:
                 for step, batch in enumerate(self._loader(epoch)):
                     loss = self.train_step(batch, total_steps)
                     if not math.isfinite(loss):
-                        raise FloatingPointError(f"training loss became {loss} at epoch {epoch} step {step}; lower --lr")
+                        hint = "lower --lr" + (" or pass --amp none" if amp_dtype(self.cfg.amp, self.device) else "")
+                        raise FloatingPointError(f"training loss became {loss} at epoch {epoch} step {step}; {hint}")
                     losses.append(loss)
                     progress.advance(loss)
                     for hook in self.hooks:
