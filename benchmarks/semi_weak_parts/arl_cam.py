@@ -150,6 +150,11 @@ def _auc_block(y: np.ndarray, scores: dict[str, np.ndarray], n_resamples: int) -
     return out
 
 
+def _ci(values: np.ndarray, n_resamples: int) -> tuple[float, float]:
+    c = M.bootstrap_ci(values, n_resamples)
+    return c.lo, c.hi
+
+
 def _seg_block(iou: np.ndarray, dice: np.ndarray, n_resamples: int) -> dict[str, Any]:
     i, d = M.bootstrap_ci(iou, n_resamples), M.bootstrap_ci(dice, n_resamples)
     return {"iou": i.point, "ci": [i.lo, i.hi], "dice": d.point, "dice_ci": [d.lo, d.hi], "n": i.n}
@@ -230,6 +235,8 @@ def _ph2(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
             shutil.copy(root / "ph2_cams_arl_melanoma.png", results / "semi_weak_ph2_cams_melanoma.png")
     prior = _centre_prior(masks.shape[1:])
     prior_scores = score_masks(np.broadcast_to(prior, masks.shape), masks, n_resamples=recipe.n_resamples)
+    prior_iou = np.array([r["iou"] for r in prior_scores["per_image"]])
+    prior_dice = np.array([r["dice"] for r in prior_scores["per_image"]])
     cam = {m: _seg_block(ious[m].mean(1), dices[m].mean(1), recipe.n_resamples) for m in MODELS}
     return {
         "auc": {"task": f"melanoma vs rest, stratified {recipe.folds}-fold out-of-fold scores of all {n} images",
@@ -243,6 +250,12 @@ def _ph2(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
                     for m in MODELS},
                 "melanoma_cam_on_melanomas_iou": {
                     m: {str(th): float(sweep[m]["melanoma"][th][target == 1].mean()) for th in SWEEP} for m in MODELS},
+                "melanoma_cam_on_melanomas_ci": {  # per-image IoU averaged over seeds, bootstrap over the melanomas
+                    m: {str(th): list(_ci(sweep[m]["melanoma"][th][target == 1].mean(1), recipe.n_resamples))
+                        for th in SWEEP} for m in MODELS},
+                "centre_prior_on_melanomas": {**_seg_block(prior_iou[target == 1], prior_dice[target == 1],
+                                                           recipe.n_resamples),
+                                              "what": "the same centred ellipse, scored on the melanomas only"},
                 "sweep_what": "mean per-image IoU (all 200 images, or the 40 melanomas) of the CAM of the predicted "
                               "class / of the melanoma class, thresholded at each fraction of its maximum",
                 "centre_prior": {"iou": prior_scores["iou"]["mean"], "ci": prior_scores["iou"]["ci"],
