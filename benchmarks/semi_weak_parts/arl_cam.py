@@ -150,6 +150,15 @@ def _auc_block(y: np.ndarray, scores: dict[str, np.ndarray], n_resamples: int) -
     return out
 
 
+def _publish_png(src: Path, dst: Path) -> None:
+    """Copy a figure into results/ as a 256-colour PNG (the RGB grid of photos is 1.7 MB; this keeps it < 0.5 MB)."""
+    from PIL import Image as PILImage
+
+    tmp = dst.with_suffix(".tmp.png")
+    PILImage.open(src).convert("RGB").quantize(256, method=PILImage.Quantize.MEDIANCUT).save(tmp, optimize=True)
+    tmp.replace(dst)
+
+
 def _ci(values: np.ndarray, n_resamples: int) -> tuple[float, float]:
     c = M.bootstrap_ci(values, n_resamples)
     return c.lo, c.hi
@@ -228,11 +237,9 @@ def _ph2(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
         plot_cams(x[mel], mcams, threshold_cams(mcams, cam_cfg), masks[mel], root / "ph2_cams_arl_melanoma.png",
                   titles=[f"{ids[i]} MEL, melanoma CAM" for i in mel])
         if root.name.startswith("arl_cam_full"):  # a measured run (not --quick)
-            import shutil
-
             results = Path(__file__).resolve().parents[1] / "results"
-            shutil.copy(root / "ph2_cams_arl.png", results / "semi_weak_ph2_cams.png")
-            shutil.copy(root / "ph2_cams_arl_melanoma.png", results / "semi_weak_ph2_cams_melanoma.png")
+            _publish_png(root / "ph2_cams_arl.png", results / "semi_weak_ph2_cams.png")
+            _publish_png(root / "ph2_cams_arl_melanoma.png", results / "semi_weak_ph2_cams_melanoma.png")
     prior = _centre_prior(masks.shape[1:])
     prior_scores = score_masks(np.broadcast_to(prior, masks.shape), masks, n_resamples=recipe.n_resamples)
     prior_iou = np.array([r["iou"] for r in prior_scores["per_image"]])
