@@ -3,7 +3,9 @@
 (a) ARL-ResNet (Zhang et al., TMI 2019; :mod:`aemia.nets.arl`) against the toolkit's ResNet classifier with the
     same widths and blocks — basic blocks, widths (16, 32, 64, 128), one block per stage, the 3×3 stem. With the
     same seed both start from identical weights (the ARL network only adds one α per block, initialised to 0), so
-    the attention is the only difference. AUC with case-bootstrap 95% CIs, and the paired ARL − ResNet difference:
+    the attention is the only difference. Two ARL variants: ``arl``, the spatial softmax (the paper as remembered),
+    and ``arl_channel``, the softmax over channels of the unofficial code (``nn.Softmax2d``; METHODS.md §7.3 lists
+    the axis as unverified). AUC with case-bootstrap 95% CIs, and each paired ARL − ResNet difference:
       * PH2, melanoma vs rest (40 / 160): a fixed stratified 5-fold split of all 200 images (fold seed 2019, the
         fold ids are in the JSON); every image is scored by the model that did not see it (out-of-fold).
       * BUSI, normal / benign / malignant: trained on train + val (no model selection), scored on the 156 test
@@ -46,7 +48,12 @@ from aemia.train.trainer import TrainConfig, Trainer
 from aemia.utils.io import write_json_atomic
 from aemia.weak.cam import CamConfig, class_activation_maps, plot_cams, score_masks, threshold_cams
 
-MODELS = {"resnet": "resnet", "arl": "arl-resnet"}
+#: benchmark name -> (registry name, extra keyword arguments)
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet": ("resnet", {}),
+    "arl": ("arl-resnet", {"block": "basic"}),
+    "arl_channel": ("arl-resnet", {"block": "basic", "attention_axis": "channel"}),
+}
 #: CAM thresholds (fractions of each map's maximum) scored besides the recipe's; Zhou et al. used 0.2
 SWEEP = (0.1, 0.2, 0.3, 0.5)
 
@@ -87,18 +94,17 @@ def stratified_folds(targets: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _train(unit: Path, model_name: str, x: np.ndarray, t: np.ndarray, n_classes: int, epochs: int, seed: int,
+def _train(unit: Path, model: tuple[str, dict[str, Any]], x: np.ndarray, t: np.ndarray, n_classes: int, epochs: int, seed: int,
            recipe: Recipe) -> torch.nn.Module:
     """Train one network (resuming an interrupted unit); the last epoch's model."""
     torch.manual_seed(seed)  # same seed → identical initial weights for both networks
-    kwargs: dict[str, Any] = {"blocks": list(recipe.blocks)}
-    if model_name == "arl-resnet":
-        kwargs["block"] = "basic"
-    model = create_model(model_name, 2, x.shape[1], n_classes, features=list(recipe.features), **kwargs)
+    name, extra = model
+    net = create_model(name, 2, x.shape[1], n_classes, features=list(recipe.features), blocks=list(recipe.blocks),
+                       **extra)
     cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed, amp="none",
                       progress=False, deep_supervision=False)
     data = ArrayDataset(x, targets=t, augment=AugmentConfig(), seed=seed)
-    trainer = Trainer(model, data, None, cfg, unit, task="classification")
+    trainer = Trainer(net, data, None, cfg, unit, task="classification")
     trainer.fit(resume=(unit / "checkpoints" / "last.safetensors").exists())
     return trainer.model.eval()
 
@@ -111,14 +117,14 @@ def _probs(model: torch.nn.Module, x: np.ndarray, batch: int = 64) -> np.ndarray
 
 
 def _same_start(recipe: Recipe, seed: int = 0) -> bool:
-    """Both networks built as in :func:`_train` with one seed hold identical weights (ARL adds only the α's)."""
-    nets = []
-    for name in MODELS.values():
+    """All networks built as in :func:`_train` with one seed hold identical weights (ARL adds only the α's)."""
+    states = []
+    for name, extra in MODELS.values():
         torch.manual_seed(seed)
-        extra = {"block": "basic"} if name == "arl-resnet" else {}
-        nets.append(create_model(name, 2, 3, 2, features=list(recipe.features), blocks=list(recipe.blocks), **extra))
-    a, b = nets[0].state_dict(), {k: v for k, v in nets[1].state_dict().items() if not k.endswith("alpha")}
-    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        net = create_model(name, 2, 3, 2, features=list(recipe.features), blocks=list(recipe.blocks), **extra)
+        states.append({k: v for k, v in net.state_dict().items() if not k.endswith("alpha")})
+    a = states[0]
+    return all(list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a) for b in states[1:])
 
 
 def _alphas(model: torch.nn.Module) -> list[float]:
@@ -142,11 +148,14 @@ def _auc_block(y: np.ndarray, scores: dict[str, np.ndarray], n_resamples: int) -
         ci = M.bootstrap_metric_ci(y, s, _mean_auc, n_resamples=n_resamples, seed=0)
         out[name] = {"auc": ci.point, "ci": [ci.lo, ci.hi],
                      "per_seed": [M.auc(y, s[..., j]) for j in range(s.shape[-1])]}
-    k = scores["arl"].shape[-1]
-    both = np.concatenate([scores["arl"], scores["resnet"]], axis=-1)
-    diff = M.bootstrap_metric_ci(y, both, lambda yy, ss: _mean_auc(yy, ss[..., :k]) - _mean_auc(yy, ss[..., k:]),
-                                 n_resamples=n_resamples, seed=0)
-    out["difference_arl_minus_resnet"] = {"auc": diff.point, "ci": [diff.lo, diff.hi]}
+    k = scores["resnet"].shape[-1]
+    for name in scores:
+        if name == "resnet":
+            continue
+        both = np.concatenate([scores[name], scores["resnet"]], axis=-1)
+        diff = M.bootstrap_metric_ci(y, both, lambda yy, ss: _mean_auc(yy, ss[..., :k]) - _mean_auc(yy, ss[..., k:]),
+                                     n_resamples=n_resamples, seed=0)
+        out[f"difference_{name}_minus_resnet"] = {"auc": diff.point, "ci": [diff.lo, diff.hi]}
     return out
 
 
@@ -193,11 +202,11 @@ def _ph2(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
         for f in range(recipe.folds):
             test = np.flatnonzero(fold == f)
             train = np.flatnonzero(fold != f)
-            for m, name in MODELS.items():
+            for m, spec in MODELS.items():
                 unit = root / "ph2" / m / f"seed{seed}" / f"fold{f}"
                 res = unit / "result.npz"
                 if not res.exists():
-                    model = _train(unit, name, x[train], target[train], 2, recipe.ph2_epochs, seed, recipe)
+                    model = _train(unit, spec, x[train], target[train], 2, recipe.ph2_epochs, seed, recipe)
                     out = class_activation_maps(model, x[test])
                     mel = class_activation_maps(model, x[test], classes=1)
                     sc = score_masks(threshold_cams(out.cams, cam_cfg), masks[test], n_resamples=10)
@@ -288,11 +297,11 @@ def _busi(recipe: Recipe, seeds: list[int], root: Path) -> dict[str, Any]:
     scores = {m: np.zeros((len(x_te), k, len(seeds))) for m in MODELS}
     alphas: dict[str, list[list[float]]] = {}
     for si, seed in enumerate(seeds):
-        for m, name in MODELS.items():
+        for m, spec in MODELS.items():
             unit = root / "busi" / m / f"seed{seed}"
             res = unit / "result.npz"
             if not res.exists():
-                model = _train(unit, name, x_tr, t_tr, k, recipe.busi_epochs, seed, recipe)
+                model = _train(unit, spec, x_tr, t_tr, k, recipe.busi_epochs, seed, recipe)
                 np.savez(res.with_suffix(".tmp.npz"), p=_probs(model, x_te), alphas=np.asarray(_alphas(model), float))
                 res.with_suffix(".tmp.npz").replace(res)
             r = np.load(res)
@@ -317,15 +326,17 @@ def run(quick: bool, seeds: list[int], work: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     ph2 = _ph2(recipe, seeds, root)
     busi = _busi(recipe, seeds, root)
-    arl_alphas = [abs(a) for r in (ph2, busi) for unit in r["alphas"].get("arl", []) for a in unit]
+    def alpha_summary(m: str) -> dict[str, Any]:
+        mags = [abs(a) for r in (ph2, busi) for unit in r["alphas"].get(m, []) for a in unit]
+        return {"mean_abs": float(np.mean(mags)) if mags else None, "max_abs": float(np.max(mags)) if mags else None,
+                "per_unit": {"ph2": ph2["alphas"].get(m, []), "busi": busi["alphas"].get(m, [])}}
+
     return {
         "arl": {"ph2": ph2["auc"], "busi": busi["auc"], "identical_initial_weights": _same_start(recipe),
-                "learned_alpha": {"mean_abs": float(np.mean(arl_alphas)) if arl_alphas else None,
-                                  "max_abs": float(np.max(arl_alphas)) if arl_alphas else None,
-                                  "per_unit": {"ph2": ph2["alphas"].get("arl", []),
-                                               "busi": busi["alphas"].get("arl", [])}}},
+                "learned_alpha": alpha_summary("arl"), "learned_alpha_channel": alpha_summary("arl_channel")},
         "cam": {"ph2": ph2["cam"]},
-        "recipe": {**asdict(recipe), "models": {"resnet": "ResNetClassifier", "arl": "ArlResNet(block='basic')"},
+        "recipe": {**asdict(recipe), "models": {"resnet": "ResNetClassifier", "arl": "ArlResNet(block='basic')",
+                                                  "arl_channel": "ArlResNet(block='basic', attention_axis='channel')"},
                    "amp": "none", "work": str(root)},
         "seeds": seeds,
         "quick": quick,

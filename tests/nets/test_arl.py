@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aemia.nets import ResNetClassifier, create_model, model_from_config
-from aemia.nets.arl import ArlBasicBlock, ArlBottleneck, ArlResNet, spatial_softmax
+from aemia.nets.arl import ArlBasicBlock, ArlBottleneck, ArlResNet, channel_softmax, spatial_softmax
 from aemia.nets.classifier import BasicBlock
 from aemia.nets.registry import model_task
 
@@ -83,6 +83,35 @@ def test_attention_maps_sum_to_one_over_each_channels_positions(block: str) -> N
     torch.testing.assert_close(a.sum(dim=(2, 3)), torch.ones(3, 8))
     # the softmax is over positions, not channels: channel sums are not 1
     assert not torch.allclose(a.sum(dim=1), torch.ones(3, 5, 7))
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_channel_attention_sums_to_one_over_channels_and_enters_the_output_rule(block: str) -> None:
+    torch.manual_seed(0)
+    cls = ArlBasicBlock if block == "basic" else ArlBottleneck
+    unit = cls(2, 4, 8, 1, "batch", attention_axis="channel").eval()
+    x = torch.randn(3, 4, 6, 6)
+    a = unit.attention(x)
+    torch.testing.assert_close(a.sum(dim=1), torch.ones(3, 6, 6))
+    torch.testing.assert_close(a, torch.softmax(unit.residual(x), dim=1))  # nn.Softmax2d's axis
+    with torch.no_grad():
+        unit.alpha.fill_(2.0)
+        f, s = unit.residual(x), unit.shortcut(x)
+        torch.testing.assert_close(unit(x), torch.relu(f + s + 2.0 * channel_softmax(f) * s))
+        spatial = cls(2, 4, 8, 1, "batch").eval()
+        spatial.load_state_dict(unit.state_dict())
+        assert not torch.allclose(spatial(x), unit(x))  # the axis matters once α ≠ 0
+
+
+def test_channel_attention_network_with_alpha_zero_equals_the_spatial_one_and_bad_axis_fails() -> None:
+    torch.manual_seed(0)
+    a = ArlResNet(2, 3, 2, features=(8, 16), blocks=(1, 1), block="basic").eval()
+    b = ArlResNet(2, 3, 2, features=(8, 16), blocks=(1, 1), block="basic", attention_axis="channel").eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="attention_axis"):
+        ArlResNet(2, 3, 2, features=(8, 16), blocks=(1, 1), attention_axis="pixel")
 
 
 def test_spatial_softmax_in_3d_and_of_a_constant_map_is_uniform() -> None:

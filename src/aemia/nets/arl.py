@@ -11,6 +11,12 @@ to 1 over its positions; no extra learnable layers: "the feature maps learned by
 attention map for a low layer") and α one learnable scalar per block, initialised to 0, so an untrained ARL
 block is exactly a plain residual block.
 
+The softmax's axis is not settled (METHODS.md §7.3, "still unverified"): the paper as remembered uses the
+spatial softmax (``attention_axis="spatial"``, the default), the unofficial code ``nn.Softmax2d``, a softmax
+over the channels at each position (``attention_axis="channel"``; each position's weights sum to 1 over C). With
+the spatial softmax every weight is about 1/(H·W), so α·A⊙x starts out tiny; the channel softmax's weights are
+about 1/C, orders of magnitude larger at the first stages.
+
 Defaults are the paper's ARL-CNN50: bottleneck blocks (1×1 → 3×3 → 1×1, inner width = width / 4),
 ``blocks=(3, 4, 6, 3)``, stage widths ``(256, 512, 1024, 2048)``. The paper's ImageNet stem (7×7/2 conv +
 3×3/2 max-pool) is ``stem="conv7"``; the default ``stem="conv3"`` is the toolkit's classifier stem (3×3,
@@ -52,10 +58,26 @@ def spatial_softmax(f: torch.Tensor) -> torch.Tensor:
     return torch.exp(g - torch.logsumexp(g, dim=dims, keepdim=True)).to(f.dtype)
 
 
+def channel_softmax(f: torch.Tensor) -> torch.Tensor:
+    """Softmax over the channels at each position of ``f`` (N, C, *S) (``nn.Softmax2d``, in any dimension)."""
+    return torch.softmax(f.float(), dim=1).to(f.dtype)
+
+
+#: attention normalisations: name -> function of F(x)
+ATTENTION_AXES = {"spatial": spatial_softmax, "channel": channel_softmax}
+
+
+def _check_axis(axis: str) -> str:
+    if axis not in ATTENTION_AXES:
+        raise ValueError(f"unknown attention_axis {axis!r}; choose one of {tuple(ATTENTION_AXES)}")
+    return axis
+
+
 class _ArlMixin:
     """The ARL output rule shared by the basic and bottleneck blocks."""
 
     alpha: nn.Parameter | None
+    attention_axis: str = "spatial"
     shortcut: nn.Module
     relu: nn.Module
 
@@ -63,23 +85,26 @@ class _ArlMixin:
         raise NotImplementedError
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The block's attention maps A(F(x)) (N, C, *S); each channel's map sums to 1."""
-        return spatial_softmax(self.residual(x))
+        """The block's attention maps A(F(x)) (N, C, *S): each channel's map sums to 1 over its positions
+        (``spatial``), or each position's weights sum to 1 over the channels (``channel``)."""
+        return ATTENTION_AXES[self.attention_axis](self.residual(x))
 
     def _combine(self, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         s = self.shortcut(x)
         if self.alpha is None:
             return self.relu(f + s)
-        return self.relu(f + s + self.alpha * spatial_softmax(f) * s)
+        return self.relu(f + s + self.alpha * ATTENTION_AXES[self.attention_axis](f) * s)
 
 
 class ArlBasicBlock(_ArlMixin, BasicBlock):
     """Two 3×3 convs (the ResNet-18/34 block) with attention residual learning; ``attention=False`` gives the
     plain :class:`aemia.nets.classifier.BasicBlock` (same parameter names)."""
 
-    def __init__(self, dims: int, in_ch: int, out_ch: int, stride: int, norm: str, attention: bool = True) -> None:
+    def __init__(self, dims: int, in_ch: int, out_ch: int, stride: int, norm: str, attention: bool = True,
+                 attention_axis: str = "spatial") -> None:
         BasicBlock.__init__(self, dims, in_ch, out_ch, stride, norm)
         self.alpha = nn.Parameter(torch.zeros(())) if attention else None
+        self.attention_axis = _check_axis(attention_axis)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
@@ -91,7 +116,8 @@ class ArlBasicBlock(_ArlMixin, BasicBlock):
 class ArlBottleneck(_ArlMixin, nn.Module):
     """1×1 (width/4) → 3×3 (stride) → 1×1 (width), the ResNet-50 block, with attention residual learning."""
 
-    def __init__(self, dims: int, in_ch: int, out_ch: int, stride: int, norm: str, attention: bool = True) -> None:
+    def __init__(self, dims: int, in_ch: int, out_ch: int, stride: int, norm: str, attention: bool = True,
+                 attention_axis: str = "spatial") -> None:
         nn.Module.__init__(self)
         mid = max(out_ch // BOTTLENECK_EXPANSION, 1)
         conv = conv_nd(dims)
@@ -107,6 +133,7 @@ class ArlBottleneck(_ArlMixin, nn.Module):
             self.shortcut = nn.Sequential(conv(in_ch, out_ch, 1, stride=stride, bias=False),
                                           norm_nd(dims, norm, out_ch))
         self.alpha = nn.Parameter(torch.zeros(())) if attention else None
+        self.attention_axis = _check_axis(attention_axis)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
@@ -123,8 +150,9 @@ class ArlResNet(ResNetHead):
 
     ``features`` are the stages' output widths; ``blocks`` the blocks per stage (``None``: the paper's
     (3, 4, 6, 3) for four stages, else two per stage as in ResNetClassifier). ``attention=False`` builds the
-    same ResNet without attention (the ablation baseline). ``deep_supervision`` is accepted for the registry
-    and ignored.
+    same ResNet without attention (the ablation baseline); ``attention_axis`` is the softmax's axis
+    (``spatial`` or ``channel``, see the module docstring). ``deep_supervision`` is accepted for the registry and
+    ignored.
     """
 
     def __init__(
@@ -137,6 +165,7 @@ class ArlResNet(ResNetHead):
         block: str = "bottleneck",
         stem: str = "conv3",
         attention: bool = True,
+        attention_axis: str = "spatial",
         norm: str = "batch",
         dropout: float = 0.0,
         deep_supervision: bool = False,
@@ -146,6 +175,7 @@ class ArlResNet(ResNetHead):
             raise ValueError(f"unknown block {block!r}; choose one of {BLOCKS}")
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
+        _check_axis(attention_axis)
         feats = tuple(int(f) for f in features)
         if blocks is None:
             blocks = PAPER_BLOCKS if len(feats) == len(PAPER_BLOCKS) else (2,) * len(feats)
@@ -172,7 +202,8 @@ class ArlResNet(ResNetHead):
         for s, (width, n) in enumerate(zip(feats, blocks)):
             units = []
             for b in range(n):
-                units.append(unit(spatial_dims, in_ch, width, 2 if (b == 0 and s > 0) else 1, norm, attention))
+                units.append(unit(spatial_dims, in_ch, width, 2 if (b == 0 and s > 0) else 1, norm, attention,
+                                  attention_axis))
                 in_ch = width
             stages.append(nn.Sequential(*units))
         self.stages = nn.Sequential(*stages)
