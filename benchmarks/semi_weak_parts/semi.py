@@ -184,7 +184,9 @@ def run_long(quick: bool, seeds: list[int], work: Path) -> dict:
                 res[f"{arm}_minus_supervised"] = res[arm]["dice"] - res["supervised"]["dice"]
         out[dataset][str(fraction)] = res
     out["recipe"] = {"kvasir": "as in part 'semi', but epochs = LONG_EPOCHS (600 optimiser steps, the "
-                               "kvasir_supervised budget)", "epochs": {f"{d}@{f}": e for (d, f), e in LONG_EPOCHS.items()},
+                               "kvasir_supervised budget)",
+                     "teacher_bn": "clean (the evaluated EMA teacher's batch-norm statistics re-estimated on the "
+                                   "labelled images; benchmarks/semi_mt_diagnosis.py measured the paper's 'own')", "epochs": {f"{d}@{f}": e for (d, f), e in LONG_EPOCHS.items()},
                      "seeds": list(seeds), "quick": quick, "work": str(work),
                      "wall_seconds": round(time.perf_counter() - started, 1)}
     return out

@@ -267,3 +267,48 @@ def test_short_real_run_logs_the_consistency_term(tmp_path: Path) -> None:
     assert load_config(run).semi == "mean-teacher"
     assert (run / "figures" / "semi.png").stat().st_size > 1000
     assert 0.0 <= metrics["classification"]["auc"]["mean"] <= 1.0
+
+
+# --------------------------------------------------------------------------------------------- teacher BN
+def test_reestimate_batchnorm_is_the_cumulative_average_and_keeps_weights_mode_and_momentum() -> None:
+    from aemia.semisup.mean_teacher import reestimate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3)).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [torch.randn(4, 1, 8, 8) * (i + 1) + i for i in range(3)]
+    assert reestimate_batchnorm(model, iter(batches)) == 3
+    bn = model[1]
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]  # equal-sized batches: the average of batch means is the mean
+    torch.testing.assert_close(bn.running_mean, torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0))
+    assert not model.training and bn.momentum == 0.1 and int(bn.num_batches_tracked) == 3
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert reestimate_batchnorm(model, iter([])) == 0  # nothing seen: statistics untouched
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("teacher_bn", ["clean", "own"])
+def test_the_evaluated_teacher_carries_clean_labelled_batch_statistics(tmp_path: Path, teacher_bn: str) -> None:
+    from aemia.semisup.mean_teacher import reestimate_batchnorm
+
+    images, _ = _data()
+    hook = MeanTeacherHook(UnlabelledStream(images[8:16], 4, seed=0),
+                           MeanTeacherConfig(rampup_epochs=1.0, teacher_bn=teacher_bn), seed=0)
+    trainer = _trainer(tmp_path / teacher_bn, [hook])
+    trainer.fit()
+    final = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert all(torch.equal(final[k], v) for k, v in hook.teacher.state_dict().items())  # the teacher is the model
+    reference = copy.deepcopy(hook.teacher)
+    reestimate_batchnorm(reference, (b[0] for b in trainer._loader(trainer.cfg.epochs - 1)))
+    means = [k for k in final if k.endswith("running_mean")]
+    assert means
+    same = all(torch.allclose(final[k], reference.state_dict()[k], atol=1e-6) for k in means)
+    assert same == (teacher_bn == "clean")
+
+
+def test_unknown_teacher_bn_is_refused() -> None:
+    with pytest.raises(ValueError, match="teacher_bn"):
+        MeanTeacherHook(_stream(), MeanTeacherConfig(teacher_bn="student"))

@@ -18,6 +18,14 @@ What the paper (and its reference code) fixes, and what we use:
   normalised inputs) and random flips. Segmentation outputs are flipped back before they are compared, so
   student and teacher are compared pixel by pixel in the image's own frame.
 
+Teacher batch-norm statistics (``teacher_bn``; measured in ``benchmarks/semi_mt_diagnosis.py``): the paper's
+rule (``"own"``) leaves the teacher with running statistics of *noisy unlabelled* inputs, and on Kvasir-SEG that
+teacher scored 0.497 test Dice against 0.590 for the same weights with statistics re-estimated on the clean
+labelled images (3 seeds, 600 steps; one seed 0.395 vs 0.593). The default ``"clean"`` therefore re-estimates the
+teacher's batch-norm statistics (cumulative average over one pass of the epoch's labelled batches, weights
+untouched) every time the teacher is evaluated and at the end of ``fit``. Networks without batch norm are
+unaffected.
+
 CPU/toolkit choices (not from the paper): one unlabelled batch of the labelled batch size per step;
 validation and the ``best`` checkpoint use the teacher (common practice), and the teacher's weights replace the
 model's at the end of ``fit``. Multi-process (DDP) training is not covered by tests for these hooks.
@@ -28,12 +36,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from aemia.infer.predict import autocast_context
 from aemia.train.data import AugmentConfig, augment
 from aemia.train.hooks import Hook
 
@@ -42,6 +52,8 @@ if TYPE_CHECKING:
 
 #: Share of the epochs spent ramping the weight up (the paper: 80 ramp-up epochs of 180–300).
 RAMPUP_SHARE = 0.3
+#: How the EMA teacher's batch-norm statistics are kept (module docstring)
+TEACHER_BN = ("clean", "own")
 
 
 def default_rampup_epochs(epochs: int) -> float:
@@ -68,6 +80,32 @@ def ema_update(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
     to the teacher's own forward passes."""
     for tp, sp in zip(teacher.parameters(), student.parameters()):
         tp.mul_(alpha).add_(sp.detach(), alpha=1.0 - alpha)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Recompute ``model``'s batch-norm running statistics as the cumulative average over ``batches`` (inputs only,
+    in training mode, no gradient); the weights are untouched and the model's mode and momenta are restored.
+    Returns the number of batches seen (0 leaves the statistics as they were)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    was_training = model.training
+    model.train()
+    n = 0
+    for x in batches:
+        model(x)
+        n += 1
+    model.train(was_training)
+    for m, (mean, var, count, momentum) in zip(bns, saved):
+        m.momentum = momentum
+        if n == 0:
+            m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
+    return n
 
 
 def class_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -165,9 +203,13 @@ class UnlabelledHook(Hook):
     (``semi_loss``, ``semi_weight`` and whatever :meth:`epoch_logs` adds) and resumable state."""
 
     def __init__(self, stream: UnlabelledStream, weight: float, rampup_epochs: float, ema_decay: float | None,
-                 eval_teacher: bool, seed: int) -> None:
+                 eval_teacher: bool, seed: int, teacher_bn: str = "clean") -> None:
         if weight < 0:
             raise ValueError(f"the unlabelled loss weight must be ≥ 0, got {weight}")
+        if teacher_bn not in TEACHER_BN:
+            raise ValueError(f"teacher_bn must be one of {TEACHER_BN}, got {teacher_bn!r}")
+        self.teacher_bn = teacher_bn
+        self._epoch = 0
         self.stream = stream
         self.weight = float(weight)
         self.rampup_epochs = float(rampup_epochs)
@@ -205,6 +247,7 @@ class UnlabelledHook(Hook):
         self._pending = {}
 
     def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        self._epoch = epoch
         self.stream.start_epoch(epoch)
         self._sums = {}
 
@@ -229,6 +272,7 @@ class UnlabelledHook(Hook):
         self._swap_out(trainer)
         if not self.eval_teacher or self.teacher is None:
             return
+        self._clean_teacher_bn(trainer)
         trainer.model.load_state_dict(self.teacher.state_dict())
         if trainer.best_epoch is None and trainer.is_main and trainer.history.epochs:
             from aemia.nets.checkpoint import save_checkpoint
@@ -236,9 +280,19 @@ class UnlabelledHook(Hook):
             save_checkpoint(trainer.model, trainer.ckpt_dir / "best",
                             {"epoch": trainer.history.epochs[-1]["epoch"], "val_metric": None, "task": trainer.task})
 
+    def _clean_teacher_bn(self, trainer: "Trainer") -> None:
+        """``teacher_bn="clean"``: the teacher's batch-norm statistics from one pass over this epoch's (clean,
+        augmented as in supervised training) labelled batches."""
+        if self.teacher is None or self.teacher_bn != "clean":
+            return
+        batches = (b[0].to(trainer.device) for b in trainer._loader(self._epoch))
+        with autocast_context(trainer.cfg.amp, trainer.device):
+            reestimate_batchnorm(self.teacher, batches)
+
     def _swap_in(self, trainer: "Trainer") -> None:
         if self.teacher is None or self._backup is not None:
             return
+        self._clean_teacher_bn(trainer)
         self._backup = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
         trainer.model.load_state_dict(self.teacher.state_dict())
 
@@ -276,6 +330,7 @@ class MeanTeacherConfig:
     noise: float = 0.15  # σ as a fraction of the image's standard deviation
     flip: bool = True
     eval_teacher: bool = True
+    teacher_bn: str = "clean"  # "own": the paper's code (statistics of its noisy unlabelled passes)
 
 
 class MeanTeacherHook(UnlabelledHook):
@@ -289,7 +344,7 @@ class MeanTeacherHook(UnlabelledHook):
         if not 0.0 <= self.config.ema_decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {self.config.ema_decay}")
         super().__init__(stream, self.config.weight, self.config.rampup_epochs, self.config.ema_decay,
-                         self.config.eval_teacher, seed)
+                         self.config.eval_teacher, seed, self.config.teacher_bn)
 
     def on_loss(self, trainer: "Trainer", batch: tuple[torch.Tensor, ...], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
         assert self.teacher is not None, "on_fit_start builds the teacher"
