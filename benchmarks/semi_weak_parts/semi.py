@@ -15,6 +15,10 @@ epochs); the semi arms use the run defaults of :mod:`aemia.semisup` (mean teache
 the ablation that motivated the change). Fewer labelled images give fewer steps per epoch, so the 5% runs get
 more epochs than the 10% runs (``EPOCHS``), the same for every arm.
 
+Teacher batch norm: the committed ``semi`` figures were measured with the teacher keeping the running statistics
+of its own passes over noisy unlabelled images (``teacher_bn="own"``, the paper's code); ``semi_long`` and any
+new run use the default ``teacher_bn="clean"`` (``benchmarks/semi_mt_diagnosis.py`` for why).
+
 Aggregation: ``dice`` / ``auc`` = the mean over seeds of each seed's test metric; ``ci`` = 95% percentile
 bootstrap over *test cases* (1000 resamples; each resample draws the same cases for every seed and recomputes
 the seed-averaged metric), so it is the test-set uncertainty of the seed average; ``per_seed`` the per-seed
