@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
-import os
-import platform
-import shlex
 import sys
 from pathlib import Path
 
@@ -46,6 +42,7 @@ from aemia.nets.checkpoint import read_state  # noqa: E402
 from aemia.nets.registry import model_from_config  # noqa: E402
 from aemia.train.run import labelled_subset  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 SIZE = 128
 FRACTION = 0.1
@@ -130,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name]["minus_supervised"] = {"dice": d.point, "ci": [d.lo, d.hi]}
     out = {
         "benchmark": "semi_mt_diagnosis",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + "/", ""), *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                                 if ln.startswith("model name")), ""), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        **provenance(),
         "what": "Kvasir-SEG test Dice at 128 px (argmax of the last head) of the semi_long runs' checkpoints",
         "work": str(args.work), "seeds": seeds, "fraction": FRACTION,
         "results": results,

@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
-import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from provenance import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("semi", "semi_long", "ssac", "mbdcnn", "arl_cam")
@@ -47,14 +47,6 @@ def _load(name: str) -> Any:
     sys.modules[spec.name] = mod  # type: ignore[union-attr]  (dataclasses look their module up)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,12 +35,9 @@ fine-tuning and 8 per pretraining on 2 cores).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -58,6 +55,7 @@ from aemia.pretrain.restore import PretrainConfig, pretrain  # noqa: E402
 from aemia.train.run import PRESETS, RunConfig, train_run  # noqa: E402
 from aemia.train.trainer import TrainConfig  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 FRACTION, SEED, SIZE = 0.1, 1, 128
 ADAM = dict(epochs=12, batch_size=8, lr=2e-3, optimizer="adam", schedule="cosine", deep_supervision=False)
@@ -201,11 +199,7 @@ def main() -> None:
     scratch = results.get("scratch", {}).get("dice")
     out = {
         "benchmark": "ssl_transfer_ablations",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + "/", ""), *sys.argv]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                                 if ln.startswith("model name")), ""), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        **provenance(),
         "recipe": {"fraction": FRACTION, "seed": SEED, "size": SIZE, "fine_tuning": "Adam 2e-3 cosine, batch 8, 60 "
                    "epochs (600 steps), deep supervision", "pretraining": ADAM, "paper_sgd_pretraining": PAPER_SGD,
                    "encoder_levels_channels": PRESETS["cpu"]},
