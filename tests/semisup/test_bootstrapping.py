@@ -215,7 +215,7 @@ def test_guide_channel_follows_the_image_augmentation_without_intensity_change()
     rng = np.random.default_rng(0)
     images = rng.random((6, 3, 16, 16), dtype=np.float32)
     guides = images[:, :1].copy()  # the guide is a copy of channel 0: it must stay equal to it
-    ds = GuidedArrayDataset(images, guides, targets=np.arange(6), augment=AugmentConfig(intensity=0.0), seed=3)
+    ds = GuidedArrayDataset(images, guides, targets=np.arange(6), augment=AugmentConfig(intensity=0.0, gamma=0.0), seed=3)
     changed = 0
     for epoch in range(3):
         ds.set_epoch(epoch)

@@ -4,6 +4,7 @@ and inputs, flips undone for segmentation), the unlabelled stream, kill-and-resu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -33,7 +34,7 @@ from aemia.train import ArrayDataset, Hook, TrainConfig, Trainer
 
 def _fake_trainer(model: nn.Module, step: int = 0, steps_per_epoch: int = 4) -> SimpleNamespace:
     return SimpleNamespace(model=model, global_step=step, steps_per_epoch=lambda: steps_per_epoch,
-                           device=torch.device("cpu"), rank=0, world_size=1)
+                           device=torch.device("cpu"), rank=0, world_size=1, autocast=contextlib.nullcontext)
 
 
 def _stream(n: int = 6, size: int = 8, channels: int = 1, batch: int = 2) -> UnlabelledStream:

@@ -3,6 +3,7 @@ FixMatch normalisation, resumable class shares, run wiring (defaults, 3D refused
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +33,7 @@ def _stream(n: int = 6, batch: int = 2) -> UnlabelledStream:
 
 def _fake_trainer(model: nn.Module, step: int = 0) -> SimpleNamespace:
     return SimpleNamespace(model=model, global_step=step, steps_per_epoch=lambda: 4, device=torch.device("cpu"),
-                           rank=0, world_size=1)
+                           rank=0, world_size=1, autocast=contextlib.nullcontext)
 
 
 PROBS = torch.tensor([

@@ -23,19 +23,21 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-class SlowDown(Hook):
-    """Gives the test time to kill the process mid-epoch."""
+class KillAt(Hook):
+    """SIGKILLs its own process right after optimiser step ``step``: a deterministic mid-epoch kill."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, step: int) -> None:
+        self.step = step
 
     def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None:
-        import time
+        if trainer.global_step == self.step:
+            import os
+            import signal
 
-        time.sleep(self.seconds)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(run_dir: str, epochs: int, resume: bool, sleep: float) -> None:
+def main(run_dir: str, epochs: int, resume: bool, kill_at: int) -> None:
     torch.manual_seed(0)
     images, labels = data()
     model = create_model("unetpp", 2, 1, 2, features=(4, 8, 16), deep_supervision=True)
@@ -45,7 +47,7 @@ def main(run_dir: str, epochs: int, resume: bool, sleep: float) -> None:
         ArrayDataset(images[16:], labels[16:]),
         TrainConfig(epochs=epochs, batch_size=4, lr=3e-3, progress=False, amp="none"),
         run_dir,
-        hooks=[SlowDown(sleep)] if sleep else [],
+        hooks=[KillAt(kill_at)] if kill_at else [],
     )
     trainer.fit(resume=resume)
     if trainer.world_size > 1:
@@ -56,4 +58,4 @@ def main(run_dir: str, epochs: int, resume: bool, sleep: float) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume", float(sys.argv[4]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume", int(sys.argv[4]))

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,27 +25,19 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
-def _run(run: Path, epochs: int, resume: bool = False, sleep: float = 0.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), str(run), str(epochs), "resume" if resume else "fresh", str(sleep)],
-                          env=ENV, capture_output=True, text=True, timeout=300, check=True)
+def _run(run: Path, epochs: int, resume: bool = False, kill_at: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), str(run), str(epochs), "resume" if resume else "fresh", str(kill_at)],
+                          env=ENV, capture_output=True, text=True, timeout=300, check=not kill_at)
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"
     _run(full, 4)
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(killed), "4", "fresh", "0.3"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    state = killed / "checkpoints" / "last.json"
-    while time.time() < deadline:  # wait for the checkpoint of epoch 1 (2nd epoch), then kill mid-epoch 3
-        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
-            time.sleep(0.5)
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # 16 samples / batch 4 = 4 steps per epoch: step 10 is mid-epoch 2, after the checkpoints of epochs 0 and 1
+    proc = _run(killed, 4, kill_at=10)
+    assert proc.returncode == -signal.SIGKILL
     partial = _log(killed)
-    assert 2 <= len(partial) < 4, "the kill must land mid-run"
+    assert len(partial) == 2, "the kill lands mid-epoch 2"
     _run(killed, 4, resume=True)
     a, b = _log(full), _log(killed)
     assert [r["epoch"] for r in b] == [0, 1, 2, 3]
@@ -78,9 +69,15 @@ def test_torchrun_uses_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
 
 
 def test_lr_schedules_are_closed_form() -> None:
-    cfg = TrainConfig(lr=1.0, schedule="cosine")
+    cfg = TrainConfig(lr=1.0, schedule="cosine", warmup=0.0)
     assert lr_at(cfg, 0, 100) == 1.0 and lr_at(cfg, 50, 100) == pytest.approx(0.5) and lr_at(cfg, 100, 100) == pytest.approx(0)
-    assert lr_at(TrainConfig(lr=1.0, schedule="poly"), 50, 100) == pytest.approx(0.5**0.9)
+    assert lr_at(TrainConfig(lr=1.0, schedule="poly", warmup=0.0), 50, 100) == pytest.approx(0.5**0.9)
+    # linear warm-up over the first 10% of 100 steps, then cosine over the remaining 90
+    warm = TrainConfig(lr=1.0, schedule="cosine", warmup=0.1)
+    assert [lr_at(warm, s, 100) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_at(warm, 10, 100) == 1.0 and lr_at(warm, 55, 100) == pytest.approx(0.5) and lr_at(warm, 100, 100) == pytest.approx(0)
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(warmup=1.0)
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="lion")
 

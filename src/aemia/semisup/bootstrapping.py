@@ -58,7 +58,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -359,7 +359,7 @@ class GuidedArrayDataset(EpochDataset):
         lab = None if self.labels is None else self.labels[idx]
         if self.augment_cfg is not None:
             img, lab = augment(img, lab, sample_rng(self.seed, self.epoch, idx), self.augment_cfg)
-            spatial = replace(self.augment_cfg, intensity=0.0)
+            spatial = self.augment_cfg.spatial_only()
             guide, _ = augment(guide, None, sample_rng(self.seed, self.epoch, idx), spatial)
         x = torch.from_numpy(np.concatenate([img, guide], axis=0).astype(np.float32, copy=False))
         if lab is not None:

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from aemia.infer.predict import autocast_context
 from aemia.train.data import AugmentConfig, augment
 from aemia.train.hooks import Hook
 
@@ -215,6 +214,8 @@ class UnlabelledHook(Hook):
         self.rampup_epochs = float(rampup_epochs)
         self.ema_decay = ema_decay
         self.eval_teacher = bool(eval_teacher and ema_decay is not None)
+        # an evaluated EMA teacher is the run's weight average: the trainer's own EMA stays off
+        self.averages_weights = self.eval_teacher
         self.seed = int(seed)
         self.teacher: nn.Module | None = None
         self._pending: dict[str, torch.Tensor] = {}
@@ -286,7 +287,7 @@ class UnlabelledHook(Hook):
         if self.teacher is None or self.teacher_bn != "clean":
             return
         batches = (b[0].to(trainer.device) for b in trainer._loader(self._epoch))
-        with autocast_context(trainer.cfg.amp, trainer.device):
+        with trainer.autocast():
             reestimate_batchnorm(self.teacher, batches)
 
     def _swap_in(self, trainer: "Trainer") -> None:
@@ -352,9 +353,12 @@ class MeanTeacherHook(UnlabelledHook):
         cfg = self.config
         xs, fs = perturb(x, step_generator(self.seed, trainer.global_step, 0), cfg.noise, cfg.flip)
         xt, ft = perturb(x, step_generator(self.seed, trainer.global_step, 1), cfg.noise, cfg.flip)
-        with torch.no_grad():
-            teacher_logits = unflip(self.teacher(xt), ft)
-        student_logits = unflip(trainer.model(xs), fs)
+        with trainer.autocast():  # the networks under autocast, the consistency loss in fp32
+            with torch.no_grad():
+                teacher_out = self.teacher(xt)
+            student_out = trainer.model(xs)
+        teacher_logits = unflip(teacher_out.float(), ft)
+        student_logits = unflip(student_out.float(), fs)
         cons = consistency_loss(student_logits, teacher_logits)
         w = self.current_weight(trainer)
         self._last_weight = w

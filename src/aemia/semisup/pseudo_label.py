@@ -160,7 +160,7 @@ class PseudoLabelHook(UnlabelledHook):
     def on_loss(self, trainer: "Trainer", batch: tuple[torch.Tensor, ...], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
         x = self.next_unlabelled(trainer)
         model = trainer.model
-        with torch.no_grad():
+        with torch.no_grad(), trainer.autocast():
             if self.teacher is not None:
                 logits = self.teacher(x)
             else:
@@ -169,9 +169,11 @@ class PseudoLabelHook(UnlabelledHook):
                     logits = model(x)
                 finally:
                     model.train()
-            target, weights = self.targets(class_probs(logits))
+        target, weights = self.targets(class_probs(logits.float()))
         xs, fs = perturb(x, step_generator(self.seed, trainer.global_step, 0), self.config.noise, self.config.flip)
-        student_logits = unflip(model(xs), fs)
+        with trainer.autocast():
+            student_out = model(xs)
+        student_logits = unflip(student_out.float(), fs)
         pl = pseudo_label_loss(student_logits, target, weights)
         w = self.current_weight(trainer)
         self._last_weight = w

@@ -1,4 +1,4 @@
-"""Training datasets with reproducible random augmentation.
+"""Training datasets with reproducible random augmentation (:mod:`aemia.train.augment`).
 
 Every random draw comes from ``numpy.random.default_rng([seed, epoch, index])``: the same sample gets the same
 augmentation whatever the worker, the number of processes or a kill-and-resume in between, and different
@@ -8,51 +8,18 @@ epochs get different draws.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from aemia.train.augment import AugmentConfig, augment
+
+__all__ = ["ArrayDataset", "AugmentConfig", "EpochDataset", "PatchDataset", "augment", "sample_rng"]
+
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch), int(index)])
-
-
-@dataclass
-class AugmentConfig:
-    """Light spatial + intensity augmentation (flips, 90° rotations, brightness/contrast)."""
-
-    flip: bool = True
-    rot90: bool = True
-    intensity: float = 0.1  # max relative brightness/contrast change; 0 disables
-
-
-def augment(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """Apply the same random spatial transform to ``image`` (C, *S) and ``label`` (*S)."""
-    spatial = image.ndim - 1
-    if cfg.flip:
-        for ax in range(spatial):
-            if rng.random() < 0.5:
-                image = np.flip(image, axis=ax + 1)
-                if label is not None:
-                    label = np.flip(label, axis=ax)
-    if cfg.rot90:
-        # rotate in the first two spatial axes only when they are the same size (keeps batch shapes)
-        if image.shape[1] == image.shape[2]:
-            k = int(rng.integers(0, 4))
-            if k:
-                image = np.rot90(image, k, axes=(1, 2))
-                if label is not None:
-                    label = np.rot90(label, k, axes=(0, 1))
-    if cfg.intensity > 0:
-        a = 1.0 + rng.uniform(-cfg.intensity, cfg.intensity)
-        b = rng.uniform(-cfg.intensity, cfg.intensity) * float(image.std() + 1e-8)
-        image = image * a + b
-    image = np.ascontiguousarray(image, dtype=np.float32)
-    if label is not None:
-        label = np.ascontiguousarray(label)
-    return image, label
 
 
 class EpochDataset(Dataset):

@@ -2,8 +2,16 @@
 
 * Losses: Dice+CE (default), the UNet++ paper's 0.5·BCE + Dice, CE for classification; deep supervision sums
   the loss over every head with equal weights unless ``ds_weights`` says otherwise.
-* Optimisers Adam / AdamW / SGD (Nesterov); learning rate set every step from a closed form (cosine, poly 0.9,
-  constant), so a resumed run sets exactly the same rates.
+* Optimisers Adam / AdamW / SGD (Nesterov); learning rate set every step from a closed form (linear warm-up over
+  ``warmup`` of the steps, then cosine, poly 0.9 or constant), so a resumed run sets exactly the same rates.
+* Numerics: only the network's forward runs under autocast (bf16 covers convolutions and matmuls); the loss,
+  its softmax/sigmoid and every metric run in fp32 outside it. A step whose loss or gradient is not finite
+  never reaches the weights: it is skipped and counted (``skipped_steps`` in the log); after
+  ``max_bad_steps`` in a row under autocast the run falls back to fp32 from the current weights (which the
+  skipped steps never touched) and says so in one line. ``amp="auto"`` is bf16 only on CUDA or on a CPU
+  with native bf16 (AVX512-BF16/AMX) and only if one batch's loss in bf16 agrees with fp32 (:func:`check_amp`).
+* Weight averaging: with ``ema > 0`` validation, ``best`` checkpoints and the fitted model are an EMA of the
+  weights (:mod:`aemia.train.averaging`); hooks that average weights themselves (mean teacher) turn it off.
 * Determinism: data order from ``seed + epoch``, augmentation from ``[seed, epoch, index]``, torch RNG saved
   in every checkpoint. Killing a run and resuming with ``resume=True`` reproduces an uninterrupted run.
 * Checkpoints every epoch: ``checkpoints/last.safetensors`` holds the weights plus the optimiser state
@@ -35,6 +43,7 @@ from torch.utils.data import DataLoader, Subset
 from aemia.errors import CheckpointError
 from aemia.infer.predict import amp_dtype, autocast_context, memory_format, predict_probs, resolve_device
 from aemia.nets.checkpoint import save_checkpoint, unwrap
+from aemia.train.averaging import WeightEMA
 from aemia.train.data import EpochDataset
 from aemia.train.hooks import EarlyStopping, Hook, JsonlLogger
 from aemia.train.losses import DeepSupervisionLoss, get_loss
@@ -43,6 +52,7 @@ from aemia.utils.io import atomic_path, write_json_atomic
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "constant", "step")
 TASKS = ("segmentation", "classification", "restoration")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 
 @dataclass
@@ -53,10 +63,14 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-3
     optimizer: str = "adam"
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: the optimiser's default (AdamW 1e-2, else 0); 0 is a real 0
     momentum: float = 0.99  # SGD only (nnU-Net: 0.99, Nesterov)
     nesterov: bool = True  # SGD only (Models Genesis: plain momentum 0.9)
     schedule: str = "cosine"
+    warmup: float = 0.05  # fraction of all steps with a linear learning-rate warm-up (not for "step")
+    ema: float = 0.99  # decay of the evaluated weight average; 0 = evaluate the raw weights
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+    max_bad_steps: int = 3  # consecutive non-finite steps before falling back to fp32 (then: error)
     step_epochs: int = 40  # "step" schedule: multiply the rate by step_gamma every step_epochs (Genesis StepLR)
     step_gamma: float = 0.5
     loss: str = "dice_ce"
@@ -79,13 +93,26 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema decay must be in [0, 1), got {self.ema}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int = 1) -> float:
     """Learning rate at optimiser step ``step`` (closed form, so a resumed run sets the same rates)."""
     if cfg.schedule == "step":
         return cfg.lr * cfg.step_gamma ** ((step // max(steps_per_epoch, 1)) // max(cfg.step_epochs, 1))
-    t = min(step / max(total_steps, 1), 1.0)
+    warm = int(round(cfg.warmup * total_steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = min((step - warm) / max(total_steps - warm, 1), 1.0)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
     if cfg.schedule == "poly":
@@ -94,12 +121,38 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int = 
 
 
 def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    wd = cfg.weight_decay
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=0.0 if wd is None else wd)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 1e-2)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2 if wd is None else wd)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=0.0 if wd is None else wd)
+
+
+def _as_float(obj: Any) -> Any:
+    """Network outputs in fp32 (tensors, or lists/tuples of them) for the loss."""
+    if torch.is_tensor(obj):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_as_float(o) for o in obj)
+    return obj
+
+
+def check_amp(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: Any, dtype: torch.dtype,
+              rtol: float = 0.05, atol: float = 0.02) -> tuple[bool, float, float]:
+    """Does one batch's loss under ``dtype`` autocast agree with fp32? Runs on a copy in training mode (so the
+    caller's batch-norm statistics are untouched). Returns (agrees, fp32 loss, low-precision loss)."""
+    import copy
+
+    probe = copy.deepcopy(model).train()
+    with torch.no_grad():
+        ref = float(loss_fn(_as_float(probe(x)), y))
+        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = probe(x)
+        low = float(loss_fn(_as_float(out), y))
+    agrees = math.isfinite(ref) and math.isfinite(low) and abs(low - ref) <= atol + rtol * abs(ref)
+    return agrees, ref, low
 
 
 @dataclass
@@ -159,6 +212,12 @@ class Trainer:
         self.loss_fn = DeepSupervisionLoss(base, config.ds_weights) if self.deep_supervision else base
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.hooks: list[Hook] = list(hooks)
+        self.amp = config.amp  # resolved to none/bf16/fp16 when fit starts (check_amp for "auto")
+        self._amp_resolved = False
+        self.bad_steps = 0  # consecutive non-finite steps
+        self.skipped_steps = 0  # in the current epoch
+        averaged_by_hook = any(getattr(h, "averages_weights", False) for h in self.hooks)
+        self.ema = WeightEMA(self.model, config.ema) if config.ema > 0 and not averaged_by_hook else None
         if config.early_stopping > 0:
             self.hooks.append(EarlyStopping(config.early_stopping))
         # the logger goes last, so each epoch's line holds what the other hooks added to the logs
@@ -188,35 +247,111 @@ class Trainer:
         return DataLoader(subset, batch_size=self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
                           drop_last=False)
 
-    # -- one step ------------------------------------------------------------------------------------
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model that is validated and saved as ``best``: the weight average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def autocast(self) -> Any:
+        """The run's autocast context (hooks wrap their own network forwards in it; losses stay outside)."""
+        return autocast_context(self.amp, self.device)
+
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        out = self.net(x)  # all heads under deep supervision, else the logits
+        with self.autocast():
+            out = self.net(x)  # all heads under deep supervision, else the logits
+        out = _as_float(out)
         return self.loss_fn(out, y), out
 
-    def train_step(self, batch: tuple[torch.Tensor, ...], total_steps: int) -> float:
+    def _prepare(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Any]:
         x, y = batch[0].to(self.device), _to_device(batch[1], self.device)
         if self.cfg.channels_last and x.ndim in (4, 5):
             x = x.contiguous(memory_format=memory_format(x.ndim - 2))
+        return x, y
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flag = torch.tensor([1.0 if bool(torch.isfinite(value).all()) else 0.0])
+        if self.world_size > 1:  # every rank skips together, or DDP would hang in backward
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def train_step(self, batch: tuple[torch.Tensor, ...], total_steps: int) -> float:
+        """One optimiser step; returns the loss, or NaN when the step was skipped as non-finite."""
+        x, y = self._prepare(batch)
         lr = lr_at(self.cfg, self.global_step, total_steps, self.steps_per_epoch())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.net.train()
-        with autocast_context(self.cfg.amp, self.device):
-            loss, outputs = self.compute_loss(x, y)
-            for hook in self.hooks:
-                loss = hook.on_loss(self, batch, outputs, loss)
+        buffers = {k: v.clone() for k, v in unwrap(self.model).named_buffers()}  # batch-norm statistics
+        loss, outputs = self.compute_loss(x, y)
+        for hook in self.hooks:
+            loss = hook.on_loss(self, batch, outputs, loss)
         self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1  # skipped steps count too: the schedule does not depend on what was skipped
+        if not self._all_finite(loss.detach()):
+            return self._skip("loss", buffers)
         loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
+        if not self._all_finite(norm.detach()):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip("gradient", buffers)
         self.optimizer.step()
-        self.global_step += 1
+        self.bad_steps = 0
+        if self.ema is not None:
+            self.ema.update(self.model)
         return float(loss.detach())
+
+    def _skip(self, what: str, buffers: dict[str, torch.Tensor]) -> float:
+        """A non-finite step: nothing reaches the weights (the forward's batch-norm statistics are put back).
+        Too many in a row: fp32, or give up if already fp32."""
+        with torch.no_grad():
+            for name, buf in unwrap(self.model).named_buffers():
+                buf.copy_(buffers[name])
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        if self.bad_steps < self.cfg.max_bad_steps:
+            return float("nan")
+        if self.amp != "none":
+            if self.is_main:
+                print(f"non-finite {what} in {self.bad_steps} consecutive {self.amp} steps (step {self.global_step}): "
+                      "continuing in fp32 from the last good weights", flush=True)
+            self.amp, self.bad_steps = "none", 0
+            return float("nan")
+        raise FloatingPointError(f"training {what} was non-finite in {self.bad_steps} consecutive fp32 steps "
+                                 f"(step {self.global_step}); lower --lr")
+
+    def resolve_amp(self, batch: tuple[torch.Tensor, ...]) -> None:
+        """Settle ``amp`` once per run: ``auto`` → bf16/fp16 only where native and (CPU) only if
+        :func:`check_amp` agrees on ``batch``; explicit modes are kept."""
+        if self._amp_resolved:
+            return
+        self._amp_resolved = True
+        requested = self.cfg.amp
+        dtype = amp_dtype(requested, self.device)
+        if dtype is None:
+            self.amp = "none"
+            return
+        self.amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        if requested != "auto" or self.device.type == "cuda" or self.task == "restoration":
+            return
+        x, y = self._prepare(batch)
+        agrees, ref, low = check_amp(_TrainView(unwrap(self.model), self.deep_supervision), self.loss_fn, x, y, dtype)
+        if self.world_size > 1:
+            flag = torch.tensor([1.0 if agrees else 0.0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            agrees = bool(flag.item() > 0)
+        if not agrees:
+            self.amp = "none"
+        if self.is_main and self.cfg.progress:
+            verdict = f"{self.amp} (agrees with fp32" if agrees else "fp32 (bf16 disagrees with fp32"
+            print(f"amp auto: {verdict} on the first batch: loss {ref:.4f} vs {low:.4f})", flush=True)
 
     # -- validation ----------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         if self.val_set is None or len(self.val_set) == 0:
             return {}
-        model = self.model
+        model = self.eval_model
         model.eval()
         indices = list(range(self.rank, len(self.val_set), self.world_size))
         if self.task == "classification":
@@ -224,7 +359,7 @@ class Trainer:
             for start in range(0, len(indices), 64):
                 chunk = [self.val_set[i] for i in indices[start : start + 64]]
                 x = torch.stack([c[0] for c in chunk])
-                probs = predict_probs(model, x, amp=self.cfg.amp, channels_last=self.cfg.channels_last)
+                probs = predict_probs(model, x, amp=self.amp, channels_last=self.cfg.channels_last)
                 scores.append(probs.cpu())
                 targets.append(torch.stack([c[1] for c in chunk]))
             p = torch.cat(scores)
@@ -244,7 +379,7 @@ class Trainer:
             chunk = [self.val_set[i] for i in indices[start : start + bs]]
             x = torch.stack([c[0] for c in chunk])
             y = torch.stack([c[1] for c in chunk]).to(self.device)
-            probs = predict_probs(model, x, roi_size=self.cfg.val_roi, amp=self.cfg.amp,
+            probs = predict_probs(model, x, roi_size=self.cfg.val_roi, amp=self.amp,
                                   channels_last=self.cfg.channels_last)
             pred = probs.argmax(1) if probs.shape[1] > 1 else (probs[:, 0] > 0.5).long()
             n_classes = max(probs.shape[1], 2)
@@ -265,8 +400,10 @@ class Trainer:
             x = torch.stack([c[0] for c in chunk]).to(self.device)
             with_class = isinstance(chunk[0][1], (tuple, list))
             y = torch.stack([c[1][0] if with_class else c[1] for c in chunk]).to(self.device)
-            with autocast_context(self.cfg.amp, self.device):
-                out = self.model.forward_train(x) if with_class else self.model(x)
+            model = self.eval_model
+            model.eval()
+            with self.autocast():
+                out = model.forward_train(x) if with_class else model(x)
             rec = out[0] if with_class else out
             restored = torch.sigmoid(rec.float())
             correct = 0.0
@@ -303,6 +440,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "history": self.history.epochs,
             "train_config": asdict(self.cfg),
+            "amp": self.amp,
         }
 
     def save_state(self, epoch: int) -> None:
@@ -319,6 +457,8 @@ class Trainer:
                 else:
                     opt_json["state"][str(pid)][key] = val
         tensors["rng/torch"] = torch.get_rng_state()
+        if self.ema is not None:
+            tensors.update(self.ema.state_tensors())
         for i, hook in enumerate(self.hooks):
             for name, val in hook.state_tensors().items():
                 tensors[f"hook/{i}/{name}"] = val.detach().cpu().contiguous().clone()
@@ -355,6 +495,10 @@ class Trainer:
                 opt_state["state"].setdefault(int(pid), {})[key] = v.to(self.device)
         self.optimizer.load_state_dict(opt_state)
         torch.set_rng_state(tensors["rng/torch"])
+        if self.ema is not None:
+            self.ema.load_state_tensors(tensors)
+        if "amp" in state:  # the resumed run keeps the precision it had settled on (a fp32 fallback included)
+            self.amp, self._amp_resolved = state["amp"], True
         for i, hook in enumerate(self.hooks):
             prefix = f"hook/{i}/"
             hook.load_state_tensors({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -384,31 +528,35 @@ class Trainer:
                 t0 = time.perf_counter()
                 losses: list[float] = []
                 progress.start_epoch(epoch, self.cfg.epochs, self.steps_per_epoch())
+                self.skipped_steps = 0
                 for step, batch in enumerate(self._loader(epoch)):
+                    self.resolve_amp(batch)
                     loss = self.train_step(batch, total_steps)
-                    if not math.isfinite(loss):
-                        hint = "lower --lr" + (" or pass --amp none" if amp_dtype(self.cfg.amp, self.device) else "")
-                        raise FloatingPointError(f"training loss became {loss} at epoch {epoch} step {step}; {hint}")
-                    losses.append(loss)
+                    if math.isfinite(loss):
+                        losses.append(loss)
                     progress.advance(loss)
                     for hook in self.hooks:
                         hook.on_batch_end(self, step, loss)
                 logs: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                                         "lr": lr_at(self.cfg, self.global_step, total_steps, self.steps_per_epoch()),
-                                        "seconds": round(time.perf_counter() - t0, 3)}
+                                        "seconds": round(time.perf_counter() - t0, 3), "amp": self.amp}
+                if self.skipped_steps:
+                    logs["skipped_steps"] = self.skipped_steps
                 if (epoch + 1) % self.cfg.val_every == 0 or epoch == self.cfg.epochs - 1:
                     logs.update(self.validate())
                 metric = logs.get("val_metric")
                 if metric is not None and (self.best_metric is None or metric > self.best_metric):
                     self.best_metric, self.best_epoch = float(metric), epoch
                     if self.is_main:
-                        save_checkpoint(self.model, self.ckpt_dir / "best",
+                        save_checkpoint(self.eval_model, self.ckpt_dir / "best",
                                         {"epoch": epoch, "val_metric": metric, "task": self.task})
                 for hook in self.hooks:
                     hook.on_epoch_end(self, epoch, logs)
                 self.history.epochs.append(logs)
                 progress.end_epoch(logs)
                 self.save_state(epoch)
+        if self.ema is not None:  # the fitted model is the evaluated one
+            unwrap(self.model).load_state_dict(unwrap(self.ema.model).state_dict())
         if self.best_epoch is None and self.is_main:  # no validation set: the last epoch is the model
             save_checkpoint(self.model, self.ckpt_dir / "best", {"epoch": self.start_epoch + len(self.history.epochs) - 1,
                                                                  "val_metric": None, "task": self.task})
