@@ -20,16 +20,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 from aemia.active.ledger import Ledger  # noqa: E402
-from aemia.active.loop import (  # noqa: E402
-    Project,
-    decode_mask,
-    import_labels,
-    init_project,
-    initial_model,
-    query_round,
-    score_pool,
-    train_round,
-)
+from aemia.active.continual import initial_model, train_round  # noqa: E402
+from aemia.active.importing import import_labels  # noqa: E402
+from aemia.active.pictures import decode_mask  # noqa: E402
+from aemia.active.project import Project, init_project  # noqa: E402
+from aemia.active.query import query_round  # noqa: E402
+from aemia.active.scoring import score_pool  # noqa: E402
 from aemia.active.strategies import get_strategy  # noqa: E402
 from aemia.cli.main import main  # noqa: E402
 from aemia.data.io import write_png  # noqa: E402

@@ -18,7 +18,7 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
-import aemia.active.loop as loop  # noqa: E402
+import aemia.active.continual as continual  # noqa: E402
 import aemia.active.simulate as sim  # noqa: E402
 from aemia.active.simulate import (  # noqa: E402
     SimulationConfig,
@@ -86,7 +86,7 @@ def test_simulate_curves_resume_and_cache(tmp_path: Path, monkeypatch: pytest.Mo
         raise AssertionError("retrained a cached curve")
 
     monkeypatch.setattr(sim, "simulate_one", boom)
-    monkeypatch.setattr(loop, "fit_model", boom)
+    monkeypatch.setattr(continual, "fit_model", boom)
     again = _run(out)
     assert again["strategies"] == res["strategies"]
     assert full_label_run(dataclasses.replace(cfg, rounds=7), 0, out_dir=out) == full  # query settings: same key

@@ -1,5 +1,5 @@
 """``train``: the model of a round by continual fine-tuning (ACFT, Zhou et al. CVPR'17 / MedIA'21;
-``reference/METHODS.md`` §5.1) and its fixed validation set (:mod:`aemia.active.loop`).
+``reference/METHODS.md`` §5.1) and its fixed validation set (the active-learning cycle, :mod:`aemia.cli.active`).
 
 Round ``t``'s model ``M_t`` is trained, according to ``mode``:
 
@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from aemia.active.ledger import LedgerItem
-from aemia.active.project import VALIDATION_FILE, Project, _now, _open_project
-from aemia.active.scoring import _probs
+from aemia.active.project import VALIDATION_FILE, Project, utc_now, open_project
+from aemia.active.scoring import predict_probabilities
 from aemia.errors import InputError
 from aemia.utils.io import write_json_atomic
 
@@ -56,7 +56,7 @@ _MODE_ALIASES = {"hq": "continual", "acft": "continual", "lq": "all-labelled", "
                  "q": "new-only", "scratch": "from-scratch"}
 
 
-def _normalise_mode(mode: str) -> str:
+def normalise_mode(mode: str) -> str:
     key = mode.strip().lower().replace("_", "-")
     key = _MODE_ALIASES.get(key, key)
     if key not in MODES:
@@ -75,17 +75,17 @@ def validation_cases(proj: Project, annotated: Sequence[LedgerItem]) -> list[str
     order = np.random.default_rng(proj.config.seed).permutation(len(pool))
     cases = sorted(pool[i] for i in order[:n_val])
     write_json_atomic(path, {
-        "cases": cases, "from_round": first, "fraction": proj.config.val_fraction, "created_at": _now(),
+        "cases": cases, "from_round": first, "fraction": proj.config.val_fraction, "created_at": utc_now(),
         "rule": "floor(fraction x n) cases drawn with the project seed from the n annotated cases of the first "
                 "annotated round (a random cold-start round); frozen, never used for training or model selection",
     })
     return cases
 
 
-def _predict_all(model: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def predict_all(model: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
     import torch
 
-    out = [_probs(model, torch.from_numpy(x[s : s + batch_size])).numpy() for s in range(0, len(x), batch_size)]
+    out = [predict_probabilities(model, torch.from_numpy(x[s : s + batch_size])).numpy() for s in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0,))
 
 
@@ -101,7 +101,7 @@ def case_scores(task: str, probs: np.ndarray, y: np.ndarray, n_classes: int) -> 
     return np.array([case_mean_dice(torch.from_numpy(p), torch.from_numpy(t), n_classes) for p, t in zip(pred, y)])
 
 
-def _validation_metrics(task: str, probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, Any]:
+def validation_metrics(task: str, probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, Any]:
     if len(y) == 0:
         return {}
     per_case = case_scores(task, probs, y, n_classes)
@@ -201,8 +201,8 @@ def train_round(
     there are no labels the previous model has not seen.
     """
     say = log or (lambda _msg: None)
-    proj = _open_project(project)
-    mode = _normalise_mode(mode)
+    proj = open_project(project)
+    mode = normalise_mode(mode)
     if epochs < 1:
         raise InputError(None, f"--epochs must be at least 1, got {epochs}")
     cfg = proj.config
@@ -235,7 +235,7 @@ def train_round(
         if mode == "continual" and seen:
             prev = proj.load_model(parent)
             x, y = proj.dataset_arrays([by_id[c] for c in seen], progress)
-            hard = hard_cases(cfg.task, _predict_all(prev, x), y, seen, proj.n_classes, hard_threshold)
+            hard = hard_cases(cfg.task, predict_all(prev, x), y, seen, proj.n_classes, hard_threshold)
             train_ids = sorted(set(new) | set(hard))
     model, init = initial_model(proj, mode, parent)
     say(f"round {r:02d} ({mode}): init from {init['from']}"
@@ -254,9 +254,9 @@ def train_round(
     val: dict[str, Any] = {}
     if val_items:
         vx, vy = proj.dataset_arrays(val_items)
-        val = _validation_metrics(cfg.task, _predict_all(trained, vx), vy, proj.n_classes)
+        val = validation_metrics(cfg.task, predict_all(trained, vx), vy, proj.n_classes)
     summary = {
-        "round": r, "mode": mode, "task": cfg.task, "created_at": _now(), "init": init,
+        "round": r, "mode": mode, "task": cfg.task, "created_at": utc_now(), "init": init,
         "parent": None if parent is None else parent["round"],
         "labelled": labelled, "trained_on": train_ids, "new": new if parent else train_ids,
         "hard": hard, "hard_threshold": hard_threshold if cfg.task == "segmentation" else "misclassified",

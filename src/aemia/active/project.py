@@ -1,4 +1,4 @@
-"""An active-learning project (:mod:`aemia.active.loop`): its folder, its settings and ``init``.
+"""An active-learning project (the active-learning cycle, :mod:`aemia.cli.active`): its folder, its settings and ``init``.
 
 A *project* is a folder::
 
@@ -32,9 +32,9 @@ from aemia.active.ledger import Ledger, LedgerItem, PoolItem, ledger_path
 from aemia.active.pictures import (
     LOSSY,
     PICTURES,
-    _THREE_D,
-    _case_id,
-    _pictures,
+    THREE_D_UNSUPPORTED,
+    case_id_of,
+    list_pictures,
     decode_mask,
     to_network_input,
 )
@@ -48,6 +48,8 @@ __all__ = [
     "Project",
     "ProjectConfig",
     "init_project",
+    "open_project",
+    "utc_now",
 ]
 
 PROJECT_FILE = "project.json"
@@ -55,7 +57,8 @@ VALIDATION_FILE = "validation.json"
 TASKS = ("segmentation", "classification")
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Current UTC time as ``YYYY-MM-DDTHH:MM:SSZ`` (the project's timestamps)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -199,7 +202,8 @@ class Project:
         return model
 
 
-def _open_project(project: str | Path | Project) -> Project:
+def open_project(project: str | Path | Project) -> Project:
+    """``project`` itself, or the project folder at that path opened (``InputError`` if it is none)."""
     return project if isinstance(project, Project) else Project.open(project)
 
 
@@ -240,8 +244,8 @@ def init_project(
     entries = sorted(images.iterdir())
     three_d = [p for p in entries if image_kind(p) in ("nifti", "itk", "dicom")]
     if three_d:
-        raise InputError(three_d[0], _THREE_D)
-    paths = _pictures(images)
+        raise InputError(three_d[0], THREE_D_UNSUPPORTED)
+    paths = list_pictures(images)
     if not paths:
         raise InputError(images, f"no pictures found ({' '.join(PICTURES)})")
     classes = list(classes) if classes else (["background", "foreground"] if task == "segmentation" else ["0", "1"])
@@ -271,12 +275,12 @@ def init_project(
             if arr.ndim != 3 or arr.shape[0] not in (1, 3):
                 raise InputError(p, f"expected a grey or RGB picture, got array shape {arr.shape}")
             channels = max(channels, arr.shape[0])
-            items.append(PoolItem(_case_id(p), str(p.resolve())))
+            items.append(PoolItem(case_id_of(p), str(p.resolve())))
             bar.advance()
     cfg = ProjectConfig(task=task, size=int(size), classes=classes, in_channels=channels, model=model,
                         features=features, dropout=float(dropout), seed=int(seed), val_fraction=float(val_fraction),
                         images=str(images.resolve()), pretrained=str(Path(pretrained).resolve()) if pretrained else None,
-                        created_at=_now())
+                        created_at=utc_now())
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / PROJECT_FILE, asdict(cfg))
     Ledger.create(root, items).close()  # the commit point: a crash before it leaves no ledger, init can rerun

@@ -1,5 +1,5 @@
 """``status``: counts per status, the query rounds, the trained models and the learning curve
-(``P/learning_curve.png/.csv``: validation metric vs number of training labels; :mod:`aemia.active.loop`).
+(``P/learning_curve.png/.csv``: validation metric vs number of training labels; the active-learning cycle, :mod:`aemia.cli.active`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from aemia.active.project import Project, _open_project
+from aemia.active.project import Project, open_project
 from aemia.utils.io import save_figure, write_text_atomic
 
 __all__ = [
@@ -21,7 +21,7 @@ __all__ = [
 
 def learning_curve(project: str | Path | Project) -> list[dict[str, Any]]:
     """One row per trained round: round, mode, labels, training labels, validation metric."""
-    proj = _open_project(project)
+    proj = open_project(project)
     rows = []
     for s in proj.model_summaries():
         v = s.get("validation") or {}
@@ -62,7 +62,7 @@ def project_status(project: str | Path | Project, *, plot: bool = True) -> dict[
     validation score (a held-out validation set exists); ``"curve_png"`` is then its path, else ``None``
     and ``"note"`` says why.
     """
-    proj = _open_project(project)
+    proj = open_project(project)
     with proj.ledger() as led:
         counts = led.status_counts()
         rounds = [asdict(ri) for ri in led.rounds()]

@@ -48,7 +48,7 @@ def init_cmd(
 
     Example: aemia active init --images my_pictures/ --project polyps --task segmentation --size 128
     """
-    from aemia.active.loop import init_project
+    from aemia.active.project import init_project
 
     proj = init_project(project, images, task=task, size=size,
                         classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
@@ -78,7 +78,7 @@ def query_cmd(
 
     Example: aemia active query --project polyps --strategy acft --k 20
     """
-    from aemia.active.loop import query_round
+    from aemia.active.query import query_round
 
     params = {"reduce": reduce} if reduce else {}
     res = query_round(project, strategy, k, batch_size=batch_size, **params)
@@ -102,7 +102,7 @@ def import_cmd(
 
     Example: aemia active import --project polyps --labels masks_round00/ --annotator alice
     """
-    from aemia.active.loop import import_labels
+    from aemia.active.importing import import_labels
 
     res = import_labels(project, labels, annotator=annotator, replace=replace)
     console.print(f"imported {len(res.annotated)} new labels, {len(res.unchanged)} unchanged (already imported)"
@@ -128,7 +128,7 @@ def train_cmd(
 
     Example: aemia active train --project polyps --epochs 20
     """
-    from aemia.active.loop import train_round
+    from aemia.active.continual import train_round
 
     s = train_round(project, epochs=epochs, mode=mode, hard_threshold=hard_threshold, lr=lr, batch_size=batch_size,
                     overwrite=overwrite, device=device, log=console.print)
@@ -148,7 +148,7 @@ def status_cmd(
     """
     from rich.table import Table
 
-    from aemia.active.loop import project_status
+    from aemia.active.status import project_status
 
     st = project_status(project)
     c = st["counts"]
