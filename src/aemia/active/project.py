@@ -8,10 +8,13 @@ A *project* is a folder::
     P/rounds/NN/to_annotate/    copies of the queried images, for the annotator
     P/rounds/NN/README.txt      what to do with them
     P/labels/                   accepted labels, content-addressed (``<case>.<sha256[:12]><ext>``)
-    P/validation.json           the fixed held-out validation cases (chosen at the first ``train``)
-    P/models/round_NN/          one trained model per round: ``model.safetensors`` + ``model.json`` (the
-                                model of the round), ``summary.json`` (what it was trained on, from which
-                                weights, its validation score), the trainer's ``checkpoints/`` and ``log.jsonl``
+    P/validation.json           the held-out validation cases; the set grows with the labels
+                                (:mod:`aemia.active.validation`)
+    P/models/round_NN/          one trained model per round, also a run folder for ``aemia predict --run``:
+                                ``model.safetensors`` + ``model.json`` and ``checkpoints/best.*`` (the model of
+                                the round), ``config.yaml``, ``summary.json`` (what it was trained on, from which
+                                weights, its validation score with 95% CI, whether it was promoted to be the
+                                project's model), the trainer's ``checkpoints/last.*`` and ``log.jsonl``
     P/learning_curve.png/.csv   validation metric vs number of training labels (``status``)
 
 Pictures only (2D; see :mod:`aemia.active.pictures` for the accepted images and labels).
@@ -193,6 +196,16 @@ class Project:
     def latest_model(self, before: int | None = None) -> dict[str, Any] | None:
         """Summary of the latest completed model (with ``round < before`` if given), or None."""
         cands = [s for s in self.model_summaries() if before is None or s["round"] < before]
+        return cands[-1] if cands else None
+
+    def project_model(self, before: int | None = None) -> dict[str, Any] | None:
+        """Summary of the project's model: the latest *promoted* round (``round < before`` if given), or None.
+
+        A round whose model scored below the project model beyond its validation CI is not promoted
+        (:mod:`aemia.active.validation`); summaries written before promotion existed count as promoted.
+        """
+        cands = [s for s in self.model_summaries()
+                 if (before is None or s["round"] < before) and s.get("promoted", True)]
         return cands[-1] if cands else None
 
     def load_model(self, summary: dict[str, Any]) -> Any:

@@ -71,7 +71,7 @@ def query_round(
             raise InputError(proj.root, "the pool has no unlabelled cases left")
         pending = led.status_counts()["queried"]
         r = led.next_round()
-        summary = proj.latest_model()
+        summary = proj.project_model()
         if summary is None and not isinstance(strat, RandomStrategy):
             used: Strategy = RandomStrategy(seed=proj.config.seed + r)
             label = f"random (cold start; asked {strat.name})"

@@ -260,7 +260,7 @@ def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def _evaluate(cfg: SimulationConfig, model: Any, data: _Data) -> dict[str, Any]:
     """Test metric and what the bootstrap needs: per-case Dice, or the class probabilities."""
-    from aemia.active.continual import case_scores
+    from aemia.active.validation import case_scores
     from aemia.evaluate.metrics import auc
 
     probs = _predict(model, data.x_test, cfg.score_batch)
