@@ -144,5 +144,5 @@ def promotion_decision(new: dict[str, Any], incumbent_mean: float | None,
     return {"promoted": not worse, "incumbent": incumbent_round, "incumbent_score": float(incumbent_mean),
             "reason": (f"round {incumbent_round:02d}'s {new['metric']} {incumbent_mean:.3f} on the same {new['n']} "
                        f"cases is above this round's 95% CI {new['ci'][0]:.3f}-{new['ci'][1]:.3f}")
-            if worse else (f"within or above round {incumbent_round:02d}'s {new['metric']} {incumbent_mean:.3f} "
-                           f"(95% CI {new['ci'][0]:.3f}-{new['ci'][1]:.3f}, n = {new['n']})")}
+            if worse else (f"round {incumbent_round:02d}'s {new['metric']} on the same cases, {incumbent_mean:.3f}, "
+                           f"is not above this round's 95% CI")}
