@@ -103,7 +103,8 @@ class SimulationConfig:
         initial: size of the random initial labelled set (round 0).
         per_round: cases revealed per query round.
         rounds: number of query rounds after round 0 (the curve has ``rounds + 1`` points).
-        mode: training mode per round (``continual`` = ACFT(HQ), ``all-labelled``, ``new-only``, ``from-scratch``).
+        mode: training mode per round (``all-labelled`` = ACFT(LQ), the default as in ``aemia active train``;
+            ``continual`` = ACFT(HQ), ``new-only``, ``from-scratch``).
         epochs_per_round: epochs over the round's training cases ...
         min_steps: ... but at least this many optimiser steps, so small rounds are not starved.
         size: working size (images and masks resized to ``size x size``); ``None`` = the data set default.
@@ -126,7 +127,7 @@ class SimulationConfig:
     initial: int = 20
     per_round: int = 20
     rounds: int = 5
-    mode: str = "continual"
+    mode: str = "all-labelled"
     epochs_per_round: int = 10
     min_steps: int = 0
     size: int | None = None
@@ -556,7 +557,7 @@ def simulate(
     per_round: int = 20,
     rounds: int = 5,
     seeds: int | Sequence[int] = 3,
-    mode: str = "continual",
+    mode: str = "all-labelled",
     epochs_per_round: int = 10,
     size: int | None = None,
     out_dir: str | Path | None = None,
@@ -574,7 +575,8 @@ def simulate(
         strategy: a name or a list / comma-separated names (:func:`aemia.active.strategies.available_strategies`).
         initial, per_round, rounds: random initial set, cases per query, query rounds.
         seeds: number of seeds (``0..seeds-1``) or the seeds themselves.
-        mode: training per round (``continual`` = ACFT(HQ); see :mod:`aemia.active.continual`).
+        mode: training per round (default ``all-labelled`` = ACFT(LQ); ``continual`` = ACFT(HQ); see
+            :mod:`aemia.active.continual`).
         epochs_per_round: epochs per round (at least ``min_steps`` optimiser steps, see the config).
         size: working size; ``None`` = data set default (28 PneumoniaMNIST, 64 Kvasir / BUSI).
         out_dir: where the per-(strategy, seed) curves are cached and ``curves.json`` / ``curves.png`` are

@@ -194,8 +194,8 @@ def simulate_cmd(
     rounds: int = typer.Option(5, help="Query rounds after round 0."),
     seeds: int = typer.Option(3, help="Repeats with seeds 0..SEEDS-1 (initial set, initialisation, training)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: curves.json, curves.png, cached runs/."),
-    mode: str = typer.Option("continual", help="continual (ACFT: previous model on new + hard old cases), "
-                                               "all-labelled, new-only or from-scratch."),
+    mode: str = typer.Option("all-labelled", help="all-labelled (ACFT(LQ): previous model on every label so far), "
+                                                  "continual (ACFT(HQ): new + hard old cases), new-only or from-scratch."),
     epochs: int = typer.Option(10, help="Epochs per round."),
     min_steps: int = typer.Option(0, help="At least this many optimiser steps per round."),
     size: Optional[int] = typer.Option(None, help="Working size (default 28 PneumoniaMNIST, 64 Kvasir/BUSI)."),
