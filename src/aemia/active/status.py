@@ -62,6 +62,11 @@ def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     xs, ys = [r["n_train_labels"] for r in pts], [r["value"] for r in pts]
     ax.plot(xs, ys, "o-", color="tab:blue")
+    rejected = [r for r in pts if not r.get("promoted", True)]
+    if rejected:  # rounds whose model did not become the project model
+        ax.plot([r["n_train_labels"] for r in rejected], [r["value"] for r in rejected], "x", color="tab:red",
+                markersize=9, label="not promoted")
+        ax.legend(fontsize=8)
     for r in pts:
         ax.annotate(f"r{r['round']}", (r["n_train_labels"], r["value"]), textcoords="offset points", xytext=(4, 4),
                     fontsize=8)
