@@ -20,16 +20,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 from aemia.active.ledger import Ledger  # noqa: E402
-from aemia.active.loop import (  # noqa: E402
-    Project,
-    decode_mask,
-    import_labels,
-    init_project,
-    initial_model,
-    query_round,
-    score_pool,
-    train_round,
-)
+from aemia.active.continual import initial_model, train_round  # noqa: E402
+from aemia.active.importing import import_labels  # noqa: E402
+from aemia.active.pictures import decode_mask  # noqa: E402
+from aemia.active.project import Project, init_project  # noqa: E402
+from aemia.active.query import query_round  # noqa: E402
+from aemia.active.scoring import score_pool  # noqa: E402
 from aemia.active.strategies import get_strategy  # noqa: E402
 from aemia.cli.main import main  # noqa: E402
 from aemia.data.io import write_png  # noqa: E402
@@ -98,7 +94,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert _cli("query", "--project", str(proj), "--strategy", "acft", "--k", "8") == 0
     out["cases1"] = _annotate(proj / "rounds" / "01" / "worklist.csv", truth, base / "labels1")
     assert _cli("import", "--project", str(proj), "--labels", str(base / "labels1")) == 0
-    assert _cli("train", "--project", str(proj), "--epochs", "2") == 0
+    assert _cli("train", "--project", str(proj), "--epochs", "2", "--mode", "continual") == 0
     assert _cli("query", "--project", str(proj), "--strategy", "entropy", "--k", "5") == 0
     return out
 
@@ -136,7 +132,7 @@ def test_round_two_starts_from_round_one(loop: dict) -> None:
     assert (proj.model_dir(1) / "checkpoints" / "last.safetensors").is_file()
     assert s0["init"]["from"] == "M0" and s0["parent"] is None
     fresh = proj.new_model().state_dict()
-    assert s1["parent"] == 0 and s1["mode"] == "continual"
+    assert s0["mode"] == "all-labelled" and s1["parent"] == 0 and s1["mode"] == "continual"
     assert s1["init"]["from"] == "round_00"
     assert s1["init"]["loaded"] == len(fresh) and s1["init"]["missing"] == 0 and s1["init"]["unexpected"] == 0
     # the weights round 1 starts from are round 0's model, not a fresh initialisation
@@ -149,14 +145,18 @@ def test_round_two_starts_from_round_one(loop: dict) -> None:
     assert any(not torch.allclose(round0[k], fresh[k]) for k in conv)
     assert any(not torch.allclose(round1[k], round0[k]) for k in conv)
     # ACFT(HQ): round 1 trained on the new cases plus the old ones round 0's model gets wrong (Dice < 0.5)
-    val = set(json.loads((proj.root / "validation.json").read_text())["cases"])
-    assert len(val) == 2 and val <= set(loop["cases0"])  # floor(0.2 x 10) of the first round, held out
+    record = json.loads((proj.root / "validation.json").read_text())
+    val = set(record["cases"])
+    first, second = (set(a["cases"]) for a in record["added"])
+    assert len(first) == 3 and first <= set(loop["cases0"])  # min(20, 10 // 3) of the first round, held out
+    assert len(second) == 3 and second <= set(loop["cases1"])  # grown to min(20, 18 // 3) from new cases only
+    assert val == first | second and not second & set(s0["labelled"])
     assert set(s1["new"]) == set(loop["cases1"]) - val
     assert all(d < 0.5 for d in s1["hard"].values())
     assert set(s1["hard"]) <= set(s0["labelled"])
     assert set(s1["trained_on"]) == set(s1["new"]) | set(s1["hard"])
     assert not val & set(s1["trained_on"])
-    assert s1["n_labels"] == 18 and s1["n_train_labels"] == 16
+    assert s1["n_labels"] == 18 and s1["n_train_labels"] == 12
 
 
 def test_status_writes_learning_curve(loop: dict, capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,11 +164,33 @@ def test_status_writes_learning_curve(loop: dict, capsys: pytest.CaptureFixture[
     assert _cli("status", "--project", str(proj)) == 0
     text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines at the console width
     assert "5 queried" in text and "18 annotated" in text and "learning curve" in text
+    assert "round 00: promoted" in text and "round 01:" in text
     png = proj / "learning_curve.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((proj / "learning_curve.csv").open()))
-    assert [int(r["n_train_labels"]) for r in rows] == [8, 16]
+    assert [int(r["n_train_labels"]) for r in rows] == [7, 12]
     assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
+
+
+def test_round_folder_is_a_run_for_predict_and_evaluate(loop: dict, tmp_path: Path) -> None:
+    """``aemia predict --run P/models/round_01`` gives masks in each input's own size; evaluate scores them."""
+    run = loop["proj"] / "models" / "round_01"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "best.safetensors").is_file()
+    few, gt = tmp_path / "few", tmp_path / "gt"
+    few.mkdir()
+    gt.mkdir()
+    for src in sorted(loop["images"].iterdir())[:3]:
+        shutil.copyfile(src, few / src.name)
+        truth = next(loop["truth"].glob(f"{src.stem}.*"))
+        shutil.copyfile(truth, gt / truth.name)
+    assert main(["predict", "--run", str(run), "--input", str(few), "--out", str(tmp_path / "pred")]) == 0
+    masks = sorted((tmp_path / "pred").iterdir())
+    assert len(masks) == 3
+    for m, src in zip(masks, sorted(few.iterdir())):
+        assert m.stem == src.stem and _picture_shape(m) == _picture_shape(src)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(gt),
+                 "--out", str(tmp_path / "eval"), "--n-bootstrap", "50"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_cases"] == 3
 
 
 def test_train_refuses_when_nothing_new(loop: dict, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,7 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
-import aemia.active.loop as loop  # noqa: E402
+import aemia.active.continual as continual  # noqa: E402
 import aemia.active.simulate as sim  # noqa: E402
 from aemia.active.simulate import (  # noqa: E402
     SimulationConfig,
@@ -65,9 +65,8 @@ def test_simulate_curves_resume_and_cache(tmp_path: Path, monkeypatch: pytest.Mo
             lo, hi = p["ci"]
             assert 0.0 <= lo <= hi <= 1.0
             assert all(0.0 <= v <= 1.0 for v in p["per_seed"])
-        # continual fine-tuning (ACFT(HQ)): round r >= 1 trains on the 20 new labels plus the hard old ones
-        for n_on, n_hard in zip(pts[1]["n_trained_on"], pts[1]["n_hard"]):
-            assert n_on == 20 + n_hard
+        # the default ACFT(LQ): round r >= 1 replays every label so far, no hard-case selection
+        assert pts[1]["n_trained_on"] == [40] * len(pts[1]["n_trained_on"]) and set(pts[1]["n_hard"]) == {0}
     # both strategies share the seed's random initial set and initialisation: identical first points
     assert res["strategies"]["random"]["points"][0]["per_seed"] == res["strategies"]["acft"]["points"][0]["per_seed"]
     runs = sorted((out / "runs").glob("*.json"))
@@ -86,7 +85,7 @@ def test_simulate_curves_resume_and_cache(tmp_path: Path, monkeypatch: pytest.Mo
         raise AssertionError("retrained a cached curve")
 
     monkeypatch.setattr(sim, "simulate_one", boom)
-    monkeypatch.setattr(loop, "fit_model", boom)
+    monkeypatch.setattr(continual, "fit_model", boom)
     again = _run(out)
     assert again["strategies"] == res["strategies"]
     assert full_label_run(dataclasses.replace(cfg, rounds=7), 0, out_dir=out) == full  # query settings: same key

@@ -1,33 +1,30 @@
-"""``train``: the model of a round by continual fine-tuning (ACFT, Zhou et al. CVPR'17 / MedIA'21;
-``reference/METHODS.md`` §5.1) and its fixed validation set (:mod:`aemia.active.loop`).
+"""``train``: the model of a round by fine-tuning (ACFT, Zhou et al. CVPR'17 / MedIA'21;
+``reference/METHODS.md`` §5.1), scored on the growing validation set, promoted only when not worse
+(:mod:`aemia.active.validation`).
 
 Round ``t``'s model ``M_t`` is trained, according to ``mode``:
 
-* ``continual`` (default, ACFT(HQ)): initialised from ``M_{t-1}`` (the latest trained model) and trained on
-  **Q** = the training labels ``M_{t-1}`` had not seen, plus **H** = the labels ``M_{t-1}`` had seen and
-  gets *wrong*: for segmentation a case whose Dice (mean over foreground classes, both-empty = 1) of
-  ``M_{t-1}``'s prediction is below ``hard_threshold`` (default 0.5); for classification a misclassified
-  case (arg-max ≠ label). Cases the model already gets right are not revisited.
-* ``all-labelled`` (ACFT(LQ)): from ``M_{t-1}``, on every training label.
+* ``all-labelled`` (default, ACFT(LQ)): initialised from the project model ``M_{t-1}`` and trained on every
+  training label so far (nothing is forgotten).
+* ``continual`` (ACFT(HQ)): from ``M_{t-1}``, on **Q** = the training labels ``M_{t-1}`` had not seen, plus
+  **H** = the labels ``M_{t-1}`` had seen and gets *wrong*: for segmentation a case whose Dice (mean over
+  foreground classes, both-empty = 1) is below ``hard_threshold`` (default 0.5); for classification a
+  misclassified case. Cases the model already gets right are not revisited.
 * ``new-only`` (ACFT(Q)): from ``M_{t-1}``, on Q only.
 * ``from-scratch`` (AFT / RFT): from ``M_0`` (the same seeded initialisation, or ``pretrained`` weights,
   every round), on every training label.
 
-The first model (no ``M_{t-1}``) starts from ``M_0`` on every training label in every mode.
-The model of a round is its **last epoch**; the validation set is never used to pick epochs or models,
-only to measure, so the learning curve is not optimistically biased.
+``M_{t-1}`` is the *project model*: the latest round that was promoted. The first model starts from ``M_0``
+on every training label in every mode. The model of a round is its **last epoch**; the validation set is
+never used to pick epochs, only to measure and to decide promotion.
 
-Validation set: at the first ``train``, ``floor(val_fraction · n0)`` cases are drawn (seeded) from the
-``n0`` annotated cases of the earliest annotated round and frozen in ``validation.json``; they never enter
-training. Round 0 is chosen at random (cold start, :mod:`aemia.active.query`), so this is an unbiased sample
-of the pool, whereas later rounds are biased by the strategy. Fewer than 1 → no validation set, no learning
-curve.
+Every round folder ``models/round_NN`` is also a run folder: ``config.yaml`` (a :class:`RunConfig`-shaped
+record: model, widths, size, task) and ``checkpoints/best.safetensors`` + ``.json`` (the round's model), so
+``aemia predict --run P/models/round_NN`` applies it.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,28 +32,31 @@ from typing import Any
 
 import numpy as np
 
-from aemia.active.ledger import LedgerItem
-from aemia.active.project import VALIDATION_FILE, Project, _now, _open_project
-from aemia.active.scoring import _probs
+from aemia.active.project import Project, open_project, utc_now
+from aemia.active.scoring import predict_probabilities
+from aemia.active.validation import case_scores, grow_validation, promotion_decision, validation_metrics
 from aemia.errors import InputError
-from aemia.utils.io import write_json_atomic
+from aemia.utils.io import write_json_atomic, write_text_atomic
 
 __all__ = [
+    "DEFAULT_MODE",
     "MODES",
-    "case_scores",
     "fit_model",
     "hard_cases",
     "initial_model",
+    "normalise_mode",
+    "predict_all",
     "train_round",
-    "validation_cases",
 ]
 
-MODES = ("continual", "all-labelled", "new-only", "from-scratch")
+MODES = ("all-labelled", "continual", "new-only", "from-scratch")
+DEFAULT_MODE = "all-labelled"
 _MODE_ALIASES = {"hq": "continual", "acft": "continual", "lq": "all-labelled", "all": "all-labelled",
                  "q": "new-only", "scratch": "from-scratch"}
 
 
-def _normalise_mode(mode: str) -> str:
+def normalise_mode(mode: str) -> str:
+    """The canonical name of a training mode (aliases: hq/acft, lq/all, q, scratch); ``InputError`` if unknown."""
     key = mode.strip().lower().replace("_", "-")
     key = _MODE_ALIASES.get(key, key)
     if key not in MODES:
@@ -64,56 +64,12 @@ def _normalise_mode(mode: str) -> str:
     return key
 
 
-def validation_cases(proj: Project, annotated: Sequence[LedgerItem]) -> list[str]:
-    """The frozen held-out validation cases (chosen and written at the first call; see module docstring)."""
-    path = proj.root / VALIDATION_FILE
-    if path.is_file():
-        return list(json.loads(path.read_text())["cases"])
-    first = min(it.round for it in annotated if it.round is not None)
-    pool = sorted(it.case_id for it in annotated if it.round == first)
-    n_val = int(math.floor(proj.config.val_fraction * len(pool) + 1e-9))
-    order = np.random.default_rng(proj.config.seed).permutation(len(pool))
-    cases = sorted(pool[i] for i in order[:n_val])
-    write_json_atomic(path, {
-        "cases": cases, "from_round": first, "fraction": proj.config.val_fraction, "created_at": _now(),
-        "rule": "floor(fraction x n) cases drawn with the project seed from the n annotated cases of the first "
-                "annotated round (a random cold-start round); frozen, never used for training or model selection",
-    })
-    return cases
-
-
-def _predict_all(model: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def predict_all(model: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Softmax probabilities of every case of ``x`` (batches of ``batch_size``)."""
     import torch
 
-    out = [_probs(model, torch.from_numpy(x[s : s + batch_size])).numpy() for s in range(0, len(x), batch_size)]
+    out = [predict_probabilities(model, torch.from_numpy(x[s : s + batch_size])).numpy() for s in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0,))
-
-
-def case_scores(task: str, probs: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-case score: Dice (mean over foreground classes, both empty = 1) or 1/0 correct (classification)."""
-    if task == "classification":
-        return (probs.argmax(1) == y).astype(np.float64)
-    import torch
-
-    from aemia.train.trainer import case_mean_dice
-
-    pred = probs.argmax(1)
-    return np.array([case_mean_dice(torch.from_numpy(p), torch.from_numpy(t), n_classes) for p, t in zip(pred, y)])
-
-
-def _validation_metrics(task: str, probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, Any]:
-    if len(y) == 0:
-        return {}
-    per_case = case_scores(task, probs, y, n_classes)
-    if task == "segmentation":
-        return {"metric": "dice", "value": float(per_case.mean()), "n": int(len(y))}
-    from aemia.evaluate.metrics import auc
-
-    try:
-        value: float | None = float(auc(y, probs[:, 1] if probs.shape[1] == 2 else probs))
-    except ValueError:
-        value = None  # a single class among the validation cases
-    return {"metric": "auc", "value": value, "accuracy": float(per_case.mean()), "n": int(len(y))}
 
 
 def hard_cases(task: str, probs: np.ndarray, y: np.ndarray, ids: Sequence[str], n_classes: int,
@@ -181,11 +137,27 @@ def initial_model(proj: Project, mode: str, parent: dict[str, Any] | None) -> tu
                    "mismatched": len(report.mismatched), "summary": report.summary()}
 
 
+def _write_run_folder(proj: Project, out_dir: Path, model: Any, meta: dict[str, Any], train: dict[str, Any]) -> None:
+    """Make ``out_dir`` a run folder for ``aemia predict``: ``config.yaml`` (the fields of
+    :class:`aemia.train.run.RunConfig` a 2D picture model needs) and ``checkpoints/best`` (this model)."""
+    import yaml
+
+    from aemia.nets import save_checkpoint
+
+    cfg = proj.config
+    config = {"dataset": f"active-project:{proj.root.name}", "model": cfg.model, "features": list(cfg.features),
+              "size": int(cfg.size), "task": cfg.task, "eval_split": "validation",
+              "train": {k: train[k] for k in ("epochs", "batch_size", "lr", "seed")} | {"amp": "none"},
+              "active_project": str(proj.root.resolve()), "round": meta["round"], "classes": list(cfg.classes)}
+    save_checkpoint(model, out_dir / "checkpoints" / "best", meta)
+    write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
 def train_round(
     project: str | Path | Project,
     *,
     epochs: int = 20,
-    mode: str = "continual",
+    mode: str = DEFAULT_MODE,
     hard_threshold: float = 0.5,
     lr: float = 1e-3,
     batch_size: int = 8,
@@ -196,13 +168,14 @@ def train_round(
 ) -> dict[str, Any]:
     """Train the model of the latest annotated round (``models/round_NN``); returns its ``summary.json``.
 
-    See the module docstring for the modes, the hard-case rule and the validation set. Refuses when that
-    round already has a model (``overwrite`` retrains it) and, in ``continual`` / ``new-only`` mode, when
-    there are no labels the previous model has not seen.
+    See the module docstring for the modes and :mod:`aemia.active.validation` for the validation set and
+    the promotion rule (``summary["promoted"]``, ``summary["decision"]``). Refuses when that round already
+    has a model (``overwrite`` retrains it) and, in ``continual`` / ``new-only`` mode, when there are no
+    labels the project model has not seen.
     """
     say = log or (lambda _msg: None)
-    proj = _open_project(project)
-    mode = _normalise_mode(mode)
+    proj = open_project(project)
+    mode = normalise_mode(mode)
     if epochs < 1:
         raise InputError(None, f"--epochs must be at least 1, got {epochs}")
     cfg = proj.config
@@ -216,12 +189,14 @@ def train_round(
     if (out_dir / "summary.json").is_file() and not overwrite:
         raise InputError(out_dir, f"round {r:02d} already has a model; query and import new labels first, "
                                   "or pass --overwrite to retrain this round")
-    val_ids = set(validation_cases(proj, annotated))
+    earlier = [s for s in proj.model_summaries() if s["round"] < r]
+    trained_before = sorted({c for s in earlier for c in s["labelled"]})
+    val_ids = set(grow_validation(proj, annotated, r, trained_before))
     by_id = {it.case_id: it for it in annotated}
     labelled = sorted(c for c in by_id if c not in val_ids)
     if not labelled:
         raise InputError(proj.root, "every annotated case is in the validation set; annotate more cases")
-    parent = proj.latest_model(before=r)
+    parent = proj.project_model(before=r)
     hard: dict[str, float] = {}
     new = sorted(set(labelled) - set(parent["labelled"])) if parent else labelled
     if parent is None or mode in ("from-scratch", "all-labelled"):
@@ -233,9 +208,9 @@ def train_round(
         train_ids = list(new)
         seen = sorted(set(parent["labelled"]) & set(labelled))
         if mode == "continual" and seen:
-            prev = proj.load_model(parent)
             x, y = proj.dataset_arrays([by_id[c] for c in seen], progress)
-            hard = hard_cases(cfg.task, _predict_all(prev, x), y, seen, proj.n_classes, hard_threshold)
+            hard = hard_cases(cfg.task, predict_all(proj.load_model(parent), x), y, seen, proj.n_classes,
+                              hard_threshold)
             train_ids = sorted(set(new) | set(hard))
     model, init = initial_model(proj, mode, parent)
     say(f"round {r:02d} ({mode}): init from {init['from']}"
@@ -250,22 +225,29 @@ def train_round(
                              seed=cfg.seed + r, device=device, progress=progress, ids=train_ids)
     from aemia.nets import save_checkpoint
 
-    val_items = [by_id[c] for c in sorted(val_ids)]
     val: dict[str, Any] = {}
-    if val_items:
-        vx, vy = proj.dataset_arrays(val_items)
-        val = _validation_metrics(cfg.task, _predict_all(trained, vx), vy, proj.n_classes)
+    incumbent_mean: float | None = None
+    if val_ids:
+        vx, vy = proj.dataset_arrays([by_id[c] for c in sorted(val_ids)])
+        val = validation_metrics(cfg.task, predict_all(trained, vx), vy, proj.n_classes, seed=cfg.seed + r)
+        if parent is not None:
+            old = case_scores(cfg.task, predict_all(proj.load_model(parent), vx), vy, proj.n_classes)
+            incumbent_mean = float(old.mean())
+    decision = promotion_decision(val.get("score", {}), incumbent_mean, None if parent is None else parent["round"])
+    settings = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size), "seed": cfg.seed + r}
     summary = {
-        "round": r, "mode": mode, "task": cfg.task, "created_at": _now(), "init": init,
+        "round": r, "mode": mode, "task": cfg.task, "created_at": utc_now(), "init": init,
         "parent": None if parent is None else parent["round"],
         "labelled": labelled, "trained_on": train_ids, "new": new if parent else train_ids,
         "hard": hard, "hard_threshold": hard_threshold if cfg.task == "segmentation" else "misclassified",
         "n_labels": len(by_id), "n_train_labels": len(labelled), "n_validation": len(val_ids),
         "pending": counts["queried"], "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
         "final_train_loss": fit["history"][-1]["train_loss"] if fit["history"] else None,
-        "validation": val,
+        "validation": val, "promoted": bool(decision["promoted"]), "decision": decision,
+        "project_model": r if decision["promoted"] else parent["round"],  # type: ignore[index]
     }
-    save_checkpoint(trained, out_dir / "model", {"round": r, "mode": mode, "task": cfg.task,
-                                                 "classes": cfg.classes, "size": cfg.size, "validation": val})
+    meta = {"round": r, "mode": mode, "task": cfg.task, "classes": cfg.classes, "size": cfg.size, "validation": val}
+    save_checkpoint(trained, out_dir / "model", meta)
+    _write_run_folder(proj, out_dir, trained, meta, settings)
     write_json_atomic(out_dir / "summary.json", summary)  # the round's commit point
     return summary

@@ -1,5 +1,5 @@
 """``import``: validate an annotator's labels and record them in the ledger, all or none
-(:mod:`aemia.active.loop`).
+(the active-learning cycle, :mod:`aemia.cli.active`).
 
 Masks (segmentation) are checked against their images with :func:`aemia.active.pictures.decode_mask`;
 class labels (classification) come from a ``case,label`` CSV. Accepted labels are stored content-addressed
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from aemia.active.ledger import LedgerItem, file_sha256
-from aemia.active.pictures import LOSSY, _case_id, _pictures, decode_mask
-from aemia.active.project import Project, _open_project
+from aemia.active.pictures import LOSSY, case_id_of, list_pictures, decode_mask
+from aemia.active.project import Project, open_project
 from aemia.errors import InputError
 from aemia.utils.io import atomic_path
 
@@ -70,7 +70,7 @@ def import_labels(
     from aemia.data.io import read_image
     from aemia.utils.progress import Bar
 
-    proj = _open_project(project)
+    proj = open_project(project)
     labels = Path(labels)
     annotator = annotator or _user()
     cls = proj.config.task == "classification"
@@ -111,13 +111,13 @@ def import_labels(
         else:
             if not labels.is_dir():
                 raise InputError(labels, "--labels must be a folder of masks named like the images (<case>.png)")
-            files = _pictures(labels)
+            files = list_pictures(labels)
             if not files:
                 others = [p.name for p in labels.iterdir() if p.is_file()][:3]
                 raise InputError(labels, "no label pictures found" + (f" (found {', '.join(others)})" if others else ""))
             by_case: dict[str, list[Path]] = {}
             for f in files:
-                by_case.setdefault(_case_id(f), []).append(f)
+                by_case.setdefault(case_id_of(f), []).append(f)
             with Bar("validating labels", total=len(by_case), enabled=progress) as bar:
                 for cid, fs in by_case.items():
                     bar.advance()

@@ -1,4 +1,4 @@
-"""2D pictures of the active-learning loop (:mod:`aemia.active.loop`): pool images → network inputs, label
+"""2D pictures of the active-learning loop (the active-learning cycle, :mod:`aemia.cli.active`): pool images → network inputs, label
 pictures → integer masks.
 
 Scope: **2D only** — pictures (``.png .jpg .jpeg .tif .tiff .gif .bmp``, grey or RGB) for segmentation
@@ -19,13 +19,16 @@ from aemia.errors import InputError
 __all__ = [
     "LOSSY",
     "PICTURES",
+    "THREE_D_UNSUPPORTED",
+    "case_id_of",
     "decode_mask",
+    "list_pictures",
     "to_network_input",
 ]
 
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 LOSSY = (".jpg", ".jpeg")
-_THREE_D = "3D volumes are not supported by `aemia active` yet (2D pictures only: .png .jpg .jpeg .tif .bmp ...)"
+THREE_D_UNSUPPORTED = "3D volumes are not supported by `aemia active` yet (2D pictures only: .png .jpg .jpeg .tif .bmp ...)"
 
 
 def to_network_input(array: np.ndarray, in_channels: int, size: int) -> np.ndarray:
@@ -35,7 +38,7 @@ def to_network_input(array: np.ndarray, in_channels: int, size: int) -> np.ndarr
 
     a = np.asarray(array)
     if a.ndim != 3:
-        raise InputError(None, _THREE_D)
+        raise InputError(None, THREE_D_UNSUPPORTED)
     if a.dtype == np.uint8:
         x = a.astype(np.float32) / 255.0
     elif a.dtype == bool:
@@ -49,11 +52,13 @@ def to_network_input(array: np.ndarray, in_channels: int, size: int) -> np.ndarr
     return np.ascontiguousarray(resize(x, (size, size), order=1), dtype=np.float32)
 
 
-def _pictures(folder: Path) -> list[Path]:
+def list_pictures(folder: Path) -> list[Path]:
+    """The pictures at the top level of ``folder`` (hidden files skipped), sorted."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(PICTURES) and not p.name.startswith("."))
 
 
-def _case_id(path: Path) -> str:
+def case_id_of(path: Path) -> str:
+    """The case id of a pool picture: its file name without suffix."""
     from aemia.data.io import case_id
 
     return case_id(path)

@@ -1,4 +1,4 @@
-"""An active-learning project (:mod:`aemia.active.loop`): its folder, its settings and ``init``.
+"""An active-learning project (the active-learning cycle, :mod:`aemia.cli.active`): its folder, its settings and ``init``.
 
 A *project* is a folder::
 
@@ -8,10 +8,13 @@ A *project* is a folder::
     P/rounds/NN/to_annotate/    copies of the queried images, for the annotator
     P/rounds/NN/README.txt      what to do with them
     P/labels/                   accepted labels, content-addressed (``<case>.<sha256[:12]><ext>``)
-    P/validation.json           the fixed held-out validation cases (chosen at the first ``train``)
-    P/models/round_NN/          one trained model per round: ``model.safetensors`` + ``model.json`` (the
-                                model of the round), ``summary.json`` (what it was trained on, from which
-                                weights, its validation score), the trainer's ``checkpoints/`` and ``log.jsonl``
+    P/validation.json           the held-out validation cases; the set grows with the labels
+                                (:mod:`aemia.active.validation`)
+    P/models/round_NN/          one trained model per round, also a run folder for ``aemia predict --run``:
+                                ``model.safetensors`` + ``model.json`` and ``checkpoints/best.*`` (the model of
+                                the round), ``config.yaml``, ``summary.json`` (what it was trained on, from which
+                                weights, its validation score with 95% CI, whether it was promoted to be the
+                                project's model), the trainer's ``checkpoints/last.*`` and ``log.jsonl``
     P/learning_curve.png/.csv   validation metric vs number of training labels (``status``)
 
 Pictures only (2D; see :mod:`aemia.active.pictures` for the accepted images and labels).
@@ -32,9 +35,9 @@ from aemia.active.ledger import Ledger, LedgerItem, PoolItem, ledger_path
 from aemia.active.pictures import (
     LOSSY,
     PICTURES,
-    _THREE_D,
-    _case_id,
-    _pictures,
+    THREE_D_UNSUPPORTED,
+    case_id_of,
+    list_pictures,
     decode_mask,
     to_network_input,
 )
@@ -48,6 +51,8 @@ __all__ = [
     "Project",
     "ProjectConfig",
     "init_project",
+    "open_project",
+    "utc_now",
 ]
 
 PROJECT_FILE = "project.json"
@@ -55,7 +60,8 @@ VALIDATION_FILE = "validation.json"
 TASKS = ("segmentation", "classification")
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Current UTC time as ``YYYY-MM-DDTHH:MM:SSZ`` (the project's timestamps)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -192,6 +198,16 @@ class Project:
         cands = [s for s in self.model_summaries() if before is None or s["round"] < before]
         return cands[-1] if cands else None
 
+    def project_model(self, before: int | None = None) -> dict[str, Any] | None:
+        """Summary of the project's model: the latest *promoted* round (``round < before`` if given), or None.
+
+        A round whose model scored below the project model beyond its validation CI is not promoted
+        (:mod:`aemia.active.validation`); summaries written before promotion existed count as promoted.
+        """
+        cands = [s for s in self.model_summaries()
+                 if (before is None or s["round"] < before) and s.get("promoted", True)]
+        return cands[-1] if cands else None
+
     def load_model(self, summary: dict[str, Any]) -> Any:
         from aemia.nets import load_checkpoint
 
@@ -199,7 +215,8 @@ class Project:
         return model
 
 
-def _open_project(project: str | Path | Project) -> Project:
+def open_project(project: str | Path | Project) -> Project:
+    """``project`` itself, or the project folder at that path opened (``InputError`` if it is none)."""
     return project if isinstance(project, Project) else Project.open(project)
 
 
@@ -240,8 +257,8 @@ def init_project(
     entries = sorted(images.iterdir())
     three_d = [p for p in entries if image_kind(p) in ("nifti", "itk", "dicom")]
     if three_d:
-        raise InputError(three_d[0], _THREE_D)
-    paths = _pictures(images)
+        raise InputError(three_d[0], THREE_D_UNSUPPORTED)
+    paths = list_pictures(images)
     if not paths:
         raise InputError(images, f"no pictures found ({' '.join(PICTURES)})")
     classes = list(classes) if classes else (["background", "foreground"] if task == "segmentation" else ["0", "1"])
@@ -271,12 +288,12 @@ def init_project(
             if arr.ndim != 3 or arr.shape[0] not in (1, 3):
                 raise InputError(p, f"expected a grey or RGB picture, got array shape {arr.shape}")
             channels = max(channels, arr.shape[0])
-            items.append(PoolItem(_case_id(p), str(p.resolve())))
+            items.append(PoolItem(case_id_of(p), str(p.resolve())))
             bar.advance()
     cfg = ProjectConfig(task=task, size=int(size), classes=classes, in_channels=channels, model=model,
                         features=features, dropout=float(dropout), seed=int(seed), val_fraction=float(val_fraction),
                         images=str(images.resolve()), pretrained=str(Path(pretrained).resolve()) if pretrained else None,
-                        created_at=_now())
+                        created_at=utc_now())
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / PROJECT_FILE, asdict(cfg))
     Ledger.create(root, items).close()  # the commit point: a crash before it leaves no ledger, init can rerun

@@ -1,5 +1,5 @@
 """``query``: score the unlabelled pool with the latest model and queue the best cases as a new round
-(``rounds/NN/``; :mod:`aemia.active.loop`).
+(``rounds/NN/``; the active-learning cycle, :mod:`aemia.cli.active`).
 
 Cold start: before any model exists, ``query`` falls back to uniform random selection
 (:class:`~aemia.active.strategies.RandomStrategy` with seed ``project seed + round``) whatever strategy is
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aemia.active.project import Project, _open_project
+from aemia.active.project import Project, open_project
 from aemia.active.scoring import score_pool
 from aemia.active.strategies import RandomStrategy, Strategy, get_strategy
 from aemia.errors import InputError
@@ -58,7 +58,7 @@ def query_round(
     recording the query in the ledger (one transaction): a crash before the commit leaves no round, and a
     rerun rewrites the same folder. Before any model exists the selection is random (cold start).
     """
-    proj = _open_project(project)
+    proj = open_project(project)
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise InputError(None, f"--k must be a positive integer, got {k!r}")
     try:
@@ -71,7 +71,7 @@ def query_round(
             raise InputError(proj.root, "the pool has no unlabelled cases left")
         pending = led.status_counts()["queried"]
         r = led.next_round()
-        summary = proj.latest_model()
+        summary = proj.project_model()
         if summary is None and not isinstance(strat, RandomStrategy):
             used: Strategy = RandomStrategy(seed=proj.config.seed + r)
             label = f"random (cold start; asked {strat.name})"

@@ -10,24 +10,37 @@ average-pooled deepest encoder features (segmentation) or the classifier's poole
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from aemia.active.ledger import LedgerItem
 from aemia.active.project import Project
-from aemia.active.strategies import ACFT, BALD, CoreSet, EmbeddingPool, ForegroundRandom, RandomStrategy, Strategy
+from aemia.active.strategies import (
+    AUGMENTED_COPIES,
+    EMBEDDINGS,
+    LABEL_MAPS,
+    MC_SAMPLES,
+    POOL_SIZE,
+    PROBABILITIES,
+    EmbeddingPool,
+    Strategy,
+)
 from aemia.errors import InputError
 
 __all__ = [
-    "MC_SAMPLES",
+    "INPUTS",
     "N_COPIES",
+    "N_MC",
+    "embeddings",
+    "predict_probabilities",
     "score_images",
     "score_pool",
 ]
 
 N_COPIES = 8  # ACFT copies: the dihedral group of the square (4 rotations x optional flip)
-MC_SAMPLES = 8  # BALD forward passes
+N_MC = 8  # BALD forward passes
 
 
 def _dihedral(x: Any, t: int) -> Any:
@@ -46,7 +59,8 @@ def _dihedral_inverse(x: Any, t: int) -> Any:
     return torch.flip(x, (-1,)) if t >= 4 else x
 
 
-def _probs(model: Any, x: Any) -> Any:
+def predict_probabilities(model: Any, x: Any) -> Any:
+    """Softmax probabilities of the batch ``x`` on the CPU in fp32 (no autocast)."""
     from aemia.infer.predict import predict_probs
 
     return predict_probs(model, x, amp="none").float().cpu()
@@ -60,21 +74,30 @@ def _embedding_module(model: Any) -> Any:
     raise InputError(None, f"core-set needs embeddings; {type(model).__name__} exposes none")
 
 
-def _embeddings(model: Any, x: Any) -> np.ndarray:
+def _embedding(model: Any, x: Any) -> Any:
+    """``(N, C)`` pooled embedding of ``x``: the network's ``forward_features(x)["embedding"]`` where it has
+    that feature API, else the globally average-pooled output of its deepest encoder stage."""
+    if hasattr(model, "forward_features"):
+        feats = model.forward_features(x)
+        if isinstance(feats, dict):
+            return feats["embedding"]
+        return feats  # an older forward_features returning the pooled vector itself
+    grabbed: list[Any] = []
+    handle = _embedding_module(model).register_forward_hook(lambda m, i, o: grabbed.append(o))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return grabbed[-1].float().mean(dim=tuple(range(2, grabbed[-1].ndim)))
+
+
+def embeddings(model: Any, x: Any) -> np.ndarray:
+    """``(N, C)`` float embeddings of the batch ``x`` (core-set's input), computed without gradients."""
     import torch
 
     model.eval()
     with torch.no_grad():
-        x = x.to(next(model.parameters()).device)
-        if hasattr(model, "forward_features"):
-            return model.forward_features(x).float().cpu().numpy()
-        grabbed: list[Any] = []
-        handle = _embedding_module(model).register_forward_hook(lambda m, i, o: grabbed.append(o))
-        try:
-            model(x)
-        finally:
-            handle.remove()
-        return grabbed[-1].float().mean(dim=tuple(range(2, grabbed[-1].ndim))).cpu().numpy()
+        return _embedding(model, x.to(next(model.parameters()).device)).float().cpu().numpy()
 
 
 def _mc_dropout_probs(model: Any, x: Any, samples: int) -> Any:
@@ -100,6 +123,40 @@ def _forward_softmax(model: Any, x: Any) -> Any:
     return logits.softmax(1).cpu()
 
 
+def _augmented_copies(model: Any, x: Any, seg: bool) -> np.ndarray:
+    import torch
+
+    copies = []
+    for t in range(N_COPIES):
+        p = predict_probabilities(model, _dihedral(x, t))
+        copies.append(_dihedral_inverse(p, t) if seg else p)
+    return torch.stack(copies, dim=1).numpy()
+
+
+def _label_maps(model: Any, x: Any, seg: bool) -> np.ndarray:
+    import torch
+
+    return predict_probabilities(model, x).argmax(1).to(torch.uint8).numpy()
+
+
+@dataclass(frozen=True)
+class _Input:
+    """How one kind of strategy input (``Strategy.needs``) is computed for a batch and joined over batches."""
+
+    compute: Callable[[Any, Any, bool], np.ndarray]
+    axis: int = 0  # the case axis, along which batches are concatenated
+
+
+# Strategy.needs → its forward passes; POOL_SIZE needs none and EMBEDDINGS also embeds the labelled cases.
+INPUTS: dict[str, _Input] = {
+    PROBABILITIES: _Input(lambda model, x, seg: predict_probabilities(model, x).numpy()),
+    AUGMENTED_COPIES: _Input(_augmented_copies),
+    MC_SAMPLES: _Input(lambda model, x, seg: _mc_dropout_probs(model, x, N_MC).numpy(), axis=1),
+    LABEL_MAPS: _Input(_label_maps),
+    EMBEDDINGS: _Input(lambda model, x, seg: embeddings(model, x)),
+}
+
+
 def score_images(
     model: Any,
     strategy: Strategy,
@@ -116,51 +173,44 @@ def score_images(
 
     The array-level core of :func:`score_pool` (also used by :mod:`aemia.active.simulate`): ``load(a, b)``
     returns pool images ``a..b-1`` as float32 ``(b - a, C, H, W)``; ``load_labelled`` likewise the
-    ``n_labelled`` labelled images (core-set only). Images are read and scored batch by batch (memory stays
-    bounded); every built-in strategy except fg-random and core-set scores each image independently, so
-    per-batch scores equal whole-pool ones. fg-random gets the pool's arg-max maps at once, core-set the
-    pool's and the labelled embeddings.
+    ``n_labelled`` labelled images (embeddings only). What is computed per image is the strategy's
+    ``needs`` (:data:`INPUTS`). Images are read batch by batch (memory stays bounded); a strategy that scores
+    each image independently is scored per batch (equal to whole-pool scores), the others (label maps,
+    embeddings) get the whole pool's inputs at once.
     """
     import torch
 
     from aemia.utils.progress import Bar
 
-    if isinstance(strategy, RandomStrategy):
+    if task not in strategy.tasks:
+        raise InputError(None, f"{strategy.name} is for {' and '.join(strategy.tasks)} projects, not {task}")
+    if strategy.needs == POOL_SIZE:
         return strategy.score(n)
+    if strategy.needs not in INPUTS:
+        raise InputError(None, f"strategy {strategy.name} needs {strategy.needs!r}; scoring provides "
+                               f"{', '.join(sorted(INPUTS))}")
+    spec = INPUTS[strategy.needs]
     seg = task == "segmentation"
-    if isinstance(strategy, ForegroundRandom) and not seg:
-        raise InputError(None, "fg-random is for segmentation projects")
-    scores: list[np.ndarray] = []
-    maps: list[np.ndarray] = []
-    embeds: list[np.ndarray] = []
+    whole_pool = strategy.needs in (LABEL_MAPS, EMBEDDINGS)
+    parts: list[np.ndarray] = []
+
+    def batch(loader: Callable[[int, int], np.ndarray], a: int, b: int) -> Any:
+        return torch.from_numpy(np.ascontiguousarray(loader(a, b)))
+
     with Bar(f"scoring pool ({strategy.name})", total=n, enabled=progress) as bar:
         for start in range(0, n, batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(load(start, min(start + batch_size, n))))
-            if isinstance(strategy, ACFT):
-                copies = []
-                for t in range(N_COPIES):
-                    p = _probs(model, _dihedral(x, t))
-                    copies.append(_dihedral_inverse(p, t) if seg else p)
-                scores.append(strategy.score(torch.stack(copies, dim=1).numpy()))
-            elif isinstance(strategy, BALD):
-                scores.append(strategy.score(_mc_dropout_probs(model, x, MC_SAMPLES).numpy()))
-            elif isinstance(strategy, ForegroundRandom):
-                maps.append(_probs(model, x).argmax(1).to(torch.uint8).numpy())
-            elif isinstance(strategy, CoreSet):
-                embeds.append(_embeddings(model, x))
-            else:
-                scores.append(strategy.score(_probs(model, x).numpy()))
+            x = batch(load, start, min(start + batch_size, n))
+            inputs = spec.compute(model, x, seg)
+            parts.append(inputs if whole_pool else strategy.score(inputs))
             bar.advance(len(x))
-    if isinstance(strategy, ForegroundRandom):
-        return strategy.score(np.concatenate(maps))
-    if isinstance(strategy, CoreSet):
-        lab = [
-            _embeddings(model, torch.from_numpy(np.ascontiguousarray(load_labelled(s, min(s + batch_size, n_labelled)))))
-            for s in range(0, n_labelled if load_labelled is not None else 0, batch_size)
-        ]
-        pool = np.concatenate(embeds)
-        return strategy.score(EmbeddingPool(pool, np.concatenate(lab) if lab else None))
-    return np.concatenate(scores) if scores else np.zeros(0)
+    if not whole_pool:
+        return np.concatenate(parts) if parts else np.zeros(0)
+    pool = np.concatenate(parts, axis=spec.axis)
+    if strategy.needs != EMBEDDINGS:
+        return strategy.score(pool)
+    lab = [spec.compute(model, batch(load_labelled, s, min(s + batch_size, n_labelled)), seg)
+           for s in range(0, n_labelled if load_labelled is not None else 0, batch_size)]
+    return strategy.score(EmbeddingPool(pool, np.concatenate(lab) if lab else None))
 
 
 def score_pool(

@@ -9,16 +9,16 @@ For every strategy and seed (:func:`simulate`):
    on them;
 3. rounds 1..R: the strategy scores the unlabelled pool with the current model and the ``per_round`` best cases
    are "annotated" (their ground truth is revealed); the model is trained according to ``mode``, exactly the
-   rules of the human-in-the-loop cycle (:mod:`aemia.active.loop`): ``continual`` = ACFT(HQ), fine-tune the
+   rules of the human-in-the-loop cycle (:mod:`aemia.active.continual`): ``continual`` = ACFT(HQ), fine-tune the
    previous model on the new labels **plus** the previously labelled cases it gets wrong
-   (:func:`~aemia.active.loop.hard_cases`); ``all-labelled`` (ACFT(LQ)); ``new-only`` (ACFT(Q));
+   (:func:`~aemia.active.continual.hard_cases`); ``all-labelled`` (ACFT(LQ)); ``new-only`` (ACFT(Q));
    ``from-scratch`` (AFT/RFT: ``M_0`` on every label). Every strategy, random included, uses the same mode,
    so curves differ only by the selection;
 4. after every round the model is evaluated on the test split: **AUC** for classification (binary, or macro
    one-vs-rest for more classes) and **Dice** for segmentation (mean over foreground classes per case, both
    empty = 1, at the working size ``size``), giving one learning-curve point (metric vs number of labels).
 
-The scoring inputs per strategy are the loop's (:func:`~aemia.active.loop.score_images`): ACFT on the m = 8
+The scoring inputs per strategy are the loop's (:func:`~aemia.active.scoring.score_images`): ACFT on the m = 8
 dihedral copies of each image (mapped back for segmentation), BALD on 8 MC-dropout passes (needs
 ``dropout > 0``), core-set on the network's pooled embeddings (greedy limited to ``per_round`` picks, which gives
 the same top ranks), fg-random on the predicted foreground. The model of a round is its last epoch (no model
@@ -103,7 +103,8 @@ class SimulationConfig:
         initial: size of the random initial labelled set (round 0).
         per_round: cases revealed per query round.
         rounds: number of query rounds after round 0 (the curve has ``rounds + 1`` points).
-        mode: training mode per round (``continual`` = ACFT(HQ), ``all-labelled``, ``new-only``, ``from-scratch``).
+        mode: training mode per round (``all-labelled`` = ACFT(LQ), the default as in ``aemia active train``;
+            ``continual`` = ACFT(HQ), ``new-only``, ``from-scratch``).
         epochs_per_round: epochs over the round's training cases ...
         min_steps: ... but at least this many optimiser steps, so small rounds are not starved.
         size: working size (images and masks resized to ``size x size``); ``None`` = the data set default.
@@ -126,7 +127,7 @@ class SimulationConfig:
     initial: int = 20
     per_round: int = 20
     rounds: int = 5
-    mode: str = "continual"
+    mode: str = "all-labelled"
     epochs_per_round: int = 10
     min_steps: int = 0
     size: int | None = None
@@ -145,14 +146,14 @@ class SimulationConfig:
 
     def resolved(self) -> SimulationConfig:
         """A copy with the data set defaults filled in, checked (``InputError`` on a bad value)."""
-        from aemia.active.loop import _normalise_mode
+        from aemia.active.continual import normalise_mode
 
         name = self.dataset.strip().lower()
         if name not in DATASETS:
             raise InputError(None, f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         d = DATASET_DEFAULTS[name]
         cfg = dataclasses.replace(
-            self, dataset=name, mode=_normalise_mode(self.mode),
+            self, dataset=name, mode=normalise_mode(self.mode),
             size=int(self.size if self.size is not None else d["size"]),
             model=self.model or d["model"], features=tuple(int(f) for f in (self.features or d["features"])),
             batch_size=int(self.batch_size or d["batch_size"]),
@@ -260,7 +261,7 @@ def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def _evaluate(cfg: SimulationConfig, model: Any, data: _Data) -> dict[str, Any]:
     """Test metric and what the bootstrap needs: per-case Dice, or the class probabilities."""
-    from aemia.active.loop import case_scores
+    from aemia.active.validation import case_scores
     from aemia.evaluate.metrics import auc
 
     probs = _predict(model, data.x_test, cfg.score_batch)
@@ -283,13 +284,13 @@ def _epochs_for(cfg: SimulationConfig, n_train: int) -> int:
 
 def _fit(cfg: SimulationConfig, model: Any, data: _Data, idx: np.ndarray, seed: int, work: Path | None,
          progress: bool) -> tuple[Any, int]:
-    from aemia.active.loop import fit_model
+    from aemia.active import continual
 
     epochs = _epochs_for(cfg, len(idx))
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="aemia-sim-", dir=work) as tmp:
-        model, _ = fit_model(model, data.x_pool[idx], data.y_pool[idx], cfg.task, tmp, epochs=epochs, lr=cfg.lr,
+        model, _ = continual.fit_model(model, data.x_pool[idx], data.y_pool[idx], cfg.task, tmp, epochs=epochs, lr=cfg.lr,
                              batch_size=int(cfg.batch_size or 8), seed=seed, device=cfg.device, progress=progress,
                              ids=[str(i) for i in idx])
     return model, epochs
@@ -311,16 +312,16 @@ def _strategy(name: str, cfg: SimulationConfig, seed: int, r: int) -> Any:
 
 
 def _check_strategy(name: str, cfg: SimulationConfig) -> str:
-    from aemia.active.strategies import BALD, ForegroundRandom, get_strategy
+    from aemia.active.strategies import MC_SAMPLES, get_strategy
 
     try:
         strat = get_strategy(name)
     except ValueError as exc:
         raise InputError(None, f"--strategy: {exc}") from None
-    if isinstance(strat, ForegroundRandom) and cfg.task != "segmentation":
-        raise InputError(None, f"--strategy fg-random is for segmentation; {cfg.dataset} is {cfg.task}")
-    if isinstance(strat, BALD) and cfg.dropout <= 0:
-        raise InputError(None, "--strategy bald needs MC dropout: pass --dropout 0.2 (applies to every strategy)")
+    if cfg.task not in strat.tasks:
+        raise InputError(None, f"--strategy {strat.name} is for {' and '.join(strat.tasks)}; {cfg.dataset} is {cfg.task}")
+    if strat.needs == MC_SAMPLES and cfg.dropout <= 0:
+        raise InputError(None, f"--strategy {strat.name} needs MC dropout: pass --dropout 0.2 (applies to every strategy)")
     return name.strip().lower().replace("_", "-")
 
 
@@ -342,7 +343,8 @@ def simulate_one(
     "epochs", "value", "metric", "per_case" | "probs", "queried", "seconds"}], ...}``; ``queried`` are indices
     into the (possibly limited) pool.
     """
-    from aemia.active.loop import hard_cases, score_images
+    from aemia.active.continual import hard_cases
+    from aemia.active.scoring import score_images
 
     say = log or (lambda _m: None)
     cfg = cfg.resolved()
@@ -555,7 +557,7 @@ def simulate(
     per_round: int = 20,
     rounds: int = 5,
     seeds: int | Sequence[int] = 3,
-    mode: str = "continual",
+    mode: str = "all-labelled",
     epochs_per_round: int = 10,
     size: int | None = None,
     out_dir: str | Path | None = None,
@@ -573,7 +575,8 @@ def simulate(
         strategy: a name or a list / comma-separated names (:func:`aemia.active.strategies.available_strategies`).
         initial, per_round, rounds: random initial set, cases per query, query rounds.
         seeds: number of seeds (``0..seeds-1``) or the seeds themselves.
-        mode: training per round (``continual`` = ACFT(HQ); see :mod:`aemia.active.loop`).
+        mode: training per round (default ``all-labelled`` = ACFT(LQ); ``continual`` = ACFT(HQ); see
+            :mod:`aemia.active.continual`).
         epochs_per_round: epochs per round (at least ``min_steps`` optimiser steps, see the config).
         size: working size; ``None`` = data set default (28 PneumoniaMNIST, 64 Kvasir / BUSI).
         out_dir: where the per-(strategy, seed) curves are cached and ``curves.json`` / ``curves.png`` are

@@ -53,8 +53,25 @@ EPS: float = float(np.finfo(np.float64).eps)  # 2.220446049250313e-16, the eps o
 
 Reduce = Literal["mean", "foreground"]
 
+# What a strategy's ``score`` takes (``Strategy.needs``); the scoring layer (:mod:`aemia.active.scoring`)
+# maps each to the forward passes that produce it, so it never dispatches on strategy classes.
+POOL_SIZE = "pool-size"  # just N (random)
+PROBABILITIES = "probabilities"  # (N, K, *spatial) softmax of one forward pass
+LABEL_MAPS = "label-maps"  # (N, *spatial) arg-max maps of the whole pool at once
+MC_SAMPLES = "mc-samples"  # (T, N, K, *spatial) softmax of T MC-dropout passes
+AUGMENTED_COPIES = "augmented-copies"  # (N, m, K, *spatial) softmax of m test-time copies, mapped back
+EMBEDDINGS = "embeddings"  # EmbeddingPool of the whole pool and the labelled cases
+NEEDS = (POOL_SIZE, PROBABILITIES, LABEL_MAPS, MC_SAMPLES, AUGMENTED_COPIES, EMBEDDINGS)
+
 __all__ = [
     "ACFT",
+    "AUGMENTED_COPIES",
+    "EMBEDDINGS",
+    "LABEL_MAPS",
+    "MC_SAMPLES",
+    "NEEDS",
+    "POOL_SIZE",
+    "PROBABILITIES",
     "BALD",
     "EPS",
     "CoreSet",
@@ -152,9 +169,14 @@ def reduce_voxel_scores(
 
 @dataclass(frozen=True)
 class Strategy:
-    """Base class: stateless ``score`` then deterministic top-``k`` ``rank``."""
+    """Base class: stateless ``score`` then deterministic top-``k`` ``rank``.
+
+    ``needs`` says what ``score`` takes (one of :data:`NEEDS`); ``tasks`` the project tasks it applies to.
+    """
 
     name: ClassVar[str] = ""
+    needs: ClassVar[str] = PROBABILITIES
+    tasks: ClassVar[tuple[str, ...]] = ("segmentation", "classification")
 
     def score(self, predictions: Any) -> np.ndarray:  # pragma: no cover - abstract
         """One float per candidate, higher = more worth annotating."""
@@ -189,6 +211,7 @@ class RandomStrategy(Strategy):
     """
 
     name: ClassVar[str] = "random"
+    needs: ClassVar[str] = POOL_SIZE
     seed: int = 0
 
     def score(self, predictions: Any) -> np.ndarray:
@@ -212,6 +235,8 @@ class ForegroundRandom(Strategy):
     """
 
     name: ClassVar[str] = "fg-random"
+    needs: ClassVar[str] = LABEL_MAPS
+    tasks: ClassVar[tuple[str, ...]] = ("segmentation",)
     seed: int = 0
     min_voxels: int = 1
 
@@ -304,6 +329,7 @@ class BALD(Strategy):
     """
 
     name: ClassVar[str] = "bald"
+    needs: ClassVar[str] = MC_SAMPLES
     reduce: Reduce = "mean"
     empty_score: float = 0.0
 
@@ -344,6 +370,7 @@ class CoreSet(Strategy):
     """
 
     name: ClassVar[str] = "coreset"
+    needs: ClassVar[str] = EMBEDDINGS
     max_picks: int | None = None
 
     def score(self, predictions: Any) -> np.ndarray:
@@ -489,6 +516,7 @@ class ACFT(Strategy):
     """
 
     name: ClassVar[str] = "acft"
+    needs: ClassVar[str] = AUGMENTED_COPIES
     alpha: float = 0.25
     lambda1: float = 1.0
     lambda2: float = 1.0

@@ -48,7 +48,7 @@ def init_cmd(
 
     Example: aemia active init --images my_pictures/ --project polyps --task segmentation --size 128
     """
-    from aemia.active.loop import init_project
+    from aemia.active.project import init_project
 
     proj = init_project(project, images, task=task, size=size,
                         classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
@@ -78,7 +78,7 @@ def query_cmd(
 
     Example: aemia active query --project polyps --strategy acft --k 20
     """
-    from aemia.active.loop import query_round
+    from aemia.active.query import query_round
 
     params = {"reduce": reduce} if reduce else {}
     res = query_round(project, strategy, k, batch_size=batch_size, **params)
@@ -102,7 +102,7 @@ def import_cmd(
 
     Example: aemia active import --project polyps --labels masks_round00/ --annotator alice
     """
-    from aemia.active.loop import import_labels
+    from aemia.active.importing import import_labels
 
     res = import_labels(project, labels, annotator=annotator, replace=replace)
     console.print(f"imported {len(res.annotated)} new labels, {len(res.unchanged)} unchanged (already imported)"
@@ -113,8 +113,9 @@ def import_cmd(
 def train_cmd(
     project: Path = typer.Option(..., "--project", "-p", help="Project folder."),
     epochs: int = typer.Option(20, help="Epochs over this round's training cases."),
-    mode: str = typer.Option("continual", help="continual (ACFT: previous model on new + hard old cases), "
-                                               "all-labelled, new-only, or from-scratch."),
+    mode: str = typer.Option("all-labelled", help="all-labelled (ACFT(LQ): the project model fine-tuned on every "
+                                                  "label so far), continual (ACFT(HQ): new + hard old cases only), "
+                                                  "new-only, or from-scratch."),
     hard_threshold: float = typer.Option(0.5, help="Segmentation: an old case with Dice below this is 'hard' and "
                                                    "trained on again (classification: misclassified)."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (Adam, cosine)."),
@@ -122,21 +123,24 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain a round that already has a model."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
-    """Train one round: fine-tune the previous round's model (continual fine-tuning, ACFT).
+    """Train one round: fine-tune the project model on the labels (ACFT), then keep it only if not worse.
 
-    The model goes to P/models/round_NN/ (model.safetensors + model.json, summary.json).
+    The model goes to P/models/round_NN/, a run folder for `aemia predict --run`. It becomes the project's
+    model unless the current one scores above its validation 95% CI on the same cases.
 
     Example: aemia active train --project polyps --epochs 20
     """
-    from aemia.active.loop import train_round
+    from aemia.active.continual import train_round
+    from aemia.active.status import decision_line
 
     s = train_round(project, epochs=epochs, mode=mode, hard_threshold=hard_threshold, lr=lr, batch_size=batch_size,
                     overwrite=overwrite, device=device, log=console.print)
     v = s.get("validation") or {}
     score = f"validation {v['metric']} {v['value']:.3f} (n = {v['n']})" if v.get("value") is not None else "no validation score"
     console.print(f"[bold green]round {s['round']:02d} trained[/] on {len(s['trained_on'])} cases: {score}")
-    weights = Path(project) / "models" / f"round_{s['round']:02d}" / "model.safetensors"
-    console.print(f"model: {weights}")
+    console.print(decision_line(s), markup=False)
+    run = Path(project) / "models" / f"round_{s['round']:02d}"
+    console.print(f"run folder (aemia predict --run): {run}")
 
 
 def status_cmd(
@@ -148,7 +152,7 @@ def status_cmd(
     """
     from rich.table import Table
 
-    from aemia.active.loop import project_status
+    from aemia.active.status import project_status
 
     st = project_status(project)
     c = st["counts"]
@@ -171,6 +175,8 @@ def status_cmd(
             curve.add_row(f"{r['round']:02d}", r["mode"], str(r["n_labels"]), str(r["n_train_labels"]),
                           str(r["n_trained_on"]), val)
         console.print(curve)
+    for line in st["decisions"]:
+        console.print(line, markup=False, soft_wrap=True)
     if st["curve_png"] is not None:
         console.print(f"learning curve: {st['curve_png']}")
     elif st["note"]:
@@ -188,8 +194,8 @@ def simulate_cmd(
     rounds: int = typer.Option(5, help="Query rounds after round 0."),
     seeds: int = typer.Option(3, help="Repeats with seeds 0..SEEDS-1 (initial set, initialisation, training)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: curves.json, curves.png, cached runs/."),
-    mode: str = typer.Option("continual", help="continual (ACFT: previous model on new + hard old cases), "
-                                               "all-labelled, new-only or from-scratch."),
+    mode: str = typer.Option("all-labelled", help="all-labelled (ACFT(LQ): previous model on every label so far), "
+                                                  "continual (ACFT(HQ): new + hard old cases), new-only or from-scratch."),
     epochs: int = typer.Option(10, help="Epochs per round."),
     min_steps: int = typer.Option(0, help="At least this many optimiser steps per round."),
     size: Optional[int] = typer.Option(None, help="Working size (default 28 PneumoniaMNIST, 64 Kvasir/BUSI)."),
