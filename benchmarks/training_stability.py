@@ -1,0 +1,141 @@
+"""Benchmark: is the training core stable, strong and reproducible? (issue "Stable, strong, reproducible training")
+
+Parts (each resumable; finished runs are reused from ``benchmarks/work/training_stability/``; the JSON is
+rewritten after every run so a partial result is never lost):
+
+* ``kvasir``: Kvasir-SEG test Dice at label fractions (default 0.1, 0.25, 1.0) over seeds (default 0-4),
+  the default recipe of ``aemia train`` (MONAI augmentation, warm-up + cosine, EMA weights, best epoch on the
+  100-image validation split, never the test split), 128 px training, test Dice at the native 256 px.
+  Every run trains ``--epochs`` epochs but at least ``--min-steps`` optimiser steps. ``--amp none`` by
+  default: fp32 gives the same numbers on every x86 CPU, bf16 does not (see ``amp_variation``).
+* ``pneumoniamnist``: test AUC of the ResNet at 5% labels over seeds.
+* ``busi_active_cli``: the real ``aemia active`` CLI on BUSI (``training_stability_parts/busi_active_cli.py``).
+* ``liver_tumor``: the liver + tumour model trained on synthetic tumours, per seed.
+
+    .venv/bin/python benchmarks/training_stability.py --parts kvasir --fractions 0.1 --seeds 0,1,2,3,4
+    .venv/bin/python benchmarks/training_stability.py --parts kvasir --fractions 0.1 --seeds 0 --epochs 1 --min-steps 0 --out /tmp/t.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from provenance import provenance  # noqa: E402
+
+from aemia.train.run import RunConfig, train_run  # noqa: E402
+from aemia.train.trainer import TrainConfig  # noqa: E402
+from aemia.utils.io import write_json_atomic  # noqa: E402
+
+N_TRAIN = {"kvasir": 798, "pneumoniamnist": 4708}
+
+
+def _train(name: str, cfg: RunConfig, work: Path) -> tuple[dict[str, Any], Path]:
+    run_dir = work / name
+    if (run_dir / "metrics.json").exists():
+        return json.loads((run_dir / "metrics.json").read_text()), run_dir
+    resume = (run_dir / "checkpoints" / "last.safetensors").exists()
+    t0 = time.time()
+    print(f"== {name}{' (resuming)' if resume else ''}", flush=True)
+    metrics = train_run(cfg, run_dir, resume=resume)
+    print(f"   {metrics.get('headline', '')} in {time.time() - t0:.0f} s", flush=True)
+    return metrics, run_dir
+
+
+def _epochs(dataset: str, fraction: float, batch: int, args: argparse.Namespace) -> int:
+    steps_per_epoch = math.ceil(math.ceil(fraction * N_TRAIN[dataset]) / batch)
+    return max(args.epochs, math.ceil(args.min_steps / steps_per_epoch))
+
+
+def _summary(values: list[float], key: str) -> dict[str, Any]:
+    return {f"{key}_mean": statistics.fmean(values), f"{key}_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": values}
+
+
+def part_kvasir(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    res = out.setdefault("kvasir", {})
+    for fraction in args.fractions:
+        rows = []
+        for seed in args.seeds:
+            epochs = _epochs("kvasir", fraction, 8, args)
+            cfg = RunConfig(dataset="kvasir", model=args.model, preset="cpu", label_fraction=fraction, size=args.size,
+                            train=TrainConfig(epochs=epochs, batch_size=8, lr=args.lr, amp=args.amp, seed=seed,
+                                              channels_last=args.amp != "none"))
+            metrics, run_dir = _train(f"kvasir_{args.model}_{fraction}_s{seed}_{args.amp}", cfg, args.work)
+            dice = metrics["segmentation"]["polyp"]["dice"]
+            rows.append({"seed": seed, "dice": dice["mean"], "ci": dice["ci"], "epochs": epochs,
+                         "best_epoch": metrics["run"]["best_epoch"], "train_seconds": metrics["run"]["train_seconds"]})
+            res[str(fraction)] = {**_summary([r["dice"] for r in rows], "dice"), "runs": rows, "model": args.model,
+                                  "amp": args.amp}
+            _write(args, out)
+
+
+def part_pneumoniamnist(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    res = out.setdefault("pneumoniamnist", {})
+    fraction = 0.05
+    rows = []
+    for seed in args.seeds:
+        epochs = _epochs("pneumoniamnist", fraction, 32, args)
+        cfg = RunConfig(dataset="pneumoniamnist", model="resnet", preset="cpu", label_fraction=fraction,
+                        train=TrainConfig(epochs=epochs, batch_size=32, lr=args.lr, amp=args.amp, seed=seed,
+                                          channels_last=args.amp != "none"))
+        metrics, _ = _train(f"pneumoniamnist_{fraction}_s{seed}_{args.amp}", cfg, args.work)
+        auc = metrics["classification"]["auc"]
+        rows.append({"seed": seed, "auc": auc["value"] if isinstance(auc, dict) and "value" in auc else auc,
+                     "epochs": epochs, "best_epoch": metrics["run"]["best_epoch"]})
+        res[str(fraction)] = {**_summary([float(r["auc"]["mean"] if isinstance(r["auc"], dict) else r["auc"]) for r in rows],
+                                         "auc"), "runs": rows}
+        _write(args, out)
+
+
+def part_busi_active_cli(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    from training_stability_parts.busi_active_cli import run
+
+    path = args.work / "busi_active_cli.json"
+    run(path)
+    out["busi_active_cli"] = json.loads(path.read_text())
+    _write(args, out)
+
+
+PARTS = {"kvasir": part_kvasir, "pneumoniamnist": part_pneumoniamnist, "busi_active_cli": part_busi_active_cli}
+
+
+def _write(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    out.update(provenance())
+    write_json_atomic(args.out, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="kvasir", help=f"comma-separated: {', '.join(PARTS)}")
+    ap.add_argument("--fractions", default="0.1,0.25,1.0")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--model", default="unetpp")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--min-steps", type=int, default=600)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--amp", default="none")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "training_stability")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_stability.json")
+    args = ap.parse_args()
+    args.fractions = [float(f) for f in args.fractions.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    out: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for part in args.parts.split(","):
+        PARTS[part](args, out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
