@@ -39,7 +39,8 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
         net = create_model(model, dims, in_channels, out, features=features or [4, 8]).eval()
         if calibrate is not None:
             with torch.no_grad():
-                logits = net(torch.from_numpy(np.ascontiguousarray(calibrate, dtype=np.float32))[None])
+                crop = (slice(None),) + tuple(slice(0, n - n % 8) for n in calibrate.shape[1:])  # whole UNet levels
+                logits = net(torch.from_numpy(np.ascontiguousarray(calibrate[crop], dtype=np.float32))[None])
                 last = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))][-1]
                 last.bias[1] -= float((logits[0, 1] - logits[0, 0]).median())
         run = tmp_path / name

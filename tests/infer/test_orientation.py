@@ -35,9 +35,9 @@ def ct_like(shape: tuple[int, int, int] = (20, 14, 10), spacing: tuple[float, fl
     return nib.Nifti1Image(data, aff)
 
 
-def working_input(image: Image, spacing: float) -> np.ndarray:
-    """The network input the predictor makes from ``image`` at an isotropic working ``spacing``."""
-    return resample_to_spacing(normalise(image.array, NORM), image.spacing, [spacing] * 3)
+def working_input(image: Image, spacing: list[float]) -> np.ndarray:
+    """The network input the predictor makes from ``image`` at the working ``spacing``."""
+    return resample_to_spacing(normalise(image.array, NORM), image.spacing, spacing)
 
 
 def nontrivial(img: nib.Nifti1Image) -> bool:
@@ -90,7 +90,7 @@ def test_real_ct_in_pls(make_run, data_dir: Path, tmp_path: Path) -> None:
     if not path.is_file():
         pytest.skip(f"{path} not found")
     run = make_run(3, normaliser=NORM, patch=[16, 16, 16], spacing=[6.0, 6.0, 6.0],
-                   calibrate=working_input(read_image(path), 6.0))
+                   calibrate=working_input(read_image(path), [6.0, 6.0, 6.0]))
     ras = nib.load(str(path))
     want = reoriented(predict_file(run, ras, tmp_path, "ras"), "PLS")
     got = predict_file(run, reoriented(ras, "PLS"), tmp_path, "pls")
@@ -107,7 +107,8 @@ def test_dicom_series_prediction_is_written_in_its_own_grid(make_run, data_dir: 
     if not series.is_dir():
         pytest.skip(f"{series} not found")
     image = read_image(series)
-    run = make_run(3, normaliser=NORM, patch=[16, 16, 16], spacing=[8.0, 8.0, 8.0], calibrate=working_input(image, 8.0))
+    spacing = [8.0, 8.0, 2.0]
+    run = make_run(3, normaliser=NORM, patch=[16, 16, 16], spacing=spacing, calibrate=working_input(image, spacing))
     assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
     ras = nib.Nifti1Image(image.array[0], image.affine)
     got = nib.load(str(predict_path(run, series, tmp_path / "pred_dicom", progress=False)[0]))
