@@ -36,9 +36,9 @@ def percentile_window(array: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99
     a = np.asarray(array, dtype=np.float32)
     out = np.zeros_like(a)
     for c in range(a.shape[0]):
-        lo, hi = (np.float32(v) for v in np.percentile(a[c], [lo_pct, hi_pct]))
+        lo, hi = (np.float64(v) for v in np.percentile(a[c], [lo_pct, hi_pct]))
         if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
-            out[c] = (np.clip(a[c], lo, hi) - lo) / (hi - lo)
+            out[c] = np.clip((a[c] - lo) / (hi - lo), 0.0, 1.0)  # in float64, then stored as float32
     return np.clip(out, 0.0, 1.0, out=out)  # float32 rounding must not leave [0, 1]
 
 
