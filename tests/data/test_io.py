@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 
 from aemia.data.image import Image
 from aemia.data.io import read_image, read_npz_split, write_nifti, write_png
+from aemia.data.orientation import to_source
 from aemia.errors import InputError
 
 
@@ -28,8 +29,12 @@ def test_nifti_round_trip_keeps_affine_values_and_channels(tmp_path: Path) -> No
     out = write_nifti(Image(arr, (0.8, 0.9, 2.5), aff), tmp_path / "x.nii.gz")
     back = read_image(out)
     assert back.array.shape == (2, 6, 7, 4)
-    np.testing.assert_array_equal(back.array, arr)
-    np.testing.assert_allclose(back.affine, aff, atol=1e-6)
+    np.testing.assert_array_equal(back.array, arr[:, ::-1])  # read in RAS order: the flipped axis is turned
+    assert nib.aff2axcodes(back.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(back.source_affine, aff, atol=1e-6)
+    stored = to_source(back)
+    np.testing.assert_array_equal(stored.array, arr)
+    np.testing.assert_allclose(stored.affine, aff, atol=1e-6)
     np.testing.assert_allclose(back.spacing, (0.8, 0.9, 2.5), rtol=1e-6)
     assert nib.load(str(out)).shape == (6, 7, 4, 2)  # channels last on disk, as nnU-Net/MSD expect
     assert [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"]  # no temp file left

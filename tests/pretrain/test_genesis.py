@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from aemia.data.image import Image
+from aemia.data.normalise import CT_WINDOW_GENESIS, ct_window
 from aemia.pretrain import genesis as G
 from aemia.pretrain.cubes import (
     CPU_CUBES,
@@ -19,7 +20,6 @@ from aemia.pretrain.cubes import (
     normalize_image,
     passes_tissue_filter,
     tissue_fraction,
-    window_ct,
 )
 from aemia.pretrain.genesis import Box, GenesisTransform, ShuffleBlocks
 
@@ -399,8 +399,8 @@ def test_tissue_fraction_matches_the_loop_rule() -> None:
 def test_tissue_filter_air_and_abdomen(ct_image: Image) -> None:
     """Published rule (max 0.15, for chest CT): all-air cube kept, soft-tissue abdominal cube rejected.
     The tissue-rich variant (our extension for non-chest CT) does the opposite."""
-    air = window_ct(np.full((64, 64, 35), -1000.0))
-    vol = window_ct(ct_image.array)[0]
+    air = ct_window(np.full((64, 64, 35), -1000.0), *CT_WINDOW_GENESIS)
+    vol = ct_window(ct_image.array, *CT_WINDOW_GENESIS)[0]
     cx, cy, cz = (s // 2 for s in vol.shape)
     abdomen = vol[cx - 32:cx + 32, cy - 32:cy + 32, cz - 17:cz + 18]
     assert tissue_fraction(air, 32) == 0.0
@@ -423,7 +423,7 @@ def test_extract_cubes_real_ct(ct_image: Image) -> None:
     rich = extract_cubes(ct_image, rng, CPU_CUBES.tissue_rich())
     assert rich.array.shape == (32, 1, 32, 32, 16) and rich.array.dtype == np.float32
     assert 0 <= rich.array.min() and rich.array.max() <= 1
-    vol = window_ct(ct_image.array)
+    vol = ct_window(ct_image.array, *CT_WINDOW_GENESIS)
     for cube, (x0, y0, z0) in zip(rich.array[:3], rich.origins[:3]):
         assert np.array_equal(cube, vol[:, x0:x0 + 32, y0:y0 + 32, z0:z0 + 16])
         assert tissue_fraction(vol[0, x0:x0 + 32, y0:y0 + 32, z0:z0 + 19], 16) >= 0.15

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aemia.data.normalise import picture_scale
 from aemia.errors import InputError
 
 __all__ = [
@@ -32,21 +33,14 @@ THREE_D_UNSUPPORTED = "3D volumes are not supported by `aemia active` yet (2D pi
 
 
 def to_network_input(array: np.ndarray, in_channels: int, size: int) -> np.ndarray:
-    """``(C, H, W)`` picture → ``(in_channels, size, size)`` float32: uint8 / 255, other types min–max
-    scaled to [0, 1]; grey repeated to RGB or RGB averaged to grey as the project needs; bilinear resize."""
+    """``(C, H, W)`` picture → ``(in_channels, size, size)`` float32: scaled by the ``picture`` normaliser
+    (:mod:`aemia.data.normalise`); grey repeated to RGB or RGB averaged to grey as the project needs; bilinear resize."""
     from aemia.data.transforms import resize
 
     a = np.asarray(array)
     if a.ndim != 3:
         raise InputError(None, THREE_D_UNSUPPORTED)
-    if a.dtype == np.uint8:
-        x = a.astype(np.float32) / 255.0
-    elif a.dtype == bool:
-        x = a.astype(np.float32)
-    else:
-        x = a.astype(np.float32)
-        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
-        x = np.nan_to_num((x - lo) / (hi - lo) if hi > lo else x * 0.0)
+    x = picture_scale(a)
     if x.shape[0] != in_channels:
         x = np.repeat(x[:1], in_channels, axis=0) if x.shape[0] == 1 else x.mean(axis=0, keepdims=True).repeat(in_channels, 0)
     return np.ascontiguousarray(resize(x, (size, size), order=1), dtype=np.float32)

@@ -26,6 +26,7 @@ import numpy as np
 
 from aemia.data.image import Image
 from aemia.data.io import read_image, read_npz_split
+from aemia.data.normalise import picture_scale
 from aemia.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -93,7 +94,7 @@ class CatalogDataset:
     label_threshold: int | None = None  # 2D masks: label = first channel > threshold
     label_map: dict[int, int] | None = None  # applied to every label map (e.g. whole tumour)
     case_label_maps: dict[str, dict[int, int]] = field(default_factory=dict)  # per case id
-    scale_255: bool = False  # 8-bit pictures: divide by 255
+    scale_255: bool = False  # pictures: scale by bit depth (the ``picture`` normaliser)
     extra_files: dict[str, dict[str, str]] = field(default_factory=dict)  # case id -> {key: mask path}
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -116,8 +117,9 @@ class CatalogDataset:
             for p in parts[1:]:
                 if p.spatial_shape != first.spatial_shape:
                     raise InputError(p.path, f"shape {p.spatial_shape} differs from {first.path} {first.spatial_shape}")
-            arr = np.concatenate([p.array for p in parts], axis=0).astype(np.float32)
-            image = Image(arr / 255.0 if self.scale_255 else arr, first.spacing, first.affine, first.path)
+            arr = np.concatenate([p.array for p in parts], axis=0)
+            arr = picture_scale(arr) if self.scale_255 else arr.astype(np.float32)
+            image = Image(arr, first.spacing, first.affine, first.path, first.source_affine)
         label = None if case.label is None else self._read_label(case.label, case.id)
         if label is not None and label.shape != image.spatial_shape:
             raise InputError(case.label, f"label shape {label.shape} differs from image shape {image.spatial_shape}")
@@ -144,7 +146,7 @@ class CatalogDataset:
         images, _ = self._npz(file, split)
         arr = images[int(index)]
         arr = np.moveaxis(arr, -1, 0) if arr.ndim == 3 else arr[None]
-        return Image(arr.astype(np.float32) / 255.0, (1.0, 1.0), np.eye(4), pseudo)
+        return Image(picture_scale(arr), (1.0, 1.0), np.eye(4), pseudo)
 
     def _npz(self, file: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         key = ("npz", file, split)
@@ -176,7 +178,7 @@ class CatalogDataset:
             idx = [int(c.images[0].rpartition("/")[2]) for c in cases]
             x = images[idx]
             x = np.moveaxis(x, -1, 1) if x.ndim == 4 else x[:, None]
-            x = x.astype(np.float32) / 255.0
+            x = picture_scale(x)
             return (_resize_stack(x, size, nearest=False) if size else x), None, targets
         xs, ys = [], []
         for case in cases:

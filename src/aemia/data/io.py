@@ -5,7 +5,7 @@ Every reader returns an :class:`aemia.data.image.Image` (channels first) and eve
 
 Supported inputs:
 
-* NIfTI ``.nii`` / ``.nii.gz`` (nibabel; voxel order and affine kept exactly as stored),
+* NIfTI ``.nii`` / ``.nii.gz`` (nibabel),
 * a DICOM series folder or a single DICOM file (SimpleITK), converted to the convention dcm2niix uses for the
   NIfTI it writes: RAS world affine, voxel axes (column, row, slice) with the row axis flipped. A DICOM series
   and a label map made from its dcm2niix NIfTI (e.g. by TotalSegmentator) therefore line up voxel for voxel;
@@ -13,6 +13,8 @@ Supported inputs:
 * 2D pictures ``.png .jpg .jpeg .tif .tiff .gif .bmp`` (Pillow; ``(C, H, W)``, spacing ``(1.0, 1.0)``),
 * one image of a MedMNIST ``.npz`` via the pseudo path ``file.npz#split/index`` (see :func:`read_npz_split`).
 
+Every 3D volume is then brought to RAS voxel order (axis permutations and flips only; the stored affine is kept in
+``Image.source_affine`` so predictions can be written back in the input's own orientation).
 NaN / inf voxels are not an error here; :mod:`aemia.data.check` reports them.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from aemia.data.image import Image
+from aemia.data.orientation import to_ras
 from aemia.errors import InputError
 from aemia.utils.io import atomic_path
 
@@ -96,13 +99,19 @@ def is_image_path(path: str | Path) -> bool:
 
 
 def read_image(path: str | Path) -> Image:
-    """Read any supported image into an :class:`Image` (channels first, spacing in mm, RAS affine).
+    """Read any supported image into an :class:`Image` (channels first, spacing in mm, RAS affine); 3D volumes
+    come in RAS voxel order (:func:`aemia.data.orientation.to_ras`, stored affine in ``source_affine``).
 
     Example::
 
         img = read_image("../shared/data/totalsegmentator_example_ct/example_ct.nii.gz")
         img.array.shape  # (1, 122, 101, 112)
     """
+    return to_ras(_read_stored(path))
+
+
+def _read_stored(path: str | Path) -> Image:
+    """The image in its stored voxel order."""
     text = str(path)
     if "#" in text and text.split("#", 1)[0].lower().endswith(".npz"):
         return _read_npz_item(text)

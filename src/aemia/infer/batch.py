@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from aemia.data.io import case_id, image_kind, is_dicom_file, read_image, write_nifti, write_png
+from aemia.data.orientation import to_source
 from aemia.errors import InputError
 from aemia.infer.lesions import lesion_classes, lesion_csv, lesion_rows
 from aemia.infer.predictor import Predictor
@@ -52,11 +53,12 @@ def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool 
                 rows.append({"case": cid, "predicted_class": int(np.argmax(result)),
                              **{f"p{k}": f"{float(p):.6f}" for k, p in enumerate(result)}})
             elif image.spatial_dims == 3:
-                written.append(write_nifti(result, out / f"{cid}.nii.gz", like=image))
+                label = to_source(image.with_array(result[None]))  # the input's own orientation and affine
+                written.append(write_nifti(label, out / f"{cid}.nii.gz"))
                 lesions = lesion_classes(predictor.classes)
                 if lesions:  # e.g. liver + tumor: one row per predicted lesion
                     rows_l = [r for k, name in lesions.items()
-                              for r in lesion_rows(result, k, image.spacing, image.affine, name)]
+                              for r in lesion_rows(label.array[0], k, label.spacing, label.affine, name)]
                     target = out / f"{cid}_lesions.csv"
                     write_text_atomic(target, lesion_csv(rows_l))
                     written.append(target)

@@ -1,9 +1,12 @@
 """Apply a trained run to images of any size and geometry.
 
-``Predictor.from_run("runs/demo")`` rebuilds the preprocessing recorded in the run's ``config.yaml`` (2D resize,
-3D intensity normalisation and sliding-window size) and the best checkpoint. ``prune=d`` replaces a UNet++ with
-its exact sub-network L_d (fast mode); ``tta`` averages over spatial flips. Segmentation outputs are label maps
-in the input's own grid (2D: resized back; 3D: same voxels, so the input's affine applies).
+``Predictor.from_run("runs/demo")`` rebuilds the preprocessing recorded in the run's ``config.yaml`` (the
+normaliser, 2D resize, 3D working spacing and sliding-window size) and the best checkpoint. Run folders written
+before the normaliser was recorded get :func:`aemia.data.normalise.default_normaliser` of the data set's
+modality and the run's window. ``prune=d`` replaces a UNet++ with its exact sub-network L_d (fast mode); ``tta``
+averages over spatial flips. Segmentation outputs are label maps in the input's grid (2D: resized back; 3D: the
+voxels of the RAS-ordered input, which :func:`aemia.data.orientation.to_source` returns to the input's stored
+orientation and affine, as :func:`aemia.infer.batch.predict_path` does before writing).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aemia.data.image import Image
-from aemia.data.transforms import normalise, window
+from aemia.data.normalise import default_normaliser, normalise
 from aemia.errors import InputError
 from aemia.infer.predict import predict_probs, resolve_device
 from aemia.nets import load_checkpoint
@@ -30,10 +33,9 @@ class Predictor:
     spatial_dims: int
     size: int | None = None
     patch: list[int] | None = None
-    modality: str = ""
+    normaliser: str = "none"  # aemia.data.normalise spec the model was trained with
     spacing: list[float] | None = None  # 3D working voxel size (mm) the model was trained at
     task: str = "segmentation"
-    window: list[float] | None = None  # CT HU window the model was trained with (None: the modality's default)
     classes: dict[int, str] | None = None  # output index → class name (segmentation runs)
     tta: bool = False
     amp: str = "none"
@@ -65,9 +67,9 @@ class Predictor:
             classes = class_names(cfg, get_dataset(cfg.dataset)) if meta.get("task", "segmentation") == "segmentation" else None
         except InputError:
             pass
+        normaliser = cfg.normaliser or default_normaliser(modality, model.spatial_dims, cfg.window)
         return cls(model=model, spatial_dims=model.spatial_dims, size=cfg.size, patch=cfg.patch,
-                   modality=modality, task=meta.get("task", "segmentation"), spacing=cfg.spacing,
-                   window=cfg.window, classes=classes,
+                   normaliser=normaliser, task=meta.get("task", "segmentation"), spacing=cfg.spacing, classes=classes,
                    tta=cfg.tta if tta is None else tta, amp=amp or "none")
 
     @property
@@ -86,16 +88,14 @@ class Predictor:
         if self.spatial_dims == 3:
             from aemia.data.transforms import resample_to_spacing, resize
 
-            vol = window(arr, *self.window) if self.window else normalise(arr, self.modality)
+            vol = normalise(arr, self.normaliser)
             if self.spacing:  # to the training voxel size and back: works for any input spacing
                 vol = resample_to_spacing(vol, image.spacing, self.spacing, order=1)
             x = torch.from_numpy(np.ascontiguousarray(vol))[None]
             roi = self.patch or [64, 64, 64]
             probs = predict_probs(self.model, x, roi_size=roi, tta=self.tta, amp=self.amp)[0].cpu().numpy()
             return resize(probs, image.spatial_shape, order=1)
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
-        if float(x.max()) > 1.5:  # 8-bit pictures → [0, 1] as in training
-            x = x / 255.0
+        x = torch.from_numpy(np.ascontiguousarray(normalise(arr, self.normaliser)))[None]
         shape = tuple(x.shape[2:])
         if self.size is not None:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)

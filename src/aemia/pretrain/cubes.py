@@ -5,7 +5,7 @@ Sub-volume extraction as in the original ``infinite_generator_3D.py`` (``../shar
 * **intensity**: CT is clipped to [-1000, 1000] HU and scaled linearly to [0, 1] (§1.1, §1.5); MRI uses a
   per-image, per-channel percentile window (§1.5 names [0, 4000] or per-image min-max, issue #36; percentiles
   (0.5, 99.5) are our choice, robust to single hot voxels, and (0, 100) is exactly min-max); 2D pictures are
-  scaled to [0, 1];
+  scaled to [0, 1] by bit depth (:mod:`aemia.data.normalise`);
 * **cubes**: 64x64x32 in the paper (``PAPER_CUBES``), 32x32x16 on CPU (``CPU_CUBES``, §1.7); 32 cubes per volume,
   at most 50 tries per wanted cube; random start keeping a border of 100 voxels in x/y and 30 slices in z;
 * **tissue filter** (CT only): a candidate is cropped with 3 extra slices; for every voxel of the cube the first
@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from aemia.data.image import Image
+from aemia.data.normalise import ct_window, percentile_window, picture_scale
 from aemia.errors import InputError
 
 __all__ = [
@@ -39,53 +40,13 @@ __all__ = [
     "guess_modality",
     "normalize_image",
     "passes_tissue_filter",
-    "scale_unit",
     "tissue_fraction",
-    "window_ct",
-    "window_percentile",
 ]
 
 Modality = Literal["auto", "ct", "mri", "image"]
 
 
 # ---------------------------------------------------------------------------------------------- intensity
-def window_ct(array: np.ndarray, hu_min: float = -1000.0, hu_max: float = 1000.0) -> np.ndarray:
-    """Clip HU to ``[hu_min, hu_max]`` and scale linearly to [0, 1] (METHODS §1.1), float32."""
-    a = np.clip(np.asarray(array, dtype=np.float32), hu_min, hu_max)
-    a = (a - np.float32(hu_min)) / np.float32(hu_max - hu_min)
-    return np.clip(a, 0.0, 1.0, out=a)
-
-
-def window_percentile(array: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
-    """Per-channel percentile window to [0, 1] for MRI (METHODS §1.5: per-image window), float32.
-
-    ``array`` is channels-first; a constant channel becomes 0.
-    """
-    a = np.asarray(array, dtype=np.float32)
-    out = np.empty_like(a)
-    for c in range(a.shape[0]):
-        lo, hi = (np.float32(v) for v in np.percentile(a[c], percentiles))
-        if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-            out[c] = 0.0
-        else:
-            out[c] = (np.clip(a[c], lo, hi) - lo) / (hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)  # float32 rounding must not leave [0, 1]
-
-
-def scale_unit(array: np.ndarray) -> np.ndarray:
-    """Scale a 2D picture to [0, 1], float32: unsigned integers by their type's maximum (uint8 / 255), floats
-    already in [0, 1] unchanged, anything else per-channel min-max."""
-    a = np.asarray(array)
-    if a.dtype == np.bool_:
-        return a.astype(np.float32)
-    if np.issubdtype(a.dtype, np.unsignedinteger):
-        return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
-    a = a.astype(np.float32)
-    if a.size and float(a.min()) >= 0.0 and float(a.max()) <= 1.0:
-        return a
-    return window_percentile(a, (0.0, 100.0))
-
-
 def guess_modality(image: Image) -> str:
     """``"image"`` for 2D, ``"ct"`` for volumes with values below -500 (HU air), else ``"mri"``."""
     if image.spatial_dims == 2:
@@ -95,14 +56,15 @@ def guess_modality(image: Image) -> str:
 
 def normalize_image(image: Image, modality: Modality = "auto", hu_window: tuple[float, float] = (-1000.0, 1000.0),
                     mri_percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
-    """The image's voxels in [0, 1] (float32, channels-first) by modality (METHODS §1.1 / §1.5)."""
+    """The image's voxels in [0, 1] (float32, channels-first) by modality (METHODS §1.1 / §1.5), with the
+    normalisers of :mod:`aemia.data.normalise`."""
     mod = guess_modality(image) if modality == "auto" else modality
     if mod == "ct":
-        return window_ct(image.array, *hu_window)
+        return ct_window(image.array, *hu_window)
     if mod == "mri":
-        return window_percentile(image.array, mri_percentiles)
+        return percentile_window(image.array, *mri_percentiles)
     if mod == "image":
-        return scale_unit(image.array)
+        return picture_scale(image.array)
     raise ValueError(f"unknown modality {modality!r}; use 'auto', 'ct', 'mri' or 'image'")
 
 

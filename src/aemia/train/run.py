@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from aemia.data.catalog import CatalogDataset, get_dataset
-from aemia.data.transforms import normalise, window
+from aemia.data.normalise import default_normaliser, normalise
 from aemia.errors import InputError
 from aemia.nets import create_model, load_checkpoint, load_weights
 from aemia.nets.registry import model_task
@@ -78,6 +78,7 @@ class RunConfig:
     #                     | liver-tumor (3D CT: liver + tumor from liver masks only, aemia.train.liver_tumor)
     synthetic_tumors: bool = False  # liver-tumor: train on synthetic tumors in healthy livers (no tumor labels)
     window: list[float] | None = None  # CT: HU window to [0, 1] (default: abdominal; liver-tumor: -21..189)
+    normaliser: str | None = None  # aemia.data.normalise spec (None: default_normaliser, resolved at build time)
     semi: str | None = None  # 2D: mean-teacher | pseudo-label on the unlabelled rest of the training split
     semi_weight: float | None = None  # max weight of the unlabelled term (None: the method's default)
     semi_threshold: float | None = None  # pseudo-label confidence (None: 0.95 classification, 0.9 segmentation)
@@ -175,7 +176,7 @@ def _load_volume(ds: CatalogDataset, case: Any, cfg: RunConfig) -> tuple[np.ndar
     from aemia.data.transforms import resample_to_spacing
 
     s = ds.load(case)
-    img = window(s.image.array, *cfg.window) if cfg.window else normalise(s.image.array, ds.modality)
+    img = normalise(s.image.array, cfg.normaliser or default_normaliser(ds.modality, ds.dims, cfg.window))
     lab = remap_labels(s.label, cfg.labels)
     if cfg.spacing:
         img = resample_to_spacing(img, s.image.spacing, cfg.spacing, order=1)
@@ -295,6 +296,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
     ds = get_dataset(cfg.dataset)
     labelled = labelled_subset(ds.case_ids("train"), cfg.label_fraction, cfg.train.seed)
     model, train_set, val_set, task = build(cfg, ds, labelled)
+    cfg.normaliser = cfg.normaliser or default_normaliser(ds.modality, ds.dims, cfg.window)  # recorded in config.yaml
     hooks: list[Any] = []
     semi: Any = None
     if cfg.semi:
