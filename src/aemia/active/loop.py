@@ -67,7 +67,6 @@ from aemia.active.scoring import (  # noqa: F401
     N_COPIES,
     _dihedral,
     _dihedral_inverse,
-    _embedding_module,
     _embeddings,
     _forward_softmax,
     _mc_dropout_probs,

@@ -52,29 +52,15 @@ def _probs(model: Any, x: Any) -> Any:
     return predict_probs(model, x, amp="none").float().cpu()
 
 
-def _embedding_module(model: Any) -> Any:
-    if hasattr(model, "encoder"):  # UNet
-        return model.encoder[-1]
-    if hasattr(model, "nodes") and hasattr(model, "depth"):  # UNet++
-        return model.nodes[f"x{model.depth}_0"]
-    raise InputError(None, f"core-set needs embeddings; {type(model).__name__} exposes none")
-
-
 def _embeddings(model: Any, x: Any) -> np.ndarray:
     import torch
 
+    if not hasattr(model, "forward_features"):
+        raise InputError(None, f"core-set needs embeddings; {type(model).__name__} exposes none")
     model.eval()
     with torch.no_grad():
         x = x.to(next(model.parameters()).device)
-        if hasattr(model, "forward_features"):
-            return model.forward_features(x).float().cpu().numpy()
-        grabbed: list[Any] = []
-        handle = _embedding_module(model).register_forward_hook(lambda m, i, o: grabbed.append(o))
-        try:
-            model(x)
-        finally:
-            handle.remove()
-        return grabbed[-1].float().mean(dim=tuple(range(2, grabbed[-1].ndim))).cpu().numpy()
+        return model.forward_features(x)["embedding"].float().cpu().numpy()
 
 
 def _mc_dropout_probs(model: Any, x: Any, samples: int) -> Any:
