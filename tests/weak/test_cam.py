@@ -90,7 +90,7 @@ def test_normalisation_divides_by_the_positive_max_and_zeroes_negative_maps() ->
 def test_models_without_a_feature_map_head_are_refused() -> None:
     unet = create_model("unet", 2, 3, 2, features=(4, 8))
     assert not supports_cam(unet) and supports_cam(_tiny_model())
-    with pytest.raises(ValueError, match="no forward_maps"):
+    with pytest.raises(ValueError, match="no feature maps"):
         class_activation_maps(unet, np.zeros((1, 3, 8, 8), np.float32))
 
 
