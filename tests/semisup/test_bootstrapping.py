@@ -117,7 +117,7 @@ def test_cam_is_the_predicted_class_map_divided_by_its_positive_max() -> None:
     x = torch.rand(3, 4, 32, 32)
     cam, probs = class_activation_map(clf, x)
     with torch.no_grad():
-        maps = clf.stages(clf.stem(x))
+        maps = clf.forward_features(x)["bottleneck"]
         logits = clf(x)
     assert torch.allclose(probs, logits.softmax(1), atol=1e-5)
     for i in range(3):
