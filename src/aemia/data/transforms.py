@@ -34,10 +34,6 @@ def normalise(array: np.ndarray, modality: str) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def pad_to_multiple(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
-    return tuple(int(-(-s // multiple) * multiple) for s in shape)
-
-
 def resample_to_spacing(array: np.ndarray, spacing: Sequence[float], target: Sequence[float], order: int = 1) -> np.ndarray:
     """Resample a channels-first volume (C, *S) from ``spacing`` to ``target`` mm (order 1 linear, 0 nearest)."""
     import torch
