@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,8 @@ from aemia.weak.cam import (
     threshold_cams,
 )
 
-DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-needs_ph2 = pytest.mark.skipif(not (DATA / "ph2_dermoscopy").is_dir(), reason=f"PH2 not found under {DATA}")
-needs_busi = pytest.mark.skipif(not (DATA / "busi_classification").is_dir(), reason=f"BUSI not found under {DATA}")
+needs_ph2 = pytest.mark.needs_data("ph2_dermoscopy")
+needs_busi = pytest.mark.needs_data("busi_classification")
 
 
 def _tiny_model(out: int = 3) -> ResNetClassifier:
