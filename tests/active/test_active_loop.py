@@ -31,7 +31,7 @@ from aemia.cli.main import main  # noqa: E402
 from aemia.data.io import write_png  # noqa: E402
 from aemia.errors import InputError  # noqa: E402
 
-KVASIR = Path("/work/shared/data/kvasir_seg_256")
+KVASIR = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data")) / "kvasir_seg_256"
 N_POOL = 30
 TINY = ["--size", "32", "--features", "4,8,16"]
 

@@ -31,8 +31,7 @@ from aemia.errors import InputError
 
 DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 CT_DIR = DATA / "totalsegmentator_example_ct"
-needs_ct = pytest.mark.skipif(not (CT_DIR / "example_ct_seg_totalv1.nii.gz").is_file(),
-                              reason=f"TotalSegmentator example CT not found under {DATA}")
+needs_ct = pytest.mark.needs_data("totalsegmentator_example_ct/example_ct_seg_totalv1.nii.gz")
 
 SHAPE = (13, 13, 13)
 

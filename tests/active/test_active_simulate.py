@@ -33,17 +33,7 @@ from aemia.errors import InputError  # noqa: E402
 TINY = {"features": (4, 8), "pool_limit": 120, "test_limit": 80, "min_steps": 3, "batch_size": 16, "n_boot": 200}
 
 
-def _have_pneumonia() -> bool:
-    try:
-        from aemia.data.catalog import get_dataset
-
-        get_dataset("pneumoniamnist")
-        return True
-    except Exception:  # noqa: BLE001 - data absent or unreadable: skip
-        return False
-
-
-needs_data = pytest.mark.skipif(not _have_pneumonia(), reason="PneumoniaMNIST not found (set AEMIA_DATA)")
+needs_data = pytest.mark.needs_data("pneumoniamnist")
 
 
 def _run(out: Path | None, strategies: str = "random,acft", seeds: int = 2) -> dict:

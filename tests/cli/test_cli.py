@@ -16,7 +16,7 @@ from aemia.cli.main import main
 
 DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 KVASIR = DATA / "kvasir_seg_256"
-needs_data = pytest.mark.skipif(not KVASIR.is_dir(), reason=f"Kvasir data not found under {DATA}")
+needs_data = pytest.mark.needs_data("kvasir_seg_256")
 
 COMMANDS = [["train"], ["predict"], ["evaluate"], ["demo"], ["data", "list"], ["data", "check"],
             ["pretrain", "genesis"], ["pretrain", "transvw"], ["active", "init"], ["active", "query"],

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from aemia.cli.demo_stages import demo_extras
 from aemia.evaluate.report import Figure
 
 
+@pytest.mark.needs_data("totalsegmentator_example_ct")
 def test_synth_stage_adds_montages_and_metrics(tmp_path: Path) -> None:
     calls = []
 

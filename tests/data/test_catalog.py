@@ -34,6 +34,7 @@ def test_data_root_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         catalog.data_root()
 
 
+@pytest.mark.needs_data
 def test_unknown_name_lists_known(data_dir: Path) -> None:
     with pytest.raises(InputError) as exc:
         get_dataset("kvasr", data_dir)
@@ -42,6 +43,7 @@ def test_unknown_name_lists_known(data_dir: Path) -> None:
         list_datasets())
 
 
+@pytest.mark.needs_data
 def test_kvasir_count_split_reproducible_disjoint(data_dir: Path) -> None:
     ds = get_dataset("kvasir", data_dir)
     assert ds.counts() == {"train": 798, "val": 100, "test": 100}
@@ -59,6 +61,7 @@ def test_kvasir_count_split_reproducible_disjoint(data_dir: Path) -> None:
     assert x64.shape == (100, 3, 64, 64) and y64.shape == (100, 64, 64) and set(np.unique(y64)) == {0, 1}
 
 
+@pytest.mark.needs_data
 def test_medmnist_official_splits(data_dir: Path) -> None:
     pn = get_dataset("pneumoniamnist", data_dir)
     assert pn.counts() == {"train": 4708, "val": 524, "test": 624}
@@ -74,6 +77,7 @@ def test_medmnist_official_splits(data_dir: Path) -> None:
     np.testing.assert_allclose(s.image.array, bm.arrays("val")[0][3])
 
 
+@pytest.mark.needs_data
 def test_busi_and_ph2_stratified(data_dir: Path) -> None:
     busi = get_dataset("busi", data_dir)
     targets = [c.target for v in busi.splits.values() for c in v]
@@ -90,6 +94,7 @@ def test_busi_and_ph2_stratified(data_dir: Path) -> None:
     assert x.shape == (20, 3, 96, 96) and y.shape == (20, 96, 96) and t.shape == (20,) and y.max() == 1
 
 
+@pytest.mark.needs_data
 def test_drive_splits_and_fov(data_dir: Path) -> None:
     ds = get_dataset("drive", data_dir)
     assert ds.counts() == {"train": 16, "val": 4, "test": 20}
@@ -103,6 +108,7 @@ def test_drive_splits_and_fov(data_dir: Path) -> None:
     assert "label2" in s.extra  # 01_test's second observer is stored as vessel(1).gif
 
 
+@pytest.mark.needs_data
 def test_brats_and_whole_tumour(data_dir: Path) -> None:
     ds = get_dataset("brats", data_dir)
     assert ds.counts() == {"train": 2, "val": 2, "test": 2} and ds.labels[4] == "enhancing tumour"
@@ -113,6 +119,7 @@ def test_brats_and_whole_tumour(data_dir: Path) -> None:
     np.testing.assert_array_equal(w.label, (s.label > 0).astype(np.uint8))
 
 
+@pytest.mark.needs_data
 def test_totalseg_labels(data_dir: Path) -> None:
     ds = get_dataset("totalseg_ct", data_dir)
     assert ds.labels[5] == "liver" and ds.labels[10] == "pancreas" and len(ds.labels) == 105

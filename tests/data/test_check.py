@@ -119,6 +119,7 @@ def test_msd_missing_files_and_bad_json(make_msd) -> None:
     assert len(problems) == 1 and "dataset.json" in problems[0].path and "JSON" in problems[0].problem
 
 
+@pytest.mark.needs_data
 def test_data_list_and_help(data_dir: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("AEMIA_DATA", str(data_dir))
     assert main(["data", "list"]) == 0
@@ -129,11 +130,13 @@ def test_data_list_and_help(data_dir: Path, capsys, monkeypatch) -> None:
         assert "Example: aemia data" in capsys.readouterr().out
 
 
+@pytest.mark.needs_data
 def test_real_example_ct_is_ok(data_dir: Path) -> None:
     assert check_path(data_dir / "totalsegmentator_example_ct" / "example_ct.nii.gz") == []
     assert check_path(data_dir / "totalsegmentator_example_ct" / "example_ct_dicom") == []
 
 
+@pytest.mark.needs_data
 def test_medmnist_npz_checked(data_dir: Path, tmp_path: Path) -> None:
     assert check_path(data_dir / "breastmnist") == []
     np.savez(tmp_path / "bad.npz", train_images=np.zeros((3, 28, 28), np.uint8), train_labels=np.zeros(2))

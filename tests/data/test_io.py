@@ -122,6 +122,7 @@ def test_npz_split_flat_and_column_labels(tmp_path: Path) -> None:
     assert read_image(f"{tmp_path / 'a.npz'}#train/2").array.shape == (1, 28, 28)
 
 
+@pytest.mark.needs_data
 def test_dicom_series_aligns_with_its_nifti_label_map(data_dir: Path) -> None:
     base = data_dir / "totalsegmentator_example_ct"
     ct = read_image(base / "example_ct_dicom")

@@ -146,9 +146,9 @@ def test_output_shapes(block: str, stem: str, factor: int) -> None:
     model = ArlResNet(2, 3, 5, features=(8, 16, 32), blocks=(1, 1, 1), block=block, stem=stem).eval()
     x = torch.rand(2, 3, 64, 48)
     assert model(x).shape == (2, 5)
-    assert model.forward_features(x).shape == (2, 32) and model.embedding_dim == 32
+    assert model.forward_features(x)["embedding"].shape == (2, 32) and model.embedding_dim == 32
     assert model.forward_maps(x).shape == (2, 32, 64 // factor, 48 // factor)
-    torch.testing.assert_close(model.forward_maps(x).mean(dim=(2, 3)), model.forward_features(x))
+    torch.testing.assert_close(model.forward_maps(x).mean(dim=(2, 3)), model.forward_features(x)["embedding"])
 
 
 def test_paper_default_is_arl_cnn50() -> None:
@@ -178,7 +178,7 @@ def test_resnet_classifier_forward_maps_pools_to_its_features() -> None:
     x = torch.rand(2, 3, 16, 16)
     maps = model.forward_maps(x)
     assert maps.shape == (2, 8, 8, 8)
-    torch.testing.assert_close(maps.mean(dim=(2, 3)), model.forward_features(x))
+    torch.testing.assert_close(maps.mean(dim=(2, 3)), model.forward_features(x)["embedding"])
     with pytest.raises(ValueError, match="expects 3 input channels, got 1"):
         model.forward_maps(torch.rand(1, 1, 16, 16))
 

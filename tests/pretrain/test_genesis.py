@@ -72,6 +72,7 @@ def test_shapes_dtype_and_range_preserved(shape: tuple[int, ...]) -> None:
     assert np.array_equal(x, _smooth(shape))  # the input is never modified
 
 
+@pytest.mark.needs_data("totalsegmentator_example_ct/example_ct.nii.gz")
 def test_real_cubes_pipeline(ct_cubes: np.ndarray) -> None:
     assert ct_cubes.shape[1:] == (1, 64, 64, 32)
     tf = GenesisTransform(local_rate=1, nonlinear_rate=1, paint_rate=1)
@@ -396,6 +397,7 @@ def test_tissue_fraction_matches_the_loop_rule() -> None:
         assert tissue_fraction(w, 4) == pytest.approx(_tissue_loop(w, 4), abs=1e-12)
 
 
+@pytest.mark.needs_data("totalsegmentator_example_ct/example_ct.nii.gz")
 def test_tissue_filter_air_and_abdomen(ct_image: Image) -> None:
     """Published rule (max 0.15, for chest CT): all-air cube kept, soft-tissue abdominal cube rejected.
     The tissue-rich variant (our extension for non-chest CT) does the opposite."""
@@ -415,6 +417,7 @@ def test_tissue_filter_air_and_abdomen(ct_image: Image) -> None:
     assert passes_tissue_filter(abdomen, **body)
 
 
+@pytest.mark.needs_data("totalsegmentator_example_ct/example_ct.nii.gz")
 def test_extract_cubes_real_ct(ct_image: Image) -> None:
     rng = np.random.default_rng(0)
     paper = extract_cubes(ct_image, rng, PAPER_CUBES)

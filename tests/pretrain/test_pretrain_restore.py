@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from aemia.pretrain.genesis import GenesisTransform
 from aemia.pretrain.restore import PretrainConfig, RestorationDataset, pretrain
 from aemia.train.trainer import TrainConfig
 
-DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 
 def test_restoration_pairs_are_reproducible_and_differ_per_epoch() -> None:
@@ -30,7 +28,7 @@ def test_restoration_pairs_are_reproducible_and_differ_per_epoch() -> None:
     assert a[0].shape == a[1].shape == (1, 32, 32)
 
 
-@pytest.mark.skipif(not (DATA / "kvasir_seg_256").is_dir(), reason="Kvasir data not found")
+@pytest.mark.needs_data("kvasir_seg_256")
 def test_restoration_loss_falls_on_real_images_and_fine_tuning_loads_it(tmp_path: Path, capsys) -> None:
     cfg = PretrainConfig(data="kvasir", dims=2, preset="tiny", size=[32, 32], seed=0,
                          train=TrainConfig(epochs=4, batch_size=16, lr=3e-3, optimizer="adam", schedule="constant",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import torch
 from aemia.nets import create_model
 from aemia.pretrain import visual_words as V
 
-DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 
 def _images(n: int = 12, size: int = 48) -> tuple[list[np.ndarray], np.ndarray]:
@@ -75,7 +73,7 @@ def test_ynet_forward_is_the_backbone_and_fine_tuning_strips_the_wrapper(tmp_pat
     assert report.loaded and all(k.startswith("heads.") for k in report.missing)
 
 
-@pytest.mark.skipif(not (DATA / "kvasir_seg_256").is_dir(), reason="Kvasir data not found")
+@pytest.mark.needs_data("kvasir_seg_256")
 def test_self_classification_beats_chance_on_real_images(tmp_path: Path) -> None:
     from aemia.pretrain.restore import PretrainConfig, pretrain
     from aemia.train.trainer import TrainConfig

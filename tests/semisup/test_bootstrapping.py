@@ -4,7 +4,6 @@ averaging, guided augmentation, folds, and a tiny end-to-end run on real PH2 ima
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,7 @@ from aemia.semisup.bootstrapping import (
 )
 from aemia.train.data import AugmentConfig
 
-DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-needs_ph2 = pytest.mark.skipif(not (DATA / "ph2_dermoscopy").is_dir(), reason=f"PH2 not found under {DATA}")
+needs_ph2 = pytest.mark.needs_data("ph2_dermoscopy")
 SEG_FEATURES = [8, 8, 16, 32, 64]
 CLS = dict(features=[8, 16, 32, 64], blocks=[1, 1, 1, 1])
 
@@ -117,7 +115,7 @@ def test_cam_is_the_predicted_class_map_divided_by_its_positive_max() -> None:
     x = torch.rand(3, 4, 32, 32)
     cam, probs = class_activation_map(clf, x)
     with torch.no_grad():
-        maps = clf.stages(clf.stem(x))
+        maps = clf.forward_features(x)["bottleneck"]
         logits = clf(x)
     assert torch.allclose(probs, logits.softmax(1), atol=1e-5)
     for i in range(3):

@@ -253,6 +253,7 @@ def test_state_tensors_default_is_empty() -> None:
 
 
 # --------------------------------------------------------------------------------------------- real run
+@pytest.mark.needs_data("pneumoniamnist")
 def test_short_real_run_logs_the_consistency_term(tmp_path: Path) -> None:
     from aemia.train.run import RunConfig, load_config, train_run
 

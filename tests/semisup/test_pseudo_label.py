@@ -145,6 +145,7 @@ def test_run_defaults_and_validation() -> None:
         PseudoLabelConfig(threshold=0.0)
 
 
+@pytest.mark.needs_data("brats2015_deepmedic_sample")
 def test_3d_data_sets_are_refused(tmp_path: Path) -> None:
     from aemia.train.run import RunConfig, train_run
 
@@ -164,6 +165,7 @@ def test_cli_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "co-training" in capsys.readouterr().err
 
 
+@pytest.mark.needs_data("pneumoniamnist")
 def test_short_real_run_logs_pseudo_label_terms(tmp_path: Path) -> None:
     from aemia.train.run import RunConfig, train_run
 

@@ -4,7 +4,6 @@ as the only path from R to C, reconstruction on real PneumoniaMNIST, and a tiny 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,7 @@ from aemia.cli.main import main
 from aemia.errors import InputError
 from aemia.semisup import ssac as S
 
-DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-needs_pneumonia = pytest.mark.skipif(not (DATA / "pneumoniamnist").is_dir(), reason="PneumoniaMNIST not found")
+needs_pneumonia = pytest.mark.needs_data("pneumoniamnist")
 
 
 @pytest.mark.parametrize("size,channels,widths", [(28, 1, (8, 16, 32)), (64, 3, (8, 16, 32, 64))])

@@ -92,6 +92,7 @@ def test_lesion_detection_can_count_one_label_only(tmp_path) -> None:
     assert s["lesion_detection"]["overall"]["n_detected"] == 1
 
 
+@pytest.mark.needs_data("totalsegmentator_example_ct", "kvasir_seg_256")
 def test_cli_refuses_liver_tumor_without_synthetic_tumors_or_on_2d(tmp_path, capsys) -> None:
     rc = main(["train", "--dataset", "totalseg_ct", "--task", "liver-tumor", "--run", str(tmp_path / "a")])
     err = capsys.readouterr().err

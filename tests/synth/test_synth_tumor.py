@@ -34,7 +34,8 @@ from aemia.synth.tumor import (
 DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 TS = DATA / "totalsegmentator_example_ct"
 CT_PATH, SEG_PATH = TS / "example_ct.nii.gz", TS / "example_ct_seg_totalv1.nii.gz"
-needs_ct = pytest.mark.skipif(not (CT_PATH.is_file() and SEG_PATH.is_file()), reason="bundled CT not found")
+needs_ct = pytest.mark.needs_data("totalsegmentator_example_ct/example_ct.nii.gz",
+                                  "totalsegmentator_example_ct/example_ct_seg_totalv1.nii.gz")
 LIVER = 5
 CFG = TumorConfig()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,8 @@ from aemia.weak.cam import (
     threshold_cams,
 )
 
-DATA = Path(os.environ.get("AEMIA_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-needs_ph2 = pytest.mark.skipif(not (DATA / "ph2_dermoscopy").is_dir(), reason=f"PH2 not found under {DATA}")
-needs_busi = pytest.mark.skipif(not (DATA / "busi_classification").is_dir(), reason=f"BUSI not found under {DATA}")
+needs_ph2 = pytest.mark.needs_data("ph2_dermoscopy")
+needs_busi = pytest.mark.needs_data("busi_classification")
 
 
 def _tiny_model(out: int = 3) -> ResNetClassifier:
@@ -90,7 +88,7 @@ def test_normalisation_divides_by_the_positive_max_and_zeroes_negative_maps() ->
 def test_models_without_a_feature_map_head_are_refused() -> None:
     unet = create_model("unet", 2, 3, 2, features=(4, 8))
     assert not supports_cam(unet) and supports_cam(_tiny_model())
-    with pytest.raises(ValueError, match="no forward_maps"):
+    with pytest.raises(ValueError, match="no feature maps"):
         class_activation_maps(unet, np.zeros((1, 3, 8, 8), np.float32))
 
 

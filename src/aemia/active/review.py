@@ -174,13 +174,6 @@ class CaseAttention:
 # --------------------------------------------------------------------------------------------- computation
 
 
-def structuring_element(connectivity: int = 3) -> np.ndarray:
-    """3x3x3 structuring element; connectivity 3 = full cube (the paper's), 1 = 6-neighbourhood cross."""
-    from scipy import ndimage
-
-    return ndimage.generate_binary_structure(3, connectivity)
-
-
 def open_mask(mask: np.ndarray, iterations: int = 2, connectivity: int = 3) -> np.ndarray:
     """Binary opening: ``iterations`` erosions then ``iterations`` dilations (METHODS.md §5.2: 2 and 3x3x3 full).
 

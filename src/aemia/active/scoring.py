@@ -66,38 +66,17 @@ def predict_probabilities(model: Any, x: Any) -> Any:
     return predict_probs(model, x, amp="none").float().cpu()
 
 
-def _embedding_module(model: Any) -> Any:
-    if hasattr(model, "encoder"):  # UNet
-        return model.encoder[-1]
-    if hasattr(model, "nodes") and hasattr(model, "depth"):  # UNet++
-        return model.nodes[f"x{model.depth}_0"]
-    raise InputError(None, f"core-set needs embeddings; {type(model).__name__} exposes none")
-
-
-def _embedding(model: Any, x: Any) -> Any:
-    """``(N, C)`` pooled embedding of ``x``: the network's ``forward_features(x)["embedding"]`` where it has
-    that feature API, else the globally average-pooled output of its deepest encoder stage."""
-    if hasattr(model, "forward_features"):
-        feats = model.forward_features(x)
-        if isinstance(feats, dict):
-            return feats["embedding"]
-        return feats  # an older forward_features returning the pooled vector itself
-    grabbed: list[Any] = []
-    handle = _embedding_module(model).register_forward_hook(lambda m, i, o: grabbed.append(o))
-    try:
-        model(x)
-    finally:
-        handle.remove()
-    return grabbed[-1].float().mean(dim=tuple(range(2, grabbed[-1].ndim)))
-
-
 def embeddings(model: Any, x: Any) -> np.ndarray:
-    """``(N, C)`` float embeddings of the batch ``x`` (core-set's input), computed without gradients."""
+    """``(N, C)`` float embeddings of the batch ``x`` (core-set's input): the network's
+    ``forward_features(x)["embedding"]``, computed without gradients."""
     import torch
 
+    if not hasattr(model, "forward_features"):
+        raise InputError(None, f"core-set needs embeddings; {type(model).__name__} exposes none")
     model.eval()
     with torch.no_grad():
-        return _embedding(model, x.to(next(model.parameters()).device)).float().cpu().numpy()
+        x = x.to(next(model.parameters()).device)
+        return model.forward_features(x)["embedding"].float().cpu().numpy()
 
 
 def _mc_dropout_probs(model: Any, x: Any, samples: int) -> Any:

@@ -93,11 +93,6 @@ def case_id(path: str | Path) -> str:
     return Path(name).stem
 
 
-def is_image_path(path: str | Path) -> bool:
-    """True if :func:`read_image` would try to read ``path`` (does not open pictures/NIfTI)."""
-    return image_kind(path) is not None
-
-
 def read_image(path: str | Path) -> Image:
     """Read any supported image into an :class:`Image` (channels first, spacing in mm, RAS affine); 3D volumes
     come in RAS voxel order (:func:`aemia.data.orientation.to_ras`, stored affine in ``source_affine``).

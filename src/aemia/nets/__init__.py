@@ -1,4 +1,7 @@
-"""Networks: UNet, UNet++ (deep supervision, exact pruning), ResNet classifier; 2D and 3D."""
+"""Networks: UNet, UNet++ (deep supervision, exact pruning), ResNet / ARL classifiers, MB-DCNN's CAM-guided U-Net;
+2D and 3D. Every registered network has ``forward_features(x)``: an ordered dict of named maps (``enc0..encN``
+shallow to deep, ``bottleneck``, optional ``dec<i>``) and the pooled ``embedding`` (N, C); class activation maps
+are computed from it in :mod:`aemia.nets.cam`."""
 
 from aemia.nets.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from aemia.nets.classifier import ResNetClassifier

@@ -25,7 +25,7 @@ small image sizes a CPU trains on. CPU preset: :data:`CPU_PRESET` (basic blocks,
 per stage); with ``block="basic"`` and ``stem="conv3"`` the network has exactly the parameters of a
 ResNetClassifier of the same ``features``/``blocks`` plus the α's (its state dict loads into one).
 
-``forward_features`` returns the pooled embedding, ``forward_maps`` the last feature map before pooling
+``forward_features`` returns the named feature maps and the pooled ``embedding``, ``forward_maps`` the last feature map before pooling
 (for class activation maps, :mod:`aemia.weak.cam`) and ``forward`` the class logits.
 """
 

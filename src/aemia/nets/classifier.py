@@ -1,9 +1,9 @@
 """ResNet-style classifier, 2D or 3D (He et al., "Deep Residual Learning", CVPR 2016: basic blocks).
 
 ``features`` lists the stage widths (ResNet-18: (64, 128, 256, 512) with ``blocks=(2, 2, 2, 2)``; CPU preset
-(16, 32, 64, 128) with one block per stage). ``forward_features`` returns the pooled embedding used by
-embedding-based strategies (core-set), ``forward_maps`` the last feature map before pooling (class activation
-maps) and ``forward`` the class logits.
+(16, 32, 64, 128) with one block per stage). ``forward_features`` returns the named feature maps (``enc*``,
+``bottleneck``) and the pooled ``embedding`` used by embedding-based strategies (core-set), ``forward_maps`` the
+last feature map before pooling (class activation maps) and ``forward`` the class logits.
 """
 
 from __future__ import annotations
@@ -47,16 +47,26 @@ class ResNetHead(nn.Module):
     fc: nn.Module
 
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """The last feature map (N, embedding_dim, *S') before global pooling (for class activation maps)."""
+        """The last feature map (N, embedding_dim, *S') before global pooling (= ``forward_features(x)["bottleneck"]``)."""
+        return self.forward_features(x)["bottleneck"]
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named feature maps: ``enc0`` (the stem's output), ``enc1..encS`` (each stage's output, shallow to deep),
+        ``bottleneck`` (= the last stage's map, the one class activation maps weight) and ``embedding`` (N, C):
+        the globally pooled vector that feeds the final linear layer."""
         if x.shape[1] != self.in_channels:
             raise ValueError(f"model expects {self.in_channels} input channels, got {x.shape[1]}")
-        return self.stages(self.stem(x))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.forward_maps(x)), 1)
+        h = self.stem(x)
+        feats = {"enc0": h}
+        for s, stage in enumerate(self.stages):
+            h = stage(h)
+            feats[f"enc{s + 1}"] = h
+        feats["bottleneck"] = h
+        feats["embedding"] = torch.flatten(self.pool(h), 1)
+        return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.forward_features(x)))
+        return self.fc(self.dropout(self.forward_features(x)["embedding"]))
 
 
 class ResNetClassifier(ResNetHead):

@@ -31,6 +31,11 @@ def norm_nd(dims: int, norm: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
 
 
+def global_average(x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling of (N, C, *S) feature maps to an (N, C) vector."""
+    return torch.flatten(x.mean(dim=tuple(range(2, x.ndim))), 1)
+
+
 def _check_dims(dims: int) -> int:
     if dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {dims}")

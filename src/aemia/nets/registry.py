@@ -24,18 +24,6 @@ def register_model(name: str, task: str = "segmentation") -> Callable[[Callable[
     return deco
 
 
-#: Models registered by recipe modules outside ``aemia.nets``, imported on first use (so a checkpoint of such a
-#: model loads without importing its recipe first).
-_LAZY: dict[str, str] = {"unet-cam": "aemia.semisup.bootstrapping"}
-
-
-def _ensure(name: str) -> None:
-    if name not in _REGISTRY and name in _LAZY:
-        import importlib
-
-        importlib.import_module(_LAZY[name])
-
-
 def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -54,7 +42,6 @@ def create_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered network. ``features=None`` uses the paper's default widths."""
-    _ensure(name)
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     args: dict[str, Any] = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
@@ -85,6 +72,9 @@ def _register_builtin() -> None:
     from aemia.nets.arl import ArlResNet
 
     register_model("arl-resnet", task="classification")(ArlResNet)
+    from aemia.nets.cam_unet import CamGuidedUNet
+
+    register_model("unet-cam")(CamGuidedUNet)
 
 
 _register_builtin()

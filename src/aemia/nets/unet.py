@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from aemia.nets.layers import ConvBlock, Up, conv_nd, max_pool_nd
+from aemia.nets.layers import ConvBlock, Up, conv_nd, global_average, max_pool_nd
 from aemia.nets.unetpp import check_features
 
 
@@ -49,7 +49,7 @@ class UNet(nn.Module):
             self.decoder.append(ConvBlock(spatial_dims, levels[i] + up.out_channels, levels[i], norm, dropout))
         self.head = conv_nd(spatial_dims)(levels[0], out_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(f"expected a {self.spatial_dims + 2}D tensor, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
@@ -57,6 +57,9 @@ class UNet(nn.Module):
         m = 2**self.depth
         if any(s % m for s in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {m} (2^depth)")
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder outputs of levels 0..depth (the last is the bottleneck the decoder starts from)."""
         skips = []
         h = x
         for i, block in enumerate(self.encoder):
@@ -64,9 +67,33 @@ class UNet(nn.Module):
                 h = self.pool(h)
             h = block(h)
             skips.append(h)
+        return skips
+
+    def _decode(self, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Decoder outputs of levels depth-1 .. 0 (deepest first); the last feeds the head."""
+        h = skips[-1]
+        out = []
         for i in reversed(range(self.depth)):
             h = self.decoder[i](torch.cat([skips[i], self.ups[i](h)], dim=1))
-        return self.head(h)
+            out.append(h)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.head(self._decode(self._encode(x))[-1])
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named feature maps: ``enc0..enc{depth}`` (shallow to deep), ``bottleneck`` (= the deepest encoder map),
+        ``dec{i}`` (decoder output at level i, deepest first; ``dec0`` feeds the head) and ``embedding`` (N, C),
+        the bottleneck's global average."""
+        self._check_input(x)
+        skips = self._encode(x)
+        feats = {f"enc{i}": s for i, s in enumerate(skips)}
+        feats["bottleneck"] = skips[-1]
+        for i, d in zip(reversed(range(self.depth)), self._decode(skips)):
+            feats[f"dec{i}"] = d
+        feats["embedding"] = global_average(skips[-1])
+        return feats
 
     def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """One head; present so every segmentation network trains through the same loss path."""

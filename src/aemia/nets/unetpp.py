@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from aemia.nets.layers import ConvBlock, Up, conv_nd, max_pool_nd
+from aemia.nets.layers import ConvBlock, Up, conv_nd, global_average, max_pool_nd
 
 HEAD_MODES = ("deepest", "mean")
 
@@ -109,12 +109,8 @@ class UNetPlusPlus(nn.Module):
         if any(s % m for s in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {m} (2^depth)")
 
-    def top_row(self, x: torch.Tensor, depth: int | None = None) -> list[torch.Tensor]:
-        """Features of X^{0,1..d}; computes only nodes with i + j <= d."""
-        d = self.depth if depth is None else depth
-        if not 1 <= d <= self.depth:
-            raise ValueError(f"depth must be in 1..{self.depth}, got {d}")
-        self._check_input(x, d)
+    def _grid(self, x: torch.Tensor, d: int) -> dict[tuple[int, int], torch.Tensor]:
+        """Every node X^{i,j} with i + j <= d."""
         grid: dict[tuple[int, int], torch.Tensor] = {}
         h = x
         for i in range(d + 1):
@@ -126,7 +122,30 @@ class UNetPlusPlus(nn.Module):
             for i in range(0, d + 1 - j):
                 up = self.ups[f"x{i}_{j}"](grid[(i + 1, j - 1)])
                 grid[(i, j)] = self.nodes[f"x{i}_{j}"](torch.cat([grid[(i, k)] for k in range(j)] + [up], dim=1))
+        return grid
+
+    def top_row(self, x: torch.Tensor, depth: int | None = None) -> list[torch.Tensor]:
+        """Features of X^{0,1..d}; computes only nodes with i + j <= d."""
+        d = self.depth if depth is None else depth
+        if not 1 <= d <= self.depth:
+            raise ValueError(f"depth must be in 1..{self.depth}, got {d}")
+        self._check_input(x, d)
+        grid = self._grid(x, d)
         return [grid[(0, j)] for j in range(1, d + 1)]
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named feature maps: ``enc{i}`` = X^{i,0} (shallow to deep), ``bottleneck`` = X^{L,0}, ``dec{i}`` = the
+        last node of row i, X^{i,L-i} (deepest first; ``dec0`` = X^{0,L} feeds the deepest head) and
+        ``embedding`` (N, C), the bottleneck's global average."""
+        L = self.depth
+        self._check_input(x, L)
+        grid = self._grid(x, L)
+        feats = {f"enc{i}": grid[(i, 0)] for i in range(L + 1)}
+        feats["bottleneck"] = grid[(L, 0)]
+        for i in reversed(range(L)):
+            feats[f"dec{i}"] = grid[(i, L - i)]
+        feats["embedding"] = global_average(grid[(L, 0)])
+        return feats
 
     def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every head X^{0,1}, ..., X^{0,L} (shallowest first)."""

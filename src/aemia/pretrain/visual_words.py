@@ -53,7 +53,6 @@ class VisualWordsConfig:
     elastic_alpha: float = 991.0  # METHODS §6.1: α = 991, σ = 8 voxels (64x64x32 patches)
     elastic_sigma: float = 8.0
 
-    @classmethod
     def elastic_params(self) -> tuple[float, float] | None:
         """``(alpha, sigma)`` when the elastic deformation is on, else None."""
         return (self.elastic_alpha, self.elastic_sigma) if self.elastic else None

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -68,8 +67,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aemia.errors import InputError
-from aemia.nets.registry import create_model, register_model
-from aemia.nets.unet import UNet
+from aemia.nets.cam import classifier_cam, normalise_cams
+from aemia.nets.cam_unet import CamGuidedUNet, resize_map
+from aemia.nets.registry import create_model
 from aemia.train.data import ArrayDataset, AugmentConfig, EpochDataset, augment, sample_rng
 from aemia.train.trainer import TrainConfig, Trainer
 from aemia.utils.io import save_figure, write_json_atomic, write_text_atomic
@@ -163,68 +163,6 @@ class HybridSegLoss(nn.Module):
 # ============================================================================================ networks
 
 
-def _resize_map(m: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize (N, C, H, W) maps: area averaging when shrinking, bilinear when enlarging."""
-    size = tuple(int(s) for s in size)
-    if tuple(m.shape[2:]) == size:
-        return m
-    if all(s <= h for s, h in zip(size, m.shape[2:])):
-        return F.adaptive_avg_pool2d(m, size)
-    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-
-
-class CamGuidedUNet(UNet):
-    """Enhanced-SN: a U-Net whose bottleneck gets the classifier's CAM (1 channel) concatenated, then a 1×1 conv
-    back to the bottleneck width. Input (N, in_channels + 1, H, W): the image channels, then the CAM at any
-    resolution (resized to the bottleneck by area averaging). 2D only.
-
-    ``inject_init="random"`` (default): PyTorch's default initialisation of the 1×1 conv; ``"identity"``: the
-    conv passes the features through unchanged and gives the CAM a small random weight (N(0, 0.01)), so a
-    network initialised from Coarse-SN starts as Coarse-SN.
-    """
-
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int,
-                 features: Sequence[int] = (64, 128, 256, 512, 1024), norm: str = "batch", upsample: str = "deconv",
-                 dropout: float = 0.0, deep_supervision: bool = False, inject_init: str = "random") -> None:
-        if spatial_dims != 2:
-            raise ValueError("CamGuidedUNet is 2D only")
-        if inject_init not in ("identity", "random"):
-            raise ValueError(f"inject_init must be identity or random, got {inject_init!r}")
-        super().__init__(spatial_dims, in_channels, out_channels, features, norm, upsample, dropout)
-        self.image_channels = in_channels
-        self.in_channels = in_channels + 1
-        width = self.levels[-1]
-        self.inject = nn.Conv2d(width + 1, width, kernel_size=1)
-        if inject_init == "identity":
-            with torch.no_grad():
-                self.inject.weight.zero_()
-                self.inject.weight[:, :width, 0, 0] = torch.eye(width)
-                self.inject.weight[:, width, 0, 0].normal_(0.0, 0.01)
-                self.inject.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.image_channels + 1:
-            raise ValueError(f"expected (N, {self.image_channels} image + 1 CAM channels, H, W), got {tuple(x.shape)}")
-        m = 2**self.depth
-        if any(s % m for s in x.shape[2:]):
-            raise ValueError(f"spatial size {tuple(x.shape[2:])} must be divisible by {m} (2^depth)")
-        h, cam = x[:, : self.image_channels], x[:, self.image_channels :]
-        skips = []
-        for i, block in enumerate(self.encoder):
-            if i > 0:
-                h = self.pool(h)
-            h = block(h)
-            if i == self.depth:
-                h = self.inject(torch.cat([h, _resize_map(cam.to(h.dtype), h.shape[2:])], dim=1))
-            skips.append(h)
-        for i in reversed(range(self.depth)):
-            h = self.decoder[i](torch.cat([skips[i], self.ups[i](h)], dim=1))
-        return self.head(h)
-
-
-register_model("unet-cam")(CamGuidedUNet)
-
-
 def init_from_coarse(enhanced: CamGuidedUNet, coarse: nn.Module) -> list[str]:
     """Copy every Coarse-SN weight into Enhanced-SN; returns the keys left at their initialisation (``inject.*``).
     Raises ``ValueError`` if the two networks differ anywhere else."""
@@ -270,12 +208,6 @@ def expand_input_channels(classifier: nn.Module, extra: int = 1) -> nn.Module:
     return model
 
 
-def _feature_maps(classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if hasattr(classifier, "forward_maps"):
-        return classifier.forward_maps(x)
-    return classifier.stages(classifier.stem(x))  # ResNetClassifier without forward_maps
-
-
 @torch.no_grad()
 def class_activation_map(classifier: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CAM of the predicted class (Zhou et al. 2016, as MB-DCNN computes it) and the class probabilities.
@@ -287,17 +219,10 @@ def class_activation_map(classifier: nn.Module, x: torch.Tensor) -> tuple[torch.
     was_training = classifier.training
     classifier.eval()
     try:
-        maps = _feature_maps(classifier, x).float()
-        logits = classifier.fc(torch.flatten(classifier.pool(maps), 1))
-        cls = logits.argmax(1)
-        weights = classifier.fc.weight.float()[cls]  # (N, K_features)
-        cam = torch.einsum("nk,nkhw->nhw", weights, maps)
-        pos_max = cam.flatten(1).clamp_min(0).amax(1)
-        scale = torch.where(pos_max > 0, 1.0 / pos_max.clamp_min(1e-12), torch.zeros_like(pos_max))
-        cam = cam * scale[:, None, None]
+        cam, logits = classifier_cam(classifier, x)
     finally:
         classifier.train(was_training)
-    return cam[:, None], logits.softmax(1)
+    return normalise_cams(cam, spatial_dims=cam.ndim - 2, keep_negative=True), logits.softmax(1)
 
 
 def nine_crop_boxes(size: Sequence[int], crop_fraction: float = 0.875) -> list[tuple[int, int, int, int]]:
@@ -546,7 +471,7 @@ def _cams(classifier: nn.Module, x4: np.ndarray, size: int, batch_size: int = 32
     device = next(classifier.parameters()).device
     for s in range(0, x4.shape[0], batch_size):
         cam, _ = class_activation_map(classifier, torch.as_tensor(x4[s : s + batch_size]).to(device))
-        out.append(_resize_map(cam, (size, size)).cpu())
+        out.append(resize_map(cam, (size, size)).cpu())
     return torch.cat(out).numpy().astype(np.float32)
 
 
@@ -802,11 +727,3 @@ def _figure(path: Path, te: _Data, seg: dict[str, np.ndarray], masks: np.ndarray
     fig.suptitle("MB-DCNN on held-out cases (largest Jaccard change first)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
-
-
-def load_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """``metrics.json`` of a finished run."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.exists():
-        raise InputError(path, "no MB-DCNN metrics here (run not finished?)")
-    return json.loads(path.read_text())

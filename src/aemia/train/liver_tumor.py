@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from aemia.data.catalog import CatalogDataset
-from aemia.data.transforms import resample_to_spacing, window
+from aemia.data.normalise import ct_window as window
+from aemia.data.transforms import resample_to_spacing
 from aemia.errors import InputError
 from aemia.synth.transform import RandTumorSynthesisd
 from aemia.synth.tumor import TumorConfig, synthesize_validation_tumors

@@ -5,8 +5,8 @@ For a network ending in global average pooling and one linear layer, the map of 
 
     CAM_c(u) = Σ_k w_{c,k} f_k(u)
 
-with f_k the last convolutional feature maps (``model.forward_maps``) and w_{c,k} the linear layer's weights, so
-that logit_c = mean_u CAM_c(u) + b_c. The map is upsampled bilinearly to the image (Zhou et al.), its negative
+with f_k the last convolutional feature maps (``forward_features(x)["bottleneck"]``) and w_{c,k} the linear layer's
+weights, so that logit_c = mean_u CAM_c(u) + b_c (computed in :mod:`aemia.nets.cam`, shared with MB-DCNN). The map is upsampled bilinearly to the image (Zhou et al.), its negative
 part set to 0 and divided by its positive maximum (as MB-DCNN feeds CAMs to its segmentation network, METHODS.md
 §7.2); a map with no positive value is all zeros. A CAM becomes a mask by keeping the pixels at or above
 ``threshold`` × its maximum (default 0.5 of the max as asked here; Zhou et al. used 0.2 for bounding boxes),
@@ -28,6 +28,10 @@ from scipy import ndimage
 from torch import nn
 
 from aemia.evaluate.metrics import bootstrap_ci, ci_dict, dice, iou
+from aemia.nets.cam import cam_from_maps, classifier_cam, normalise_cams, supports_cam
+
+__all__ = ["CamConfig", "CamOutput", "cam_from_maps", "class_activation_maps", "largest_component", "normalise_cams",
+           "plot_cams", "run_cams", "score_masks", "supports_cam", "threshold_cam", "threshold_cams"]
 
 
 @dataclass
@@ -54,25 +58,6 @@ class CamOutput:
     probs: np.ndarray
 
 
-def supports_cam(model: nn.Module) -> bool:
-    """True for networks with ``forward_maps`` (last feature map before pooling) and a linear ``fc`` head."""
-    return callable(getattr(model, "forward_maps", None)) and isinstance(getattr(model, "fc", None), nn.Linear)
-
-
-def cam_from_maps(maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Raw CAMs Σ_k w_{c,k} f_k: ``maps`` (N, K, *S) and ``weights`` (C, K) → (N, C, *S)."""
-    if maps.shape[1] != weights.shape[1]:
-        raise ValueError(f"maps have {maps.shape[1]} channels but the weights expect {weights.shape[1]}")
-    return torch.einsum("nk...,ck->nc...", maps, weights.to(maps.dtype))
-
-
-def normalise_cams(cams: torch.Tensor) -> torch.Tensor:
-    """Negative values to 0, then each map (over its trailing two dims) divided by its positive maximum."""
-    pos = cams.clamp(min=0)
-    peak = pos.flatten(-2).amax(-1)[..., None, None]
-    return torch.where(peak > 0, pos / peak.clamp(min=torch.finfo(pos.dtype).tiny), torch.zeros_like(pos))
-
-
 @torch.no_grad()
 def class_activation_maps(
     model: nn.Module,
@@ -87,7 +72,7 @@ def class_activation_maps(
     own H, W) and normalised (:func:`normalise_cams`). The model is put in eval mode. ``progress`` shows a bar
     over the batches."""
     if not supports_cam(model):
-        raise ValueError(f"{type(model).__name__} has no forward_maps + linear fc head: no class activation maps")
+        raise ValueError(f"{type(model).__name__} has no feature maps + linear fc head: no class activation maps")
     model.eval()
     x_all = torch.as_tensor(np.asarray(images, dtype=np.float32) if isinstance(images, np.ndarray) else images).float()
     if x_all.ndim != 4:
@@ -108,7 +93,7 @@ def class_activation_maps(
 
     with Bar("class activation maps", total=-(-n // batch_size), enabled=progress) as bar:
         for start in range(0, n, batch_size):
-            _cam_batch(model, fc, x_all[start : start + batch_size].to(device), wanted, start, out_size, device,
+            _cam_batch(model, x_all[start : start + batch_size].to(device), wanted, start, out_size, device,
                        cams, chosen, probs)
             bar.advance()
     if not cams:
@@ -118,15 +103,13 @@ def class_activation_maps(
                      torch.cat(probs).numpy().astype(np.float32))
 
 
-def _cam_batch(model: nn.Module, fc: nn.Linear, x: torch.Tensor, wanted: np.ndarray | None, start: int,
+def _cam_batch(model: nn.Module, x: torch.Tensor, wanted: np.ndarray | None, start: int,
                out_size: tuple[int, ...], device: torch.device, cams: list, chosen: list, probs: list) -> None:
     """One batch of :func:`class_activation_maps` (appends to ``cams``, ``chosen``, ``probs``)."""
-    maps = model.forward_maps(x).float()
-    logits = fc(torch.flatten(maps.mean(dim=(2, 3), keepdim=True), 1))
+    picked = None if wanted is None else torch.from_numpy(wanted[start : start + x.shape[0]]).to(device)
+    sel, logits = classifier_cam(model, x, picked)
     p = logits.softmax(1)
-    cls = p.argmax(1) if wanted is None else torch.from_numpy(wanted[start : start + x.shape[0]]).to(device)
-    raw = cam_from_maps(maps, fc.weight.float())  # (B, C, h, w)
-    sel = raw[torch.arange(raw.shape[0], device=device), cls][:, None]
+    cls = p.argmax(1) if picked is None else picked
     up = F.interpolate(sel, size=out_size, mode="bilinear", align_corners=False)
     cams.append(normalise_cams(up)[:, 0].cpu())
     chosen.append(cls.cpu())
