@@ -121,3 +121,14 @@ def test_segmentation_case_metrics_per_class() -> None:
     assert res["tumour"]["dice"] == 0.0 and res["tumour"]["hd95_worst_case"] == 1.0
     assert res["tumour"]["hd95"] == pytest.approx(math.hypot(39, 39))
     assert res["absent"]["dice"] == 1.0  # absent from both: agreement
+
+
+def test_mean_class_dice_averages_the_foreground_classes() -> None:
+    from aemia.evaluate.metrics import mean_class_dice
+
+    gt = np.array([[0, 1, 1, 2]])
+    pred = np.array([[0, 1, 0, 0]])
+    # class 1: 2·1/(1+2) = 2/3; class 2: missed → 0; class 3 empty in both → 1
+    assert mean_class_dice(pred, gt, 3) == pytest.approx((2 / 3 + 0.0) / 2)
+    assert mean_class_dice(pred, gt, 4) == pytest.approx((2 / 3 + 0.0 + 1.0) / 3)
+    assert mean_class_dice(np.zeros((2, 2)), np.zeros((2, 2)), 2) == 1.0

@@ -45,6 +45,12 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / total
 
 
+def mean_class_dice(pred: np.ndarray, gt: np.ndarray, n_classes: int) -> float:
+    """Mean :func:`dice` over the foreground classes 1..n_classes-1 of two label maps (a class empty in both
+    counts 1.0): the per-case validation score of a multi-class segmentation."""
+    return float(np.mean([dice(pred == c, gt == c) for c in range(1, max(n_classes, 2))]))
+
+
 def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     """Intersection over union |P∩G| / |P∪G|; 1.0 if both masks are empty, 0.0 if exactly one is."""
     pred, gt = _pair(pred, gt)

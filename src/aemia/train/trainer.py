@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from aemia.errors import CheckpointError
+from aemia.evaluate.metrics import auc, mean_class_dice
 from aemia.infer.predict import amp_dtype, autocast_context, memory_format, predict_probs, resolve_device
 from aemia.nets.checkpoint import save_checkpoint, unwrap
 from aemia.train.averaging import WeightEMA
@@ -365,8 +366,6 @@ class Trainer:
             p = torch.cat(scores)
             t = torch.cat(targets)
             p, t = self._gather(p), self._gather(t)
-            from aemia.evaluate.metrics import auc
-
             probs = p.numpy()
             value = auc(t.numpy(), probs[:, 1] if probs.shape[1] == 2 else probs)
             acc = float((p.argmax(1) == t).float().mean())
@@ -384,7 +383,8 @@ class Trainer:
             pred = probs.argmax(1) if probs.shape[1] > 1 else (probs[:, 0] > 0.5).long()
             n_classes = max(probs.shape[1], 2)
             for b in range(pred.shape[0]):
-                dice_sum += torch.tensor([case_mean_dice(pred[b], y[b], n_classes), 1.0], dtype=torch.float64)
+                dice_sum += torch.tensor([mean_class_dice(pred[b].cpu().numpy(), y[b].cpu().numpy(), n_classes), 1.0],
+                                         dtype=torch.float64)
         if self.world_size > 1:
             dist.all_reduce(dice_sum)
         val = float(dice_sum[0] / max(dice_sum[1], 1))
@@ -590,16 +590,6 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_device(o, device) for o in obj)
     return obj
-
-
-def case_mean_dice(pred: torch.Tensor, gt: torch.Tensor, n_classes: int) -> float:
-    """Mean Dice over foreground classes present in either map (both empty → 1)."""
-    scores = []
-    for c in range(1, n_classes):
-        p, g = pred == c, gt == c
-        denom = int(p.sum() + g.sum())
-        scores.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
-    return float(np.mean(scores))
 
 
 class _Progress:
