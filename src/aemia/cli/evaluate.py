@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import typer
 
+from aemia.cli import validate as v
+
 from aemia.errors import InputError
 
 HELP = """Score a folder of predicted masks against ground-truth masks (matched by file name without suffix).
@@ -74,15 +76,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate", help=HELP)
     def evaluate(
-        pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks (PNG, NIfTI, NRRD, ...)."),
-        gt: Path = typer.Option(..., "--gt", help="Folder of ground-truth masks with the same case names."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: PRED/../evaluation)."),
-        images: Optional[Path] = typer.Option(None, "--images", help="Folder of the images, for overlay figures."),
-        nsd_tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm."),
+        pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks (PNG, NIfTI, NRRD, ...).", callback=v.existing),
+        gt: Path = typer.Option(..., "--gt", help="Folder of ground-truth masks with the same case names.", callback=v.existing),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: PRED/../evaluation).", callback=v.out_folder),
+        images: Optional[Path] = typer.Option(None, "--images", help="Folder of the images, for overlay figures.", callback=v.existing),
+        nsd_tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm.", callback=v.non_negative),
         classes: Optional[str] = typer.Option(None, "--classes", help="Labels to score, e.g. '1=liver,2=spleen' "
                                               "(default: every nonzero label found)."),
-        n_bootstrap: int = typer.Option(1000, "--n-bootstrap", help="Bootstrap resamples for the 95% CIs."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+        n_bootstrap: int = typer.Option(1000, "--n-bootstrap", help="Bootstrap resamples for the 95% CIs.", callback=v.at_least_one),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap.", callback=v.non_negative),
     ) -> None:
         from aemia.evaluate.evaluate import evaluate_folders
 

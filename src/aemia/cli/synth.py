@@ -27,6 +27,8 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from aemia.cli import validate as v
+
 from aemia.cli.common import console, err_console
 
 CT_WINDOW_DISPLAY = (-160.0, 240.0)
@@ -53,17 +55,17 @@ def register(app: typer.Typer) -> None:
 
 @synth_app.command("tumors")
 def tumors_cmd(
-    ct: Path = typer.Option(..., "--ct", help="CT in HU: NIfTI file or DICOM folder."),
-    organ_mask: Path = typer.Option(..., "--organ-mask", "-m", help="Label map on the CT's grid (e.g. TotalSegmentator)."),
-    organ_label: int = typer.Option(1, "--organ-label", help="Value of the organ in the mask (liver = 5 in TotalSegmentator v1)."),
-    n: int = typer.Option(20, "--n", "-n", help="Number of synthetic cases to write."),
-    tumor_type: str = typer.Option("random", "--type", help="tiny, small, medium, large, mix, or random (the paper's draw, p 0.2 each)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; must not exist or be empty unless --overwrite)."),
-    seed: int = typer.Option(0, help="Seed: case i uses the stream (seed, i)."),
+    ct: Path = typer.Option(..., "--ct", help="CT in HU: NIfTI file or DICOM folder.", callback=v.existing),
+    organ_mask: Path = typer.Option(..., "--organ-mask", "-m", help="Label map on the CT's grid (e.g. TotalSegmentator).", callback=v.existing),
+    organ_label: int = typer.Option(1, "--organ-label", help="Value of the organ in the mask (liver = 5 in TotalSegmentator v1).", callback=v.at_least_one),
+    n: int = typer.Option(20, "--n", "-n", help="Number of synthetic cases to write.", callback=v.at_least_one),
+    tumor_type: str = typer.Option("random", "--type", help="tiny, small, medium, large, mix, or random (the paper's draw, p 0.2 each).", callback=v.choice(v.tumor_types)),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; must not exist or be empty unless --overwrite).", callback=v.out_folder),
+    seed: int = typer.Option(0, help="Seed: case i uses the stream (seed, i).", callback=v.non_negative),
     for_validation: bool = typer.Option(False, "--for-validation", help="Controlled tumors per size bin (<=5, 5-10, 10-20, >20 mm), kept apart, with an instance map."),
-    per_bin: int = typer.Option(2, "--per-bin", help="With --for-validation: tumors per size bin in each case."),
-    vessel_mask: Optional[Path] = typer.Option(None, "--vessel-mask", help="Label map of vessels: tumors avoid them (paper's realism extra)."),
-    vessel_labels: Optional[str] = typer.Option(None, "--vessel-labels", help="Comma-separated vessel values in --vessel-mask (default: any non-zero)."),
+    per_bin: int = typer.Option(2, "--per-bin", help="With --for-validation: tumors per size bin in each case.", callback=v.at_least_one),
+    vessel_mask: Optional[Path] = typer.Option(None, "--vessel-mask", help="Label map of vessels: tumors avoid them (paper's realism extra).", callback=v.existing),
+    vessel_labels: Optional[str] = typer.Option(None, "--vessel-labels", help="Comma-separated vessel values in --vessel-mask (default: any non-zero).", callback=v.int_list()),
     capsule: bool = typer.Option(False, "--capsule", help="Add an enhancing capsule rim (paper's realism extra)."),
     montage: bool = typer.Option(True, "--montage/--no-montage", help="Write a PNG montage per case."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
