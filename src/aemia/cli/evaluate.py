@@ -76,8 +76,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate", help=HELP)
     def evaluate(
-        pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks (PNG, NIfTI, NRRD, ...).", callback=v.existing),
-        gt: Path = typer.Option(..., "--gt", help="Folder of ground-truth masks with the same case names.", callback=v.existing),
+        pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks (PNG, NIfTI, NRRD, ...)."),
+        gt: Path = typer.Option(..., "--gt", help="Folder of ground-truth masks with the same case names."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: PRED/../evaluation).", callback=v.out_folder),
         images: Optional[Path] = typer.Option(None, "--images", help="Folder of the images, for overlay figures.", callback=v.existing),
         nsd_tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm.", callback=v.non_negative),
@@ -92,8 +92,14 @@ def register(app: typer.Typer) -> None:
             raise InputError(None, f"--nsd-tolerance must be a finite number >= 0, got {nsd_tolerance}")
         if n_bootstrap < 1:
             raise InputError(None, f"--n-bootstrap must be >= 1, got {n_bootstrap}")
+        wanted = parse_classes(classes)
+        from aemia.data.preflight import mask_pairs, require
+        from aemia.evaluate.evaluate import find_cases
+
+        gt_cases, pred_cases = find_cases(gt), find_cases(pred)
+        require(mask_pairs((pred_cases[c], g) for c, g in gt_cases.items() if c in pred_cases), pred)
         out_dir = out if out is not None else pred.resolve().parent / "evaluation"
-        summary = evaluate_folders(pred, gt, out_dir, classes=parse_classes(classes), nsd_tolerance_mm=nsd_tolerance,
+        summary = evaluate_folders(pred, gt, out_dir, classes=wanted, nsd_tolerance_mm=nsd_tolerance,
                                    image_dir=images, n_resamples=n_bootstrap, seed=seed)
         print_summary(summary)
         typer.echo(f"Report: {summary['outputs']['report_html']}")

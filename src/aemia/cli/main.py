@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="aemia")
     except AemiaError as exc:
+        problems = getattr(exc, "problems", [])
+        if len(problems) > 1:
+            print("\n".join(problems), flush=True)
         print(f"aemia: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except typer.Exit as exc:

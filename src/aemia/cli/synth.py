@@ -95,9 +95,10 @@ def _check_inputs(ct_path: Path, mask_path: Path, organ_label: int, vessel_path:
     from aemia.data.io import read_image
     from aemia.errors import InputError
 
+    from aemia.data.preflight import ct_volume, require
+
     ct = read_image(ct_path)
-    if ct.spatial_dims != 3 or ct.channels != 1:
-        raise InputError(ct_path, f"expected a single-channel 3D CT, got array shape {ct.array.shape}")
+    require(ct_volume(ct_path, ct), ct_path)  # 3D, one channel, no NaN/inf (they would be copied into the output)
 
     def load_mask(path: Path, what: str) -> np.ndarray:
         mask = read_image(path)
@@ -105,9 +106,7 @@ def _check_inputs(ct_path: Path, mask_path: Path, organ_label: int, vessel_path:
             raise InputError(path, f"{what} geometry does not match the CT {ct_path}: shape {mask.spatial_shape} "
                                    f"vs {ct.spatial_shape}")
         if not np.allclose(mask.affine, ct.affine, atol=1e-3, rtol=1e-5):
-            raise InputError(path, f"{what} geometry does not match the CT {ct_path}: affines differ "
-                                   f"(origin {np.round(mask.affine[:3, 3], 2).tolist()} vs "
-                                   f"{np.round(ct.affine[:3, 3], 2).tolist()})")
+            raise InputError(path, f"{what} geometry does not match the CT {ct_path}: {_affine_difference(mask, ct)}")
         arr = np.asarray(mask.array[0])
         return np.rint(arr).astype(np.int64) if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.int64)
 
@@ -125,6 +124,20 @@ def _check_inputs(ct_path: Path, mask_path: Path, organ_label: int, vessel_path:
         v = load_mask(vessel_path, "vessel mask")
         vessels = np.isin(v, vessel_labels) if vessel_labels else v != 0
     return ct, organ, vessels
+
+
+def _affine_difference(a: Any, b: Any) -> str:
+    """Name what differs between two images' affines: spacing, axis directions, or origin (a, then b)."""
+    def r(v: Any) -> list:
+        return np.round(np.asarray(v, dtype=float), 3).tolist()
+
+    sa, sb = np.linalg.norm(a.affine[:3, :3], axis=0), np.linalg.norm(b.affine[:3, :3], axis=0)
+    if not np.allclose(sa, sb, atol=1e-3, rtol=1e-5):
+        return f"spacing {r(sa)} vs {r(sb)}"
+    da, db = a.affine[:3, :3] / sa, b.affine[:3, :3] / sb
+    if not np.allclose(da, db, atol=1e-3):
+        return f"axis directions {r(da)} vs {r(db)}"
+    return f"origin {r(a.affine[:3, 3])} vs {r(b.affine[:3, 3])}"
 
 
 def _montage(path: Path, image: np.ndarray, label: np.ndarray, tumors: list, spacing: tuple[float, ...],

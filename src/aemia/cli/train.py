@@ -79,6 +79,10 @@ def train(
         from aemia.errors import InputError
 
         raise InputError(None, str(exc)) from None
+    from aemia.data.catalog import list_datasets
+    from aemia.data.preflight import require, training_data
+
+    require(training_data(dataset, list_datasets()), dataset)  # every problem listed, before any work
     metrics = train_run(cfg, run, resume=resume)
     if metrics:
         console.print(f"[bold green]done[/]: {metrics.get('headline', '')}")
