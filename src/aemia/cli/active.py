@@ -107,9 +107,16 @@ def import_cmd(
     from aemia.active.loop import import_labels
 
     res = import_labels(project, labels, annotator=annotator, replace=replace)
+    _report_cleaned(res.cleaned)
     console.print(f"imported {len(res.annotated)} new labels, {len(res.unchanged)} unchanged (already imported)"
                   + (f", {len(res.reannotated)} re-annotated" if res.reannotated else ""))
     console.print(f"next: aemia active train --project {project}")
+
+
+def _report_cleaned(names: list[str]) -> None:
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        console.print(f"[yellow]cleaned[/]: removed {len(names)} file(s) an interrupted import left in labels/: {shown}")
 
 
 def train_cmd(
@@ -152,6 +159,9 @@ def status_cmd(
 
     from aemia.active.loop import project_status
 
+    from aemia.active.importing import clean_orphans
+
+    _report_cleaned(clean_orphans(project))
     st = project_status(project)
     c = st["counts"]
     console.print(f"{st['project']} ({st['task']}): {c['unlabelled']} unlabelled, {c['queried']} queried, "
