@@ -138,3 +138,25 @@ def test_synth_geometry_message_names_what_differs(tmp_path: Path) -> None:
     res = run_cli(["synth", "tumors", "--ct", ct, "--organ-mask", mask, "--organ-label", "5", "--n", "1",
                    "--out", tmp_path / "out"], tmp_path)
     assert res.ok and "spacing [1.0, 1.0, 1.0] vs [1.0, 1.5, 2.0]" in res.err_lines[0], res
+
+
+def test_resume_refuses_changed_settings_by_name(tmp_path: Path) -> None:
+    from aemia.train.run import RunConfig, save_config
+    from aemia.train.trainer import TrainConfig
+
+    run = tmp_path / "run"
+    save_config(RunConfig(dataset="kvasir", size=64, train=TrainConfig(epochs=5)), run)
+    res = run_cli(["train", "--dataset", "kvasir", "--run", run, "--resume", "--epochs", "9", "--size", "32",
+                   "--lr", "0.001"], tmp_path)
+    assert res.ok, res
+    line = res.err_lines[0]
+    assert "--epochs 9 (the run has 5)" in line and "--size 32 (the run has 64)" in line and "--lr" not in line
+
+
+def test_malformed_config_yaml_is_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("dataset: [kvasir\nmodel: {unet\n  size: :\n")
+    picture(tmp_path / "in" / "a.png")
+    res = run_cli(["predict", "--run", run, "--input", tmp_path / "in", "--out", tmp_path / "out"], tmp_path)
+    assert res.ok and "config.yaml" in res.err_lines[0], res

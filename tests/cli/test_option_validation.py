@@ -38,7 +38,7 @@ BAD: list[tuple[str, str, str]] = [
                                    ("--optimizer", "x"), ("--schedule", "x"), ("--loss", "x"), ("--amp", "x"),
                                    ("--device", "bogus"), ("--spacing", "0,1,1"), ("--early-stopping", "-1"),
                                    ("--semi", "x"), ("--semi-weight", "-1"), ("--semi-threshold", "2"),
-                                   ("--init", "text.png"), ("--seed", "-1")]],
+                                   ("--init", "text.png"), ("--init", "{in}/notes.txt"), ("--seed", "-1")]],
     *[("predict", o, b) for o, b in [("--device", "bogus"), ("--prune", "0"), ("--amp", "fp8")]],
     *[("evaluate", o, b) for o, b in [("--nsd-tolerance", "-1"), ("--n-bootstrap", "0"), ("--classes", "x=y")]],
     *[("demo", o, b) for o, b in [("--epochs", "0"), ("--size", "0"), ("--label-fraction", "2"),
@@ -70,6 +70,7 @@ def _listing(root: Path) -> set[str]:
 def _run(tmp_path: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
     inp = tmp_path / "in"
     inp.mkdir(exist_ok=True)
+    (inp / "notes.txt").write_text("not a checkpoint")
     before = _listing(tmp_path)
     argv = [a.replace("{in}", str(inp)).replace("{out}", str(tmp_path / "out")) for a in args]
     cwd = os.getcwd()

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
+    ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", "--data", "-d", help="Bundled data set (see `aemia data list`)."),
     run: Path = typer.Option(..., "--run", "--out", "-r", "-o", help="Run folder to create (or resume).",
                            callback=v.out_folder),
@@ -45,7 +46,7 @@ def train(
     labels: Optional[str] = typer.Option(None, help="3D: keep only these labels, e.g. 5:liver,1:spleen."),
     early_stopping: Optional[int] = typer.Option(None, callback=v.non_negative, help="Stop after N epochs without validation improvement (0 = off)."),
     amp: Optional[str] = typer.Option(None, callback=v.amp, help="Mixed precision: auto (bf16 where native), bf16, fp16 or none."),
-    init: Optional[Path] = typer.Option(None, callback=v.existing, help="Start from pretrained weights (a run folder or checkpoint)."),
+    init: Optional[Path] = typer.Option(None, callback=v.checkpoint, help="Start from pretrained weights (a run folder or checkpoint)."),
     semi: Optional[str] = typer.Option(
         None, help="2D semi-supervised training on the unlabelled rest of the training split: mean-teacher or "
                    "pseudo-label. Example: aemia train -d pneumoniamnist --model resnet --label-fraction 0.05 "
@@ -83,6 +84,11 @@ def train(
     from aemia.data.preflight import require, training_data
 
     require(training_data(dataset, list_datasets()), dataset)  # every problem listed, before any work
+    if resume:
+        from aemia.train.resume_check import check_resume
+
+        given = [n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
+        check_resume(run, cfg, given)
     metrics = train_run(cfg, run, resume=resume)
     if metrics:
         console.print(f"[bold green]done[/]: {metrics.get('headline', '')}")

@@ -165,6 +165,22 @@ def existing(value: Any) -> Any:
     return value
 
 
+def checkpoint(value: Any) -> Any:
+    """Pretrained weights: a run folder, a ``.safetensors`` file, or its stem (``.../best``)."""
+    if value is None:
+        return value
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return value
+    if path.is_file():
+        if not path.name.endswith((".safetensors", ".json")):
+            raise _bad(f"{value}: not a checkpoint (expected a run folder or a .safetensors file)")
+        return value
+    if Path(str(path) + ".safetensors").is_file():
+        return value
+    raise _bad(f"{value}: does not exist")
+
+
 def models(task: Optional[str] = None) -> Callable[[], list[str]]:
     """The registered network names (optionally of one task), read when the option is parsed."""
 
