@@ -187,8 +187,13 @@ def models(task: Optional[str] = None) -> Callable[[], list[str]]:
     def names() -> list[str]:
         from aemia.nets import registry
 
-        for lazy in registry._LAZY:  # lazily registered recipes count too
-            registry._ensure(lazy)
+        names = list(registry.available_models())
+        for lazy in getattr(registry, "_LAZY", {}):  # models registered by recipe modules on first use
+            if lazy not in names:
+                try:
+                    registry._ensure(lazy)
+                except Exception:  # noqa: BLE001 - a recipe that cannot load is simply not offered
+                    pass
         return [m for m in registry.available_models() if task is None or registry.model_task(m) == task]
 
     return names
@@ -245,11 +250,11 @@ def strategy_list(value: Any) -> Any:
     """One or more active-learning strategy names, comma-separated (aliases accepted)."""
     if value is None:
         return value
-    from aemia.active.strategies import available_strategies, get_strategy
+    from aemia.active.strategies import get_strategy
 
     for name in str(value).split(","):
         try:
             get_strategy(name)
-        except ValueError:
-            raise _bad(f"unknown strategy {name.strip()!r}; choose from {', '.join(available_strategies())}") from None
+        except ValueError as exc:  # its message lists the available strategies
+            raise _bad(str(exc) or f"unknown strategy {name.strip()!r}") from None
     return value
