@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
 
 
 def cam_cmd(
-    run: Path = typer.Option(..., "--run", "-r", help="A trained classification run folder (aemia train).", callback=v.existing),
+    run: Path = typer.Option(..., "--run", "-r", help="A trained classification run folder (aemia train)."),
     out: Path = typer.Option(..., "--out", help="Output folder.", callback=v.out_folder),
     dataset: Optional[str] = typer.Option(None, "--dataset", "--data", "-d", help="Data set with masks to score against "
                                           "(default: the run's data set)."),
