@@ -22,3 +22,17 @@ class InputError(AemiaError):
 
 class CheckpointError(InputError):
     """A checkpoint cannot be loaded into the requested model (missing/unexpected keys, shapes)."""
+
+
+class ProblemsError(InputError):
+    """Every problem a pre-flight check found (``problems``: ``"PATH: problem"`` lines).
+
+    One problem is reported as that line; several are listed by the CLI (stdout) before one summary line.
+    """
+
+    def __init__(self, path: str | Path | None, problems: list[str]) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            super().__init__(None, self.problems[0])
+        else:
+            super().__init__(path, f"{len(self.problems)} problems (listed above); nothing was started or written")

@@ -3,14 +3,17 @@
 
 Masks (segmentation) are checked against their images with :func:`aemia.active.pictures.decode_mask`;
 class labels (classification) come from a ``case,label`` CSV. Accepted labels are stored content-addressed
-in ``P/labels/`` (``<case>.<sha256[:12]><ext>``) before the ledger commit.
+in ``P/labels/`` (``<case>.<sha256[:12]><ext>``): staged in a temporary folder there, moved in just before the
+ledger transaction and taken out again if it fails. :func:`clean_orphans` removes what a killed import left.
 """
 
 from __future__ import annotations
 
 import csv
 import getpass
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +23,11 @@ from aemia.active.ledger import LedgerItem, file_sha256
 from aemia.active.pictures import LOSSY, case_id_of, list_pictures, decode_mask
 from aemia.active.project import Project, open_project
 from aemia.errors import InputError
-from aemia.utils.io import atomic_path
 
 __all__ = [
     "ImportResult",
     "import_labels",
+    "clean_orphans",
 ]
 
 
@@ -35,6 +38,7 @@ class ImportResult:
     annotated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     reannotated: list[str] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)  # files an interrupted import had left, now removed
 
 
 def _read_label_csv(path: Path) -> list[tuple[str, str, int]]:
@@ -76,6 +80,8 @@ def import_labels(
     cls = proj.config.task == "classification"
     problems: list[str] = []
     accepted: list[tuple[str, str, bytes | Path]] = []  # (case, suffix, content bytes or source file)
+    same_content: list[str] = []  # a different file with the recorded mask's content: unchanged
+    cleaned = clean_orphans(proj)
     with proj.ledger() as led:
         known = {it.case_id: it for it in led.items()}
         if cls:
@@ -130,6 +136,9 @@ def import_labels(
                         problem = _mask_problem(read_image, f, known[cid], proj.n_classes)
                     if problem is None:
                         problem = _hash_problem(known[cid], file_sha256(f), replace)
+                        if problem and _same_mask(read_image, f, known[cid].label_path, proj.n_classes):
+                            same_content.append(cid)  # e.g. the same mask saved as 0/1 instead of 0/255
+                            continue
                     if problem:
                         problems.append(f"case {cid!r} ({f.name}): {problem}")
                     else:
@@ -138,23 +147,88 @@ def import_labels(
             total = len(problems) + len(accepted)
             shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
             raise InputError(labels, f"{len(problems)} of {total} labels rejected, nothing imported: {shown}")
-        records = []
-        for cid, suffix, content in accepted:
-            data = content if isinstance(content, bytes) else None
-            digest = _sha(data) if data is not None else file_sha256(content)  # type: ignore[arg-type]
-            dest = proj.labels_dir / f"{cid}.{digest[:12]}{suffix}"
-            if not dest.exists():
-                with atomic_path(dest, suffix=suffix) as tmp:
-                    if data is not None:
-                        tmp.write_bytes(data)
-                    else:
-                        shutil.copyfile(content, tmp)  # type: ignore[arg-type]
-            records.append((cid, dest, annotator))
-        results = led.annotate_many(records, replace=replace)
-    out = ImportResult()
+        results = _commit(proj, led, accepted, annotator, replace)
+    out = ImportResult(unchanged=list(same_content), cleaned=cleaned)
     for res in results:
         getattr(out, res.action).append(res.case_id)
     return out
+
+
+STAGING_PREFIX = ".staging-"
+
+
+def _commit(proj: Project, led: Any, accepted: list[tuple[str, str, bytes | Path]], annotator: str,
+            replace: bool) -> list[Any]:
+    """Stage every accepted label in ``P/labels/.staging-<pid>-*/``, move them in, record them in one ledger
+    transaction. A failure before the ledger commit takes the moved files out again; a kill leaves files that
+    :func:`clean_orphans` removes on the next import or ``active status``."""
+    proj.labels_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=proj.labels_dir))
+    moved: list[Path] = []
+    try:
+        staged = []
+        for cid, suffix, content in accepted:
+            data = content if isinstance(content, bytes) else None
+            digest = _sha(data) if data is not None else file_sha256(content)  # type: ignore[arg-type]
+            name = f"{cid}.{digest[:12]}{suffix}"
+            if data is not None:
+                (stage / name).write_bytes(data)
+            else:
+                shutil.copyfile(content, stage / name)  # type: ignore[arg-type]
+            staged.append((cid, name))
+        records = []
+        for cid, name in staged:
+            dest = proj.labels_dir / name
+            if not dest.exists():
+                os.replace(stage / name, dest)
+                moved.append(dest)
+            records.append((cid, dest, annotator))
+        return led.annotate_many(records, replace=replace)
+    except BaseException:
+        for dest in moved:
+            dest.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def clean_orphans(project: str | Path | Project) -> list[str]:
+    """Remove what an interrupted import left in ``P/labels/``: staging folders of dead processes, temp files
+    and label files the ledger never recorded; returns their names (for the caller to report)."""
+    proj = _open_project(project)
+    folder = proj.labels_dir
+    if not folder.is_dir():
+        return []
+    removed: list[str] = []
+    with proj.ledger() as led:
+        known = {str(Path(e.label_path).resolve()) for e in led.events() if e.label_path}
+        known |= {str(Path(it.label_path).resolve()) for it in led.items() if it.label_path}
+        for p in sorted(folder.iterdir()):
+            if p.is_dir() and p.name.startswith(STAGING_PREFIX):
+                if _alive(p.name[len(STAGING_PREFIX):].split("-", 1)[0]):
+                    continue  # another import is running
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name + "/")
+            elif p.is_file() and (p.name.startswith(".") or str(p.resolve()) not in known):
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+    return removed
+
+
+def _alive(pid_text: str) -> bool:
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _sha(data: bytes) -> str:
@@ -190,6 +264,18 @@ def _hash_problem(item: LedgerItem, digest: str, replace: bool) -> str | None:
     if item.status == "annotated" and item.label_hash != digest and not replace:
         return "already annotated with a different label; pass --replace to record a re-annotation"
     return None
+
+
+def _same_mask(read_image: Callable[[Path], Any], new: Path, old: str | None, n_classes: int) -> bool:
+    """True when ``new`` decodes to the same class mask as the recorded label file ``old``."""
+    if not old or not Path(old).is_file():
+        return False
+    try:
+        a, _ = decode_mask(read_image(new).array, n_classes, new.name.lower().endswith(LOSSY))
+        b, _ = decode_mask(read_image(Path(old)).array, n_classes, old.lower().endswith(LOSSY))
+    except InputError:
+        return False
+    return a is not None and b is not None and a.shape == b.shape and bool((a == b).all())
 
 
 def _mask_problem(read_image: Callable[[Path], Any], path: Path, item: LedgerItem, n_classes: int) -> str | None:

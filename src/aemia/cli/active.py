@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from aemia.cli import validate as v
+
 from aemia.cli.common import console, parse_ints
 
 
@@ -32,17 +34,17 @@ def register(app: typer.Typer) -> None:
 
 
 def init_cmd(
-    images: Path = typer.Option(..., "--images", "-i", help="Folder of 2D pictures (.png .jpg ...): the unlabelled pool."),
-    project: Path = typer.Option(..., "--project", "-p", help="Project folder to create (must not exist yet)."),
-    task: str = typer.Option("segmentation", help="segmentation or classification."),
-    size: int = typer.Option(128, help="Images are resized to SIZE x SIZE for the network."),
+    images: Path = typer.Option(..., "--images", "-i", help="Folder of 2D pictures (.png .jpg ...): the unlabelled pool.", callback=v.existing),
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder to create (must not exist yet).", callback=v.out_folder),
+    task: str = typer.Option("segmentation", help="segmentation or classification.", callback=v.choice(("segmentation", "classification"))),
+    size: int = typer.Option(128, help="Images are resized to SIZE x SIZE for the network.", callback=v.number(16)),
     classes: Optional[str] = typer.Option(None, help="Class names, comma-separated (default background,foreground or 0,1)."),
-    model: Optional[str] = typer.Option(None, help="Network: unet or unetpp (segmentation), resnet (classification)."),
-    features: Optional[str] = typer.Option(None, help="Network widths per level (default 16,32,64,128)."),
-    dropout: float = typer.Option(0.0, help="Dropout in the network (> 0 is needed by --strategy bald)."),
-    val_fraction: float = typer.Option(0.2, help="Fraction of the first round's labels held out for validation."),
-    pretrained: Optional[Path] = typer.Option(None, help="Start the first model (M0) from these weights."),
-    seed: int = typer.Option(0, help="Seed of the initialisation, cold-start draws and the validation split."),
+    model: Optional[str] = typer.Option(None, help="Network: unet or unetpp (segmentation), resnet (classification).", callback=v.choice(v.models())),
+    features: Optional[str] = typer.Option(None, help="Network widths per level (default 16,32,64,128).", callback=v.int_list()),
+    dropout: float = typer.Option(0.0, help="Dropout in the network (> 0 is needed by --strategy bald).", callback=v.number(0, 1, hi_open=True)),
+    val_fraction: float = typer.Option(0.2, help="Fraction of the first round's labels held out for validation.", callback=v.number(0, 1, hi_open=True)),
+    pretrained: Optional[Path] = typer.Option(None, help="Start the first model (M0) from these weights.", callback=v.checkpoint),
+    seed: int = typer.Option(0, help="Seed of the initialisation, cold-start draws and the validation split.", callback=v.non_negative),
 ) -> None:
     """Create a project: register and hash every picture of --images in a new annotation ledger.
 
@@ -63,13 +65,13 @@ def init_cmd(
 
 
 def query_cmd(
-    project: Path = typer.Option(..., "--project", "-p", help="Project folder (aemia active init)."),
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder (aemia active init).", callback=v.existing),
     strategy: str = typer.Option("acft", help="acft, acft-entropy, acft-diversity, entropy, margin, least-confidence, "
-                                              "bald, coreset, fg-random or random."),
-    k: int = typer.Option(20, "--k", "-k", help="Number of cases to annotate in this round."),
+                                              "bald, coreset, fg-random or random.", callback=v.strategy_list),
+    k: int = typer.Option(20, "--k", "-k", help="Number of cases to annotate in this round.", callback=v.at_least_one),
     reduce: Optional[str] = typer.Option(None, help="Segmentation: per-image score = mean over all pixels (mean) or "
-                                                    "over the predicted foreground (foreground)."),
-    batch_size: int = typer.Option(8, help="Images scored at once."),
+                                                    "over the predicted foreground (foreground).", callback=v.choice(("mean", "foreground"))),
+    batch_size: int = typer.Option(8, help="Images scored at once.", callback=v.at_least_one),
 ) -> None:
     """Choose the K unlabelled images most worth annotating and put them in a new round folder.
 
@@ -92,9 +94,9 @@ def query_cmd(
 
 
 def import_cmd(
-    project: Path = typer.Option(..., "--project", "-p", help="Project folder."),
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder.", callback=v.existing),
     labels: Path = typer.Option(..., "--labels", "-l", help="Segmentation: folder of masks named <case>.png; "
-                                                            "classification: CSV case,label."),
+                                                            "classification: CSV case,label.", callback=v.existing),
     annotator: Optional[str] = typer.Option(None, help="Who annotated (default: your login name)."),
     replace: bool = typer.Option(False, "--replace", help="Accept a different label for an already annotated case."),
 ) -> None:
@@ -105,23 +107,30 @@ def import_cmd(
     from aemia.active.importing import import_labels
 
     res = import_labels(project, labels, annotator=annotator, replace=replace)
+    _report_cleaned(res.cleaned)
     console.print(f"imported {len(res.annotated)} new labels, {len(res.unchanged)} unchanged (already imported)"
                   + (f", {len(res.reannotated)} re-annotated" if res.reannotated else ""))
     console.print(f"next: aemia active train --project {project}")
 
 
+def _report_cleaned(names: list[str]) -> None:
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        console.print(f"[yellow]cleaned[/]: removed {len(names)} file(s) an interrupted import left in labels/: {shown}")
+
+
 def train_cmd(
-    project: Path = typer.Option(..., "--project", "-p", help="Project folder."),
-    epochs: int = typer.Option(20, help="Epochs over this round's training cases."),
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder.", callback=v.existing),
+    epochs: int = typer.Option(20, help="Epochs over this round's training cases.", callback=v.at_least_one),
     mode: str = typer.Option("all-labelled", help="all-labelled (ACFT(LQ): the project model fine-tuned on every "
                                                   "label so far), continual (ACFT(HQ): new + hard old cases only), "
-                                                  "new-only, or from-scratch."),
+                                                  "new-only, or from-scratch.", callback=v.choice(v.active_modes)),
     hard_threshold: float = typer.Option(0.5, help="Segmentation: an old case with Dice below this is 'hard' and "
-                                                   "trained on again (classification: misclassified)."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (Adam, cosine)."),
-    batch_size: int = typer.Option(8, help="Batch size."),
+                                                   "trained on again (classification: misclassified).", callback=v.fraction),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (Adam, cosine).", callback=v.positive),
+    batch_size: int = typer.Option(8, help="Batch size.", callback=v.at_least_one),
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain a round that already has a model."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda.", callback=v.device),
 ) -> None:
     """Train one round: fine-tune the project model on the labels (ACFT), then keep it only if not worse.
 
@@ -144,7 +153,7 @@ def train_cmd(
 
 
 def status_cmd(
-    project: Path = typer.Option(..., "--project", "-p", help="Project folder."),
+    project: Path = typer.Option(..., "--project", "-p", help="Project folder.", callback=v.existing),
 ) -> None:
     """Show counts per status, the rounds and the learning curve (written to P/learning_curve.png).
 
@@ -154,6 +163,9 @@ def status_cmd(
 
     from aemia.active.status import project_status
 
+    from aemia.active.importing import clean_orphans
+
+    _report_cleaned(clean_orphans(project))
     st = project_status(project)
     c = st["counts"]
     console.print(f"{st['project']} ({st['task']}): {c['unlabelled']} unlabelled, {c['queried']} queried, "
@@ -184,29 +196,30 @@ def status_cmd(
 
 
 def simulate_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="pneumoniamnist (AUC), kvasir (Dice) or busi (AUC)."),
+    dataset: str = typer.Option(..., "--dataset", "--data", "-d", help="pneumoniamnist (AUC), kvasir (Dice) or busi (AUC).", callback=v.choice(("pneumoniamnist", "kvasir", "busi"))),
     strategy: str = typer.Option("random,acft", "--strategy", "-s",
                                  help="Strategy name(s), comma-separated: random, fg-random (segmentation), entropy, "
                                       "margin, least-confidence, bald (needs --dropout), coreset, acft, "
-                                      "acft-entropy, acft-diversity."),
-    initial: int = typer.Option(20, help="Random initial labelled set (round 0)."),
-    per_round: int = typer.Option(20, "--per-round", help="Cases revealed per query round."),
-    rounds: int = typer.Option(5, help="Query rounds after round 0."),
-    seeds: int = typer.Option(3, help="Repeats with seeds 0..SEEDS-1 (initial set, initialisation, training)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: curves.json, curves.png, cached runs/."),
+                                      "acft-entropy, acft-diversity.", callback=v.strategy_list),
+    initial: int = typer.Option(20, help="Random initial labelled set (round 0).", callback=v.at_least_one),
+    per_round: int = typer.Option(20, "--per-round", help="Cases revealed per query round.", callback=v.at_least_one),
+    rounds: int = typer.Option(5, help="Query rounds after round 0.", callback=v.at_least_one),
+    seeds: int = typer.Option(3, help="Repeats with seeds 0..SEEDS-1 (initial set, initialisation, training).", callback=v.at_least_one),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: curves.json, curves.png, cached runs/.", callback=v.out_folder),
     mode: str = typer.Option("all-labelled", help="all-labelled (ACFT(LQ): previous model on every label so far), "
-                                                  "continual (ACFT(HQ): new + hard old cases), new-only or from-scratch."),
-    epochs: int = typer.Option(10, help="Epochs per round."),
-    min_steps: int = typer.Option(0, help="At least this many optimiser steps per round."),
-    size: Optional[int] = typer.Option(None, help="Working size (default 28 PneumoniaMNIST, 64 Kvasir/BUSI)."),
-    features: Optional[str] = typer.Option(None, help="Network widths, e.g. 16,32,64,128 (the default)."),
-    dropout: float = typer.Option(0.0, help="Network dropout (> 0 needed by bald; used for every strategy)."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate per round (Adam, cosine)."),
+                                                  "continual (ACFT(HQ): new + hard old cases), new-only or from-scratch.",
+                             callback=v.choice(v.active_modes)),
+    epochs: int = typer.Option(10, help="Epochs per round.", callback=v.at_least_one),
+    min_steps: int = typer.Option(0, help="At least this many optimiser steps per round.", callback=v.non_negative),
+    size: Optional[int] = typer.Option(None, help="Working size (default 28 PneumoniaMNIST, 64 Kvasir/BUSI).", callback=v.number(16)),
+    features: Optional[str] = typer.Option(None, help="Network widths, e.g. 16,32,64,128 (the default).", callback=v.int_list()),
+    dropout: float = typer.Option(0.0, help="Network dropout (> 0 needed by bald; used for every strategy).", callback=v.number(0, 1, hi_open=True)),
+    lr: float = typer.Option(1e-3, help="Peak learning rate per round (Adam, cosine).", callback=v.positive),
     reduce: Optional[str] = typer.Option(None, help="Segmentation: per-image score = mean over all pixels (mean) "
-                                                    "or over the predicted foreground (foreground)."),
-    pool_limit: Optional[int] = typer.Option(None, help="Use a fixed random subset of this many pool cases."),
-    test_limit: Optional[int] = typer.Option(None, help="Evaluate on a fixed random subset of this many test cases."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+                                                    "or over the predicted foreground (foreground).", callback=v.choice(("mean", "foreground"))),
+    pool_limit: Optional[int] = typer.Option(None, help="Use a fixed random subset of this many pool cases.", callback=v.at_least_one),
+    test_limit: Optional[int] = typer.Option(None, help="Evaluate on a fixed random subset of this many test cases.", callback=v.at_least_one),
+    device: str = typer.Option("auto", help="auto, cpu or cuda.", callback=v.device),
 ) -> None:
     """Benchmark strategies with a simulated annotator who reveals the ground truth of the queried cases.
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from aemia.cli import validate as v
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``data`` command group to the main app."""

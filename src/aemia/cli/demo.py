@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from aemia.cli import validate as v
+
 from aemia.cli.common import console
 
 
@@ -15,19 +17,19 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder to write."),
-    epochs: int = typer.Option(16, help="Training epochs (16 at 128 px take about 6.5 minutes on 2 cores)."),
-    size: int = typer.Option(128, help="Training image size (Kvasir images are 256x256)."),
-    label_fraction: float = typer.Option(1.0, help="Fraction of Kvasir's training labels to use."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder to write.", callback=v.out_folder),
+    epochs: int = typer.Option(16, help="Training epochs (16 at 128 px take about 6.5 minutes on 2 cores).", callback=v.at_least_one),
+    size: int = typer.Option(128, help="Training image size (Kvasir images are 256x256).", callback=v.number(16)),
+    label_fraction: float = typer.Option(1.0, help="Fraction of Kvasir's training labels to use.", callback=v.open_fraction),
     pretrain: str = typer.Option("none", help="Optional self-supervised stage on the training images first: "
                                  "none, genesis or transvw (adds about --pretrain-epochs x 25 s). Measured at this "
-                                 "scale it lowers Kvasir test Dice (README: self-supervised pretraining)."),
-    pretrain_epochs: int = typer.Option(6, help="Epochs of the optional pretraining stage."),
+                                 "scale it lowers Kvasir test Dice (README: self-supervised pretraining).", callback=v.choice(("none", "genesis", "transvw"))),
+    pretrain_epochs: int = typer.Option(6, help="Epochs of the optional pretraining stage.", callback=v.at_least_one),
     synth: bool = typer.Option(True, help="Stage: synthetic liver tumors in the bundled CT (montage in the report)."),
     active: bool = typer.Option(True, help="Stage: ACFT vs random active learning on Kvasir, small budget "
                                            "(about 1-2 minutes; learning curve in the report)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo run."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda.", callback=v.device),
 ) -> None:
     """Train UNet++ (deep supervision) on Kvasir-SEG, evaluate with 95% CIs, prune; synthetic tumors; active learning.
 

@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import typer
 
+from aemia.cli import validate as v
+
 from aemia.errors import InputError
 
 HELP = """Score a folder of predicted masks against ground-truth masks (matched by file name without suffix).
@@ -76,13 +78,13 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         pred: Path = typer.Option(..., "--pred", help="Folder of predicted masks (PNG, NIfTI, NRRD, ...)."),
         gt: Path = typer.Option(..., "--gt", help="Folder of ground-truth masks with the same case names."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: PRED/../evaluation)."),
-        images: Optional[Path] = typer.Option(None, "--images", help="Folder of the images, for overlay figures."),
-        nsd_tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: PRED/../evaluation).", callback=v.out_folder),
+        images: Optional[Path] = typer.Option(None, "--images", help="Folder of the images, for overlay figures.", callback=v.existing),
+        nsd_tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm.", callback=v.non_negative),
         classes: Optional[str] = typer.Option(None, "--classes", help="Labels to score, e.g. '1=liver,2=spleen' "
                                               "(default: every nonzero label found)."),
-        n_bootstrap: int = typer.Option(1000, "--n-bootstrap", help="Bootstrap resamples for the 95% CIs."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+        n_bootstrap: int = typer.Option(1000, "--n-bootstrap", help="Bootstrap resamples for the 95% CIs.", callback=v.at_least_one),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap.", callback=v.non_negative),
     ) -> None:
         from aemia.evaluate.evaluate import evaluate_folders
 
@@ -90,8 +92,14 @@ def register(app: typer.Typer) -> None:
             raise InputError(None, f"--nsd-tolerance must be a finite number >= 0, got {nsd_tolerance}")
         if n_bootstrap < 1:
             raise InputError(None, f"--n-bootstrap must be >= 1, got {n_bootstrap}")
+        wanted = parse_classes(classes)
+        from aemia.data.preflight import mask_pairs, require
+        from aemia.evaluate.evaluate import find_cases
+
+        gt_cases, pred_cases = find_cases(gt), find_cases(pred)
+        require(mask_pairs((pred_cases[c], g) for c, g in gt_cases.items() if c in pred_cases), pred)
         out_dir = out if out is not None else pred.resolve().parent / "evaluation"
-        summary = evaluate_folders(pred, gt, out_dir, classes=parse_classes(classes), nsd_tolerance_mm=nsd_tolerance,
+        summary = evaluate_folders(pred, gt, out_dir, classes=wanted, nsd_tolerance_mm=nsd_tolerance,
                                    image_dir=images, n_resamples=n_bootstrap, seed=seed)
         print_summary(summary)
         typer.echo(f"Report: {summary['outputs']['report_html']}")

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from aemia.cli import validate as v
+
 from aemia.cli.common import console, parse_ints
 
 pretrain_app = typer.Typer(help="Self-supervised pretraining on unlabelled images (Models Genesis, TransVW).",
@@ -48,19 +50,19 @@ def _common(method: str, data: str, out: Path, dims: int, model: str, preset: st
 
 
 _OPTS = dict(
-    data=typer.Option(..., "--data", help="A bundled data set (its training images) or a folder of images."),
-    out=typer.Option(..., "--out", "-o", help="Run folder to write."),
-    dims=typer.Option(2, "--dims", help="2 (images/slices) or 3 (volumes → cubes)."),
-    model=typer.Option("unetpp", help="Encoder-decoder: unetpp or unet (the fine-tuning architecture)."),
-    preset=typer.Option("cpu", help="Width preset: cpu, tiny, paper."),
-    features=typer.Option(None, help="Level widths, e.g. 16,16,32,64,128."),
-    size=typer.Option(None, help="2D image size (default 128,128) or 3D cube (default 32,32,16)."),
-    patches_per_image=typer.Option(0, help="2D: random crops per image (0 = whole resized images)."),
-    batch_size=typer.Option(6, help="Batch size (Genesis: 6; TransVW: 12)."),
-    lr=typer.Option(None, help="Learning rate (default: 1.0 for sgd, 1e-3 for adam)."),
-    amp=typer.Option("auto", help="Mixed precision: auto, bf16, none."),
-    seed=typer.Option(0, help="Seed."),
-    device=typer.Option("auto", help="auto, cpu or cuda."),
+    data=typer.Option(..., "--data", "--dataset", "-d", help="A bundled data set (its training images) or a folder of images."),
+    out=typer.Option(..., "--out", "--run", "-o", "-r", help="Run folder to write.", callback=v.out_folder),
+    dims=typer.Option(2, "--dims", help="2 (images/slices) or 3 (volumes → cubes).", callback=v.choice((2, 3))),
+    model=typer.Option("unetpp", help="Encoder-decoder: unetpp or unet (the fine-tuning architecture).", callback=v.choice(v.models("segmentation"))),
+    preset=typer.Option("cpu", help="Width preset: cpu, tiny, paper.", callback=v.choice(v.presets)),
+    features=typer.Option(None, help="Level widths, e.g. 16,16,32,64,128.", callback=v.int_list()),
+    size=typer.Option(None, help="2D image size (default 128,128) or 3D cube (default 32,32,16).", callback=v.int_list((2, 3), lo=8)),
+    patches_per_image=typer.Option(0, help="2D: random crops per image (0 = whole resized images).", callback=v.non_negative),
+    batch_size=typer.Option(6, help="Batch size (Genesis: 6; TransVW: 12).", callback=v.at_least_one),
+    lr=typer.Option(None, help="Learning rate (default: 1.0 for sgd, 1e-3 for adam).", callback=v.positive),
+    amp=typer.Option("auto", help="Mixed precision: auto, bf16, none.", callback=v.amp),
+    seed=typer.Option(0, help="Seed.", callback=v.non_negative),
+    device=typer.Option("auto", help="auto, cpu or cuda.", callback=v.device),
     resume=typer.Option(False, "--resume", help="Continue a killed pretraining run."),
 )
 
@@ -70,9 +72,9 @@ def genesis(
     data: str = _OPTS["data"], out: Path = _OPTS["out"], dims: int = _OPTS["dims"], model: str = _OPTS["model"],
     preset: str = _OPTS["preset"], features: Optional[str] = _OPTS["features"], size: Optional[str] = _OPTS["size"],
     patches_per_image: int = _OPTS["patches_per_image"],
-    epochs: int = typer.Option(100, help="Epochs (paper: up to 10,000 with early stopping)."),
+    epochs: int = typer.Option(100, help="Epochs (paper: up to 10,000 with early stopping).", callback=v.at_least_one),
     batch_size: int = _OPTS["batch_size"],
-    optimizer: str = typer.Option("sgd", help="sgd (paper: lr 1.0, momentum 0.9, halved every 40 epochs) or adam."),
+    optimizer: str = typer.Option("sgd", help="sgd (paper: lr 1.0, momentum 0.9, halved every 40 epochs) or adam.", callback=v.choice(v.optimizers)),
     lr: Optional[float] = _OPTS["lr"], amp: str = _OPTS["amp"], seed: int = _OPTS["seed"], device: str = _OPTS["device"],
     resume: bool = _OPTS["resume"],
 ) -> None:
@@ -91,9 +93,9 @@ def transvw(
     data: str = _OPTS["data"], out: Path = _OPTS["out"], dims: int = _OPTS["dims"], model: str = _OPTS["model"],
     preset: str = _OPTS["preset"], features: Optional[str] = _OPTS["features"], size: Optional[str] = _OPTS["size"],
     patches_per_image: int = _OPTS["patches_per_image"],
-    epochs: int = typer.Option(100, help="Epochs (paper: early stopping at patience 50)."),
-    batch_size: int = typer.Option(12, help="Batch size (TransVW config: 12)."),
-    optimizer: str = typer.Option("adam", help="adam (paper: lr 1e-3, halved every 40 epochs) or sgd."),
+    epochs: int = typer.Option(100, help="Epochs (paper: early stopping at patience 50).", callback=v.at_least_one),
+    batch_size: int = typer.Option(12, help="Batch size (TransVW config: 12).", callback=v.at_least_one),
+    optimizer: str = typer.Option("adam", help="adam (paper: lr 1e-3, halved every 40 epochs) or sgd.", callback=v.choice(v.optimizers)),
     lr: Optional[float] = _OPTS["lr"], amp: str = _OPTS["amp"], seed: int = _OPTS["seed"], device: str = _OPTS["device"],
     resume: bool = _OPTS["resume"],
     elastic: bool = typer.Option(False, "--elastic/--no-elastic",

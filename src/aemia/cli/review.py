@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from aemia.cli import validate as v
+
 PRIORITIZE_HELP = (
     "Rank cases for review by the attention of several models' soft predictions (AbdomenAtlas-8K, Qu et al. "
     "NeurIPS'23; METHODS.md §5.2).\n\n"
@@ -46,18 +48,18 @@ def register(app: typer.Typer) -> None:
 
 def prioritize_cmd(
     predictions: Path = typer.Option(..., "--predictions", help="Folder with one sub-folder of probabilities per "
-                                     "model (layout above)."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+                                     "model (layout above).", callback=v.existing),
+    out: Path = typer.Option(..., "--out", help="Output folder.", callback=v.out_folder),
     organs: Optional[str] = typer.Option(None, "--organs", help="Target organs: 'KEY:name,...' or a JSON file "
                                          "(KEY = channel for 4D files, label for per-organ files)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of the CTs (<case>.nii.gz) to show under "
-                                          "the attention in priority.png (default: mean organ probability)."),
-    std_threshold: float = typer.Option(0.1, "--std-threshold", help="Inconsistency: std across models > this."),
-    entropy_threshold: float = typer.Option(0.05, "--entropy-threshold", help="Uncertainty: mean -p·ln(p) > this."),
-    opening_iterations: int = typer.Option(2, "--opening-iterations", help="Erosions then dilations (3x3x3)."),
+                                          "the attention in priority.png (default: mean organ probability).", callback=v.existing),
+    std_threshold: float = typer.Option(0.1, "--std-threshold", help="Inconsistency: std across models > this.", callback=v.non_negative),
+    entropy_threshold: float = typer.Option(0.05, "--entropy-threshold", help="Uncertainty: mean -p·ln(p) > this.", callback=v.non_negative),
+    opening_iterations: int = typer.Option(2, "--opening-iterations", help="Erosions then dilations (3x3x3).", callback=v.non_negative),
     overlap_organs: Optional[str] = typer.Option(None, "--overlap-organs", help="Comma-separated organ names whose "
                                                  "pseudo-labels count for overlap (default: all target organs)."),
-    figure_cases: int = typer.Option(4, "--figure-cases", help="Top cases shown in priority.png (0: no figure)."),
+    figure_cases: int = typer.Option(4, "--figure-cases", help="Top cases shown in priority.png (0: no figure).", callback=v.non_negative),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no table."),
 ) -> None:
     from rich.console import Console

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from aemia.cli import validate as v
+
 MBDCNN_HELP = (
     "Mutual bootstrapping of segmentation and classification (MB-DCNN, Xie, Zhang, Xia, Shen, IEEE TMI 2020; "
     "METHODS.md §7.2), CPU-sized: a width-16 U-Net Coarse-SN (Dice + 0.05 rank loss), a mask-guided ResNet "
@@ -30,22 +32,22 @@ def register(semi_app: typer.Typer) -> None:
 
 
 def mbdcnn_cmd(
-    dataset: str = typer.Option("ph2", "--dataset", "-d", help="Data set with masks and image classes (ph2)."),
-    run: Path = typer.Option(..., "--run", "-r", help="Run folder to create (or resume)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Images resized to SIZE x SIZE (cpu preset: 128)."),
-    epochs_seg: Optional[int] = typer.Option(None, "--epochs-seg", help="Coarse-SN epochs (cpu preset: 25)."),
-    epochs_cls: Optional[int] = typer.Option(None, "--epochs-cls", help="Epochs of each classifier (cpu preset: 20)."),
-    epochs_enh: Optional[int] = typer.Option(None, "--epochs-enh", help="Enhanced-SN epochs (cpu preset: 10)."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="Hold out fold K (0-based) of a stratified split."),
-    folds: int = typer.Option(5, "--folds", help="Number of folds for --fold."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the folds, initialisation and augmentation."),
+    dataset: str = typer.Option("ph2", "--dataset", "--data", "-d", help="Data set with masks and image classes (ph2)."),
+    run: Path = typer.Option(..., "--run", "--out", "-r", "-o", help="Run folder to create (or resume).", callback=v.out_folder),
+    size: Optional[int] = typer.Option(None, "--size", help="Images resized to SIZE x SIZE (cpu preset: 128).", callback=v.number(16)),
+    epochs_seg: Optional[int] = typer.Option(None, "--epochs-seg", help="Coarse-SN epochs (cpu preset: 25).", callback=v.at_least_one),
+    epochs_cls: Optional[int] = typer.Option(None, "--epochs-cls", help="Epochs of each classifier (cpu preset: 20).", callback=v.at_least_one),
+    epochs_enh: Optional[int] = typer.Option(None, "--epochs-enh", help="Enhanced-SN epochs (cpu preset: 10).", callback=v.at_least_one),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Hold out fold K (0-based) of a stratified split.", callback=v.non_negative),
+    folds: int = typer.Option(5, "--folds", help="Number of folds for --fold.", callback=v.number(2)),
+    seed: int = typer.Option(0, "--seed", help="Seed for the folds, initialisation and augmentation.", callback=v.non_negative),
     preset: str = typer.Option("cpu", "--preset", help="cpu (from scratch, small) or paper (224 px, paper rates "
-                               "and epochs; GPU-sized)."),
+                               "and epochs; GPU-sized).", callback=v.choice(("cpu", "paper"))),
     mask_cn_init: str = typer.Option("scratch", "--mask-cn-init", help="scratch (same budget as the plain "
-                                     "classifier) or plain (expand the trained plain classifier to 4 channels)."),
+                                     "classifier) or plain (expand the trained plain classifier to 4 channels).", callback=v.choice(("scratch", "plain"))),
     control: bool = typer.Option(False, "--control", help="Also fine-tune Coarse-SN without the CAM for the "
                                  "Enhanced-SN budget (separates the CAM's effect from more training)."),
-    amp: str = typer.Option("auto", "--amp", help="Mixed precision for training: auto, bf16, fp16 or none."),
+    amp: str = typer.Option("auto", "--amp", help="Mixed precision for training: auto, bf16, fp16 or none.", callback=v.amp),
     resume: bool = typer.Option(False, "--resume", help="Reuse finished stages and continue an interrupted one."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:

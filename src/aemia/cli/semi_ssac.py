@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from aemia.cli import validate as v
+
 from aemia.cli.common import console
 
 
@@ -20,17 +22,17 @@ def register(semi_app: typer.Typer) -> None:
 
 
 def ssac(
-    dataset: str = typer.Option(..., "--dataset", "-d",
+    dataset: str = typer.Option(..., "--dataset", "--data", "-d",
                                 help="Classification data set: pneumoniamnist, busi, breastmnist, ph2."),
-    run: Path = typer.Option(..., "--run", "-r", help="Run folder to create (must not exist or be empty)."),
-    label_fraction: float = typer.Option(0.05, help="Fraction of the training split whose labels are used."),
-    epochs_aae: int = typer.Option(20, help="Phase 1: adversarial-autoencoder epochs over all training images."),
-    epochs_cls: int = typer.Option(40, help="Phase 2: classifier epochs over the labelled images."),
-    size: Optional[int] = typer.Option(None, help="Working size in pixels (default 28 for *MNIST, 64 otherwise)."),
-    latent_dim: int = typer.Option(16, help="Size of the autoencoder's latent code z."),
-    encoder: str = typer.Option("frozen", help="R's encoder in phase 2: frozen, or finetune (at 0.1x the lr)."),
-    max_unlabelled: Optional[int] = typer.Option(None, help="Use at most this many unlabelled images in phase 1."),
-    seed: int = typer.Option(0, help="Seed for the labelled subset, initialisation and batches."),
+    run: Path = typer.Option(..., "--run", "--out", "-r", "-o", help="Run folder to create (must not exist or be empty).", callback=v.out_folder),
+    label_fraction: float = typer.Option(0.05, help="Fraction of the training split whose labels are used.", callback=v.open_fraction),
+    epochs_aae: int = typer.Option(20, help="Phase 1: adversarial-autoencoder epochs over all training images.", callback=v.at_least_one),
+    epochs_cls: int = typer.Option(40, help="Phase 2: classifier epochs over the labelled images.", callback=v.at_least_one),
+    size: Optional[int] = typer.Option(None, help="Working size in pixels (default 28 for *MNIST, 64 otherwise).", callback=v.number(8)),
+    latent_dim: int = typer.Option(16, help="Size of the autoencoder's latent code z.", callback=v.at_least_one),
+    encoder: str = typer.Option("frozen", help="R's encoder in phase 2: frozen, or finetune (at 0.1x the lr).", callback=v.choice(("frozen", "finetune"))),
+    max_unlabelled: Optional[int] = typer.Option(None, help="Use at most this many unlabelled images in phase 1.", callback=v.at_least_one),
+    seed: int = typer.Option(0, help="Seed for the labelled subset, initialisation and batches.", callback=v.non_negative),
 ) -> None:
     """Train SSAC and the classifier alone; print both test AUCs (95% CIs) and write metrics.json, figures, checkpoints.
 

@@ -27,6 +27,8 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from aemia.cli import validate as v
+
 from aemia.cli.common import console, err_console
 
 CT_WINDOW_DISPLAY = (-160.0, 240.0)
@@ -53,17 +55,17 @@ def register(app: typer.Typer) -> None:
 
 @synth_app.command("tumors")
 def tumors_cmd(
-    ct: Path = typer.Option(..., "--ct", help="CT in HU: NIfTI file or DICOM folder."),
-    organ_mask: Path = typer.Option(..., "--organ-mask", "-m", help="Label map on the CT's grid (e.g. TotalSegmentator)."),
-    organ_label: int = typer.Option(1, "--organ-label", help="Value of the organ in the mask (liver = 5 in TotalSegmentator v1)."),
-    n: int = typer.Option(20, "--n", "-n", help="Number of synthetic cases to write."),
-    tumor_type: str = typer.Option("random", "--type", help="tiny, small, medium, large, mix, or random (the paper's draw, p 0.2 each)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; must not exist or be empty unless --overwrite)."),
-    seed: int = typer.Option(0, help="Seed: case i uses the stream (seed, i)."),
+    ct: Path = typer.Option(..., "--ct", help="CT in HU: NIfTI file or DICOM folder.", callback=v.existing),
+    organ_mask: Path = typer.Option(..., "--organ-mask", "-m", help="Label map on the CT's grid (e.g. TotalSegmentator).", callback=v.existing),
+    organ_label: int = typer.Option(1, "--organ-label", help="Value of the organ in the mask (liver = 5 in TotalSegmentator v1).", callback=v.at_least_one),
+    n: int = typer.Option(20, "--n", "-n", help="Number of synthetic cases to write.", callback=v.at_least_one),
+    tumor_type: str = typer.Option("random", "--type", help="tiny, small, medium, large, mix, or random (the paper's draw, p 0.2 each).", callback=v.choice(v.tumor_types)),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; must not exist or be empty unless --overwrite).", callback=v.out_folder),
+    seed: int = typer.Option(0, help="Seed: case i uses the stream (seed, i).", callback=v.non_negative),
     for_validation: bool = typer.Option(False, "--for-validation", help="Controlled tumors per size bin (<=5, 5-10, 10-20, >20 mm), kept apart, with an instance map."),
-    per_bin: int = typer.Option(2, "--per-bin", help="With --for-validation: tumors per size bin in each case."),
-    vessel_mask: Optional[Path] = typer.Option(None, "--vessel-mask", help="Label map of vessels: tumors avoid them (paper's realism extra)."),
-    vessel_labels: Optional[str] = typer.Option(None, "--vessel-labels", help="Comma-separated vessel values in --vessel-mask (default: any non-zero)."),
+    per_bin: int = typer.Option(2, "--per-bin", help="With --for-validation: tumors per size bin in each case.", callback=v.at_least_one),
+    vessel_mask: Optional[Path] = typer.Option(None, "--vessel-mask", help="Label map of vessels: tumors avoid them (paper's realism extra).", callback=v.existing),
+    vessel_labels: Optional[str] = typer.Option(None, "--vessel-labels", help="Comma-separated vessel values in --vessel-mask (default: any non-zero).", callback=v.int_list()),
     capsule: bool = typer.Option(False, "--capsule", help="Add an enhancing capsule rim (paper's realism extra)."),
     montage: bool = typer.Option(True, "--montage/--no-montage", help="Write a PNG montage per case."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
@@ -93,9 +95,10 @@ def _check_inputs(ct_path: Path, mask_path: Path, organ_label: int, vessel_path:
     from aemia.data.io import read_image
     from aemia.errors import InputError
 
+    from aemia.data.preflight import ct_volume, require
+
     ct = read_image(ct_path)
-    if ct.spatial_dims != 3 or ct.channels != 1:
-        raise InputError(ct_path, f"expected a single-channel 3D CT, got array shape {ct.array.shape}")
+    require(ct_volume(ct_path, ct), ct_path)  # 3D, one channel, no NaN/inf (they would be copied into the output)
 
     def load_mask(path: Path, what: str) -> np.ndarray:
         mask = read_image(path)
@@ -103,9 +106,7 @@ def _check_inputs(ct_path: Path, mask_path: Path, organ_label: int, vessel_path:
             raise InputError(path, f"{what} geometry does not match the CT {ct_path}: shape {mask.spatial_shape} "
                                    f"vs {ct.spatial_shape}")
         if not np.allclose(mask.affine, ct.affine, atol=1e-3, rtol=1e-5):
-            raise InputError(path, f"{what} geometry does not match the CT {ct_path}: affines differ "
-                                   f"(origin {np.round(mask.affine[:3, 3], 2).tolist()} vs "
-                                   f"{np.round(ct.affine[:3, 3], 2).tolist()})")
+            raise InputError(path, f"{what} geometry does not match the CT {ct_path}: {_affine_difference(mask, ct)}")
         arr = np.asarray(mask.array[0])
         return np.rint(arr).astype(np.int64) if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.int64)
 
@@ -123,6 +124,20 @@ def _check_inputs(ct_path: Path, mask_path: Path, organ_label: int, vessel_path:
         v = load_mask(vessel_path, "vessel mask")
         vessels = np.isin(v, vessel_labels) if vessel_labels else v != 0
     return ct, organ, vessels
+
+
+def _affine_difference(a: Any, b: Any) -> str:
+    """Name what differs between two images' affines: spacing, axis directions, or origin (a, then b)."""
+    def r(v: Any) -> list:
+        return np.round(np.asarray(v, dtype=float), 3).tolist()
+
+    sa, sb = np.linalg.norm(a.affine[:3, :3], axis=0), np.linalg.norm(b.affine[:3, :3], axis=0)
+    if not np.allclose(sa, sb, atol=1e-3, rtol=1e-5):
+        return f"spacing {r(sa)} vs {r(sb)}"
+    da, db = a.affine[:3, :3] / sa, b.affine[:3, :3] / sb
+    if not np.allclose(da, db, atol=1e-3):
+        return f"axis directions {r(da)} vs {r(db)}"
+    return f"origin {r(a.affine[:3, 3])} vs {r(b.affine[:3, 3])}"
 
 
 def _montage(path: Path, image: np.ndarray, label: np.ndarray, tumors: list, spacing: tuple[float, ...],

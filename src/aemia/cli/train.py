@@ -7,7 +7,10 @@ from typing import Optional
 
 import typer
 
+from aemia.cli import validate as v
 from aemia.cli.common import console, parse_ints, parse_labels
+
+RECIPE = "(default: the TrainConfig recipe)"
 
 
 def register(app: typer.Typer) -> None:
@@ -15,43 +18,45 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Bundled data set (see `aemia data list`)."),
-    run: Path = typer.Option(..., "--run", "-r", help="Run folder to create (or resume)."),
-    model: str = typer.Option("unetpp", help="Network: unetpp, unet (segmentation); resnet or arl-resnet (classification)."),
-    preset: str = typer.Option("cpu", help="Width preset: cpu (16,16,32,64,128), tiny, paper (32..512)."),
-    features: Optional[str] = typer.Option(None, help="Level widths, e.g. 16,32,64,128 (overrides --preset)."),
-    label_fraction: float = typer.Option(1.0, help="Fraction of the training split whose labels are used."),
-    task: str = typer.Option("auto", help="auto (the data set's task), segmentation, classification (e.g. PH2 diagnosis), "
+    ctx: typer.Context,
+    dataset: str = typer.Option(..., "--dataset", "--data", "-d", help="Bundled data set (see `aemia data list`)."),
+    run: Path = typer.Option(..., "--run", "--out", "-r", "-o", help="Run folder to create (or resume).",
+                           callback=v.out_folder),
+    model: str = typer.Option("unetpp", callback=v.choice(v.models()), help="Network: unetpp, unet (segmentation); resnet or arl-resnet (classification)."),
+    preset: str = typer.Option("cpu", callback=v.choice(v.presets), help="Width preset: cpu (16,16,32,64,128), tiny, paper (32..512)."),
+    features: Optional[str] = typer.Option(None, callback=v.int_list(), help="Level widths, e.g. 16,32,64,128 (overrides --preset)."),
+    label_fraction: float = typer.Option(1.0, callback=v.open_fraction, help="Fraction of the training split whose labels are used."),
+    task: str = typer.Option("auto", callback=v.choice(v.run_tasks), help="auto (the data set's task), segmentation, classification (e.g. PH2 diagnosis), "
                                           "or liver-tumor (3D CT: liver + tumor; with --synthetic-tumors)."),
     synthetic_tumors: bool = typer.Option(False, "--synthetic-tumors",
                                           help="liver-tumor: synthetic tumors in the healthy livers instead of tumor "
                                                "labels (Hu et al. CVPR 2023). Example: aemia train --dataset "
                                                "totalseg_ct --task liver-tumor --synthetic-tumors --run runs/lt"),
-    spacing: Optional[str] = typer.Option(None, help="3D: working voxel size in mm, e.g. 2,2,2 (default: the "
+    spacing: Optional[str] = typer.Option(None, callback=v.float_list((1, 2, 3)), help="3D: working voxel size in mm, e.g. 2,2,2 (default: the "
                                                      "training cases' median; liver-tumor: 2,2,2)."),
-    epochs: int = typer.Option(30, help="Epochs."),
-    batch_size: int = typer.Option(8, help="Batch size."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate."),
-    optimizer: str = typer.Option("adam", help="adam, adamw or sgd."),
-    schedule: str = typer.Option("cosine", help="cosine, poly or constant."),
-    loss: str = typer.Option("dice_ce", help="dice_ce, or bce_dice (the UNet++ paper's 0.5*BCE + Dice)."),
-    deep_supervision: bool = typer.Option(True, help="UNet++: loss summed over all heads (equal weights)."),
-    size: Optional[int] = typer.Option(None, help="2D: resize images to SIZE x SIZE for training."),
-    patch: Optional[str] = typer.Option(None, help="3D: patch size, e.g. 64,64,64."),
+    epochs: Optional[int] = typer.Option(None, callback=v.at_least_one, help=f"Epochs {RECIPE}."),
+    batch_size: Optional[int] = typer.Option(None, callback=v.at_least_one, help=f"Batch size {RECIPE}."),
+    lr: Optional[float] = typer.Option(None, callback=v.positive, help=f"Peak learning rate {RECIPE}."),
+    optimizer: Optional[str] = typer.Option(None, callback=v.choice(v.optimizers), help=f"adam, adamw or sgd {RECIPE}."),
+    schedule: Optional[str] = typer.Option(None, callback=v.choice(v.schedules), help=f"cosine, poly or constant {RECIPE}."),
+    loss: Optional[str] = typer.Option(None, callback=v.choice(v.losses), help=f"dice_ce, or bce_dice (the UNet++ paper's 0.5*BCE + Dice) {RECIPE}."),
+    deep_supervision: Optional[bool] = typer.Option(None, "--deep-supervision/--no-deep-supervision", help="UNet++: loss summed over all heads (equal weights) " + RECIPE + "."),
+    size: Optional[int] = typer.Option(None, callback=v.number(16), help="2D: resize images to SIZE x SIZE for training."),
+    patch: Optional[str] = typer.Option(None, callback=v.int_list((3,), lo=8), help="3D: patch size, e.g. 64,64,64."),
     labels: Optional[str] = typer.Option(None, help="3D: keep only these labels, e.g. 5:liver,1:spleen."),
-    early_stopping: int = typer.Option(0, help="Stop after N epochs without validation improvement (0 = off)."),
-    amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 where native), bf16, fp16 or none."),
-    init: Optional[Path] = typer.Option(None, help="Start from pretrained weights (a run folder or checkpoint)."),
+    early_stopping: Optional[int] = typer.Option(None, callback=v.non_negative, help="Stop after N epochs without validation improvement (0 = off)."),
+    amp: Optional[str] = typer.Option(None, callback=v.amp, help="Mixed precision: auto (bf16 where native), bf16, fp16 or none."),
+    init: Optional[Path] = typer.Option(None, callback=v.checkpoint, help="Start from pretrained weights (a run folder or checkpoint)."),
     semi: Optional[str] = typer.Option(
         None, help="2D semi-supervised training on the unlabelled rest of the training split: mean-teacher or "
                    "pseudo-label. Example: aemia train -d pneumoniamnist --model resnet --label-fraction 0.05 "
                    "--semi mean-teacher --run runs/pn_mt"),
     semi_weight: Optional[float] = typer.Option(
-        None, help="Max weight of the unlabelled loss after the ramp-up (default: mean-teacher 10 classification / 0.1 segmentation, pseudo-label 1)."),
+        None, callback=v.non_negative, help="Max weight of the unlabelled loss after the ramp-up (default: mean-teacher 10 classification / 0.1 segmentation, pseudo-label 1)."),
     semi_threshold: Optional[float] = typer.Option(
-        None, help="Pseudo-label confidence threshold (default: 0.95 classification, 0.9 per pixel segmentation)."),
-    seed: int = typer.Option(0, help="Seed for splits, subsets, augmentation and initialisation."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+        None, callback=v.open_fraction, help="Pseudo-label confidence threshold (default: 0.95 classification, 0.9 per pixel segmentation)."),
+    seed: Optional[int] = typer.Option(None, callback=v.non_negative, help="Seed for splits, subsets, augmentation and initialisation."),
+    device: Optional[str] = typer.Option(None, callback=v.device, help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
 ) -> None:
     """Train a model and evaluate it on the test split (metrics with 95% CIs, report.html).
@@ -61,10 +66,10 @@ def train(
     from aemia.train.run import RunConfig, train_run
     from aemia.train.trainer import TrainConfig
 
-    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, loss=loss,
-                       deep_supervision=deep_supervision, early_stopping=early_stopping, seed=seed, amp=amp,
-                       device=device)
     try:
+        tcfg = TrainConfig(**v.given(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                     schedule=schedule, loss=loss, deep_supervision=deep_supervision,
+                                     early_stopping=early_stopping, seed=seed, amp=amp, device=device))
         cfg = RunConfig(dataset=dataset, model=model, preset=preset, features=parse_ints(features, "--features"),
                         label_fraction=label_fraction, size=size, patch=parse_ints(patch, "--patch"),
                         labels=parse_labels(labels), task=task, synthetic_tumors=synthetic_tumors,
@@ -75,6 +80,15 @@ def train(
         from aemia.errors import InputError
 
         raise InputError(None, str(exc)) from None
+    from aemia.data.catalog import list_datasets
+    from aemia.data.preflight import require, training_data
+
+    require(training_data(dataset, list_datasets()), dataset)  # every problem listed, before any work
+    if resume:
+        from aemia.train.resume_check import check_resume
+
+        given = [n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
+        check_resume(run, cfg, given)
     metrics = train_run(cfg, run, resume=resume)
     if metrics:
         console.print(f"[bold green]done[/]: {metrics.get('headline', '')}")

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from aemia.cli import validate as v
+
 CAM_HELP = (
     "Class activation maps (Zhou et al., CVPR 2016) of a trained classification run, thresholded into masks and "
     "scored against the data set's lesion masks.\n\n"
@@ -32,16 +34,16 @@ def register(app: typer.Typer) -> None:
 
 def cam_cmd(
     run: Path = typer.Option(..., "--run", "-r", help="A trained classification run folder (aemia train)."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Data set with masks to score against "
+    out: Path = typer.Option(..., "--out", help="Output folder.", callback=v.out_folder),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "--data", "-d", help="Data set with masks to score against "
                                           "(default: the run's data set)."),
-    split: str = typer.Option("test", "--split", help="Split to map: train, val or test."),
+    split: str = typer.Option("test", "--split", help="Split to map: train, val or test.", callback=v.choice(("train", "val", "test"))),
     cam_class: str = typer.Option("predicted", "--class", help="Whose CAM: predicted (each image's predicted "
                                   "class), a class name (e.g. melanoma) or all (every class in turn)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Mask = CAM >= threshold x its maximum (0..1)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Mask = CAM >= threshold x its maximum (0..1).", callback=v.fraction),
     largest_component: bool = typer.Option(False, "--largest-component", help="Keep only the largest connected "
                                            "component of each mask."),
-    figure_images: int = typer.Option(16, "--figure-images", help="Images shown in cams.png."),
+    figure_images: int = typer.Option(16, "--figure-images", help="Images shown in cams.png.", callback=v.non_negative),
 ) -> None:
     from aemia.errors import InputError
     from aemia.weak.cam import CamConfig, run_cams

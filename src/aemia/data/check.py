@@ -3,7 +3,8 @@
 Accepted inputs: an MSD / nnU-Net folder (``dataset.json``), a plain folder of images (searched recursively;
 DICOM series folders count as one image), or a single image file / DICOM folder.
 
-Checks: readability, NaN/inf voxels, image/label shape and spacing agreement (relative tolerance 1e-3), channels
+Checks: readability (and header sanity, :mod:`aemia.data.header`), NIfTI/NRRD being 3D (4D only with the channels
+``dataset.json`` lists), an MSD layout without ``dataset.json``, NaN/inf voxels, image/label shape and spacing agreement (relative tolerance 1e-3), channels
 agreeing with each other, label values allowed by ``dataset.json``, empty (all-zero) label maps, missing files,
 non-image files in image folders, empty folders. Nothing is written.
 """
@@ -22,6 +23,8 @@ from aemia.data.io import image_kind, is_dicom_file, read_image, read_npz_split
 from aemia.errors import InputError
 
 SPACING_RTOL = 1e-3
+MSD_FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
+VOLUME_KINDS = ("nifti", "itk")  # formats that hold 3D volumes; 2D data come as pictures
 # Files that may sit in a plain image folder without being images.
 METADATA_SUFFIXES = (".json", ".csv", ".txt", ".md", ".tsv", ".xlsx", ".xls", ".yaml", ".yml", ".pdf", ".html")
 
@@ -57,6 +60,7 @@ class Checker:
         self.problems: list[Problem] = []
         self.cases: list[CheckCase] = []
         self.allowed_labels: set[int] | None = None
+        self.msd_channels: int | None = None
         self._plan()
 
     # ------------------------------------------------------------------ planning
@@ -73,6 +77,9 @@ class Checker:
             self._add(p, "folder is empty")
         elif (p / "dataset.json").exists():
             self._plan_msd(p)
+        elif any((p / sub).is_dir() for sub in MSD_FOLDERS):
+            self._add(p, "has imagesTr/labelsTr but no dataset.json: an MSD / nnU-Net folder needs one (labels, "
+                         "channels, file ending); masks in labelsTr would otherwise be taken for images")
         else:
             self._plan_plain(p)
 
@@ -83,6 +90,7 @@ class Checker:
             self._add(exc.path or root, exc.problem)
             return
         self.allowed_labels = set(ds.labels)
+        self.msd_channels = max(1, len(ds.channels))
         listed: set[Path] = set()
         for case in ds.training + ds.test:
             self.cases.append(self._msd_case(case))
@@ -137,10 +145,12 @@ class Checker:
             _check_npz(Path(case.images[0]), found)
             self.problems.extend(found)
             return found
+        per_file = self._channels_per_file(len(case.images))
         for f in case.images:
             img = _read(f, found)
             if img is not None:
                 _check_finite(img, f, found)
+                _check_volume(img, Path(f), per_file, found)
                 images.append(img)
         ref = images[0] if images else None
         for img, f in zip(images[1:], case.images[1:]):
@@ -154,6 +164,13 @@ class Checker:
                 self._check_label_values(lab, case.label, found)
         self.problems.extend(found)
         return found
+
+    def _channels_per_file(self, n_files: int) -> int | None:
+        """Channels each image file must hold: MSD's one 4D file per case holds every channel of dataset.json,
+        nnU-Net's CASE_000C files hold one each; None (plain folders) means one 3D volume per file."""
+        if self.msd_channels is None:
+            return None
+        return self.msd_channels if n_files == 1 else 1
 
     def _check_label_values(self, lab: Image, path: Path, found: list[Problem]) -> None:
         arr = lab.array
@@ -215,6 +232,19 @@ def _check_finite(img: Image, path: Path, found: list[Problem]) -> None:
         if bad:
             n_nan = int(np.count_nonzero(np.isnan(img.array)))
             found.append(Problem(str(path), f"{bad} voxels are not finite ({n_nan} NaN, {bad - n_nan} inf)"))
+
+
+def _check_volume(img: Image, path: Path, channels: int | None, found: list[Problem]) -> None:
+    """A NIfTI/NRRD must be one 3D volume (or, in an MSD folder, hold the channels dataset.json lists)."""
+    if image_kind(path) not in VOLUME_KINDS:
+        return
+    if img.spatial_dims != 3:
+        found.append(Problem(str(path), f"is a {img.spatial_dims}D image {img.spatial_shape}; a NIfTI/NRRD must "
+                                        f"be a 3D volume (2D images go in as pictures: PNG/JPEG/TIFF)"))
+    elif img.channels != (channels or 1):
+        found.append(Problem(str(path), f"is 4D: {img.channels} volumes of {img.spatial_shape}; expected "
+                                        f"{channels or 1} (one 3D volume per file, or the channels dataset.json "
+                                        f"lists)"))
 
 
 def _check_geometry(img: Image, ref: Image, path: Path, what: str, found: list[Problem]) -> None:

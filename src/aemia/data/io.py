@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aemia.data.header import check_header
 from aemia.data.image import Image
 from aemia.data.orientation import to_ras
 from aemia.errors import InputError
@@ -122,6 +123,7 @@ def _read_stored(path: str | Path) -> Image:
     kind = image_kind(path)
     if path.stat().st_size == 0:
         raise InputError(path, "file is empty")
+    check_header(path, kind or "")  # declared size vs payload and the voxel limit, before any allocation
     if kind == "nifti":
         return _read_nifti(path)
     if kind == "itk":

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from aemia.data.io import case_id, image_kind, is_dicom_file, read_image, write_nifti, write_png
+from aemia.data.check import Problem
 from aemia.data.orientation import to_source
+from aemia.data.preflight import image_problems, require
 from aemia.errors import InputError
 from aemia.infer.lesions import lesion_classes, lesion_csv, lesion_rows
 from aemia.infer.predictor import Predictor
@@ -32,14 +34,23 @@ def collect_inputs(path: Path) -> list[Path]:
 
 
 def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool = False, prune: int | None = None,
-                 device: str = "auto", amp: str = "none", progress: bool = True) -> list[Path]:
+                 device: str = "auto", amp: str = "none", progress: bool = True, skip_bad: bool = False) -> list[Path]:
     """Predict all inputs; 2D masks as PNG (binary 0/255), volumes as NIfTI with the input's affine,
     classification as ``predictions.csv``; for runs with a tumor / lesion class also ``<case>_lesions.csv`` (one row
-    per predicted lesion: centre in voxels and world mm, equivalent diameter, extent, volume). Inputs are read and checked one by one; an unusable input stops
-    the run with a one-line error and leaves no partial file for it."""
+    per predicted lesion: centre in voxels and world mm, equivalent diameter, extent, volume).
+
+    Every input is validated first (readable, header sanity, the model's dimensionality and channels, finite
+    voxels). If any is bad, nothing is written and :class:`ProblemsError` lists them all; with ``skip_bad`` the
+    good inputs are predicted, ``failures.csv`` (case, path, problem) is written beside them and
+    :class:`PartialFailure` is raised at the end (the CLI exits non-zero). Every output file is atomic."""
     predictor = Predictor.from_run(run, prune=prune, tta=tta, device=device, amp=amp)
     inputs = collect_inputs(Path(input))
     out = Path(out)
+    failures = {path: problems for path in inputs
+                if (problems := image_problems(path, predictor.spatial_dims, predictor.in_channels))}
+    if failures and not skip_bad:
+        require([p for problems in failures.values() for p in problems], input)
+    inputs = [p for p in inputs if p not in failures]
     written: list[Path] = []
     rows: list[dict[str, object]] = []
     from aemia.utils.progress import Bar
@@ -74,4 +85,24 @@ def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool 
         target = out / "predictions.csv"
         write_text_atomic(target, buf.getvalue())
         written.append(target)
+    if failures:
+        target = out / "failures.csv"
+        write_text_atomic(target, failures_csv(failures))
+        raise PartialFailure(target, f"{len(failures)} of {len(failures) + len(inputs)} input(s) could not be "
+                                     f"predicted (listed here); {len(written)} file(s) written for the others")
     return written
+
+
+class PartialFailure(InputError):
+    """``--skip-bad``: the good inputs were predicted, the bad ones are listed in ``failures.csv``."""
+
+
+def failures_csv(failures: dict[Path, list[Problem]]) -> str:
+    """``case,path,problem`` rows, one per problem."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "path", "problem"])
+    for path, problems in failures.items():
+        for p in problems:
+            w.writerow([case_id(path), p.path, p.problem])
+    return buf.getvalue()

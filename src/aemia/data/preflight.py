@@ -1,0 +1,110 @@
+"""Pre-flight validation: every input of a verb is checked before any work starts or anything is written.
+
+Each function returns the list of :class:`aemia.data.check.Problem` it found (all of them, not the first);
+:func:`require` turns a non-empty list into one :class:`aemia.errors.ProblemsError`, which the CLI prints as the
+list of problems (stdout) and one error line (stderr, exit 2). ``aemia data check`` runs the same
+:class:`~aemia.data.check.Checker`, so the two agree.
+
+* :func:`training_data` — ``train --dataset FOLDER``: the whole MSD / nnU-Net folder (readability, header sanity,
+  3D volumes with the channels ``dataset.json`` lists, image/label shape and spacing agreement, label values
+  against ``dataset.json``, NaN/inf). Bundled data sets are trusted.
+* :func:`model_inputs` — ``predict``: every input is read once and matched against the model (dimensionality
+  first, then channels), NaN/inf refused.
+* :func:`mask_pairs` — ``evaluate``: each prediction is one label map (not 4D), finite, integer, on the ground
+  truth's grid (shape and spacing).
+* :func:`ct_volume` — ``synth``: a finite single-channel 3D CT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from aemia.data.check import MSD_FOLDERS, Checker, Problem, _check_finite, _check_geometry
+from aemia.data.image import Image
+from aemia.data.io import read_image
+from aemia.errors import InputError, ProblemsError
+
+
+def require(problems: Sequence[Problem], subject: str | Path | None) -> None:
+    """Raise :class:`ProblemsError` listing ``problems`` (nothing happens for an empty list)."""
+    if problems:
+        raise ProblemsError(subject, [str(p) for p in problems])
+
+
+def _read(path: Path, found: list[Problem]) -> Image | None:
+    try:
+        return read_image(path)
+    except InputError as exc:
+        found.append(Problem(exc.path or str(path), exc.problem))
+        return None
+
+
+def training_data(dataset: str, bundled: Iterable[str] = ()) -> list[Problem]:
+    """Problems of a training data folder (``--dataset FOLDER``); a bundled name or a non-folder gives none."""
+    root = Path(dataset)
+    if dataset in set(bundled) or not root.is_dir():
+        return []
+    if not (root / "dataset.json").is_file():
+        if any((root / sub).is_dir() for sub in MSD_FOLDERS):
+            return Checker(root).problems  # planning reports the missing dataset.json
+        return [Problem(str(root), "is a folder without dataset.json: training needs an MSD / nnU-Net folder "
+                                   "(imagesTr, labelsTr, dataset.json) or a bundled data set name")]
+    return Checker(root).run()
+
+
+def model_inputs(paths: Sequence[Path], spatial_dims: int, in_channels: int) -> list[Problem]:
+    """Read every input and check it fits a model of ``spatial_dims`` D with ``in_channels`` channels."""
+    found: list[Problem] = []
+    for path in paths:
+        problems = image_problems(path, spatial_dims, in_channels)
+        found.extend(problems)
+    return found
+
+
+def image_problems(path: Path, spatial_dims: int, in_channels: int) -> list[Problem]:
+    """The problems of one model input (empty when it can be predicted)."""
+    found: list[Problem] = []
+    img = _read(Path(path), found)
+    if img is None:
+        return found
+    if img.spatial_dims != spatial_dims:
+        kind = "3D volume" if img.spatial_dims == 3 else "2D picture"
+        found.append(Problem(str(path), f"is a {kind} {img.spatial_shape}; the model is {spatial_dims}D "
+                                        f"(use a run trained on {img.spatial_dims}D data)"))
+    elif img.channels != in_channels:
+        found.append(Problem(str(path), f"has {img.channels} channel(s); the model expects {in_channels}"))
+    _check_finite(img, Path(path), found)
+    return found
+
+
+def mask_pairs(pairs: Iterable[tuple[Path, Path]]) -> list[Problem]:
+    """(prediction, ground truth) label maps: readable, one channel, finite, integer, on the same grid."""
+    found: list[Problem] = []
+    for pred_path, gt_path in pairs:
+        before = len(found)
+        pred, gt = _read(Path(pred_path), found), _read(Path(gt_path), found)
+        for img, path in ((pred, pred_path), (gt, gt_path)):
+            if img is None:
+                continue
+            if img.channels != 1 and img.spatial_dims == 3:
+                found.append(Problem(str(path), f"is 4D ({img.channels} volumes): a label map is one 3D volume"))
+            _check_finite(img, Path(path), found)
+            arr = img.array
+            if np.issubdtype(arr.dtype, np.floating) and len(found) == before:
+                if not np.array_equal(arr, np.round(arr)):
+                    found.append(Problem(str(path), "label map has non-integer values"))
+        if pred is not None and gt is not None and len(found) == before and pred.spatial_dims == 3:
+            _check_geometry(pred, gt, Path(pred_path), "prediction", found)
+    return found
+
+
+def ct_volume(path: Path, img: Image) -> list[Problem]:
+    """A CT for lesion synthesis: single-channel 3D, every voxel finite."""
+    found: list[Problem] = []
+    if img.spatial_dims != 3 or img.channels != 1:
+        found.append(Problem(str(path), f"expected a single-channel 3D CT, got array shape {img.array.shape}"))
+    _check_finite(img, Path(path), found)
+    return found
