@@ -10,7 +10,7 @@ rewritten after every run so a partial result is never lost):
   default: fp32 gives the same numbers on every x86 CPU, bf16 does not (see ``amp_variation``).
 * ``pneumoniamnist``: test AUC of the ResNet at 5% labels over seeds.
 * ``busi_active_cli``: the real ``aemia active`` CLI on BUSI (``training_stability_parts/busi_active_cli.py``).
-* ``liver_tumor``: the liver + tumour model trained on synthetic tumours, per seed.
+* ``amp_variation``: one Kvasir run in fp32 and in bf16: what the CPU's bf16 arithmetic changes.
 
     .venv/bin/python benchmarks/training_stability.py --parts kvasir --fractions 0.1 --seeds 0,1,2,3,4
     .venv/bin/python benchmarks/training_stability.py --parts kvasir --fractions 0.1 --seeds 0 --epochs 1 --min-steps 0 --out /tmp/t.json
@@ -91,11 +91,29 @@ def part_pneumoniamnist(args: argparse.Namespace, out: dict[str, Any]) -> None:
                                           channels_last=args.amp != "none"))
         metrics, _ = _train(f"pneumoniamnist_{fraction}_s{seed}_{args.amp}", cfg, args.work)
         auc = metrics["classification"]["auc"]
-        rows.append({"seed": seed, "auc": auc["value"] if isinstance(auc, dict) and "value" in auc else auc,
-                     "epochs": epochs, "best_epoch": metrics["run"]["best_epoch"]})
-        res[str(fraction)] = {**_summary([float(r["auc"]["mean"] if isinstance(r["auc"], dict) else r["auc"]) for r in rows],
-                                         "auc"), "runs": rows}
+        rows.append({"seed": seed, "auc": auc["mean"], "ci": auc["ci"], "epochs": epochs,
+                     "best_epoch": metrics["run"]["best_epoch"]})
+        res[str(fraction)] = {**_summary([r["auc"] for r in rows], "auc"), "runs": rows, "amp": args.amp}
         _write(args, out)
+
+
+def part_amp_variation(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """The same Kvasir run (first fraction, first seed) in fp32 and under bf16 autocast: what a CPU's bf16
+    arithmetic changes. fp32 results are the same on every x86 CPU with the same torch build; bf16 rounding
+    (and whether bf16 is used at all under --amp auto) depends on the CPU (AMX, AVX512-BF16 or none)."""
+    fraction, seed = args.fractions[0], args.seeds[0]
+    rows = {}
+    for amp in ("none", "bf16"):
+        epochs = _epochs("kvasir", fraction, 8, args)
+        cfg = RunConfig(dataset="kvasir", model=args.model, preset="cpu", label_fraction=fraction, size=args.size,
+                        train=TrainConfig(epochs=epochs, batch_size=8, lr=args.lr, amp=amp, seed=seed,
+                                          channels_last=amp != "none"))
+        metrics, _ = _train(f"kvasir_{args.model}_{fraction}_s{seed}_{amp}", cfg, args.work)
+        rows[amp] = {"dice": metrics["segmentation"]["polyp"]["dice"]["mean"],
+                     "train_seconds": metrics["run"]["train_seconds"]}
+    out["amp_variation"] = {"kvasir_fraction": fraction, "seed": seed, "model": args.model, **rows,
+                            "dice_bf16_minus_fp32": rows["bf16"]["dice"] - rows["none"]["dice"]}
+    _write(args, out)
 
 
 def part_busi_active_cli(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -107,7 +125,8 @@ def part_busi_active_cli(args: argparse.Namespace, out: dict[str, Any]) -> None:
     _write(args, out)
 
 
-PARTS = {"kvasir": part_kvasir, "pneumoniamnist": part_pneumoniamnist, "busi_active_cli": part_busi_active_cli}
+PARTS = {"kvasir": part_kvasir, "pneumoniamnist": part_pneumoniamnist, "busi_active_cli": part_busi_active_cli,
+         "amp_variation": part_amp_variation}
 
 
 def _write(args: argparse.Namespace, out: dict[str, Any]) -> None:

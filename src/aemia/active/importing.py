@@ -195,7 +195,7 @@ def _commit(proj: Project, led: Any, accepted: list[tuple[str, str, bytes | Path
 def clean_orphans(project: str | Path | Project) -> list[str]:
     """Remove what an interrupted import left in ``P/labels/``: staging folders of dead processes, temp files
     and label files the ledger never recorded; returns their names (for the caller to report)."""
-    proj = _open_project(project)
+    proj = open_project(project)
     folder = proj.labels_dir
     if not folder.is_dir():
         return []

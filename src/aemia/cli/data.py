@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from aemia.cli import validate as v
 
 
 def register(app: typer.Typer) -> None:

@@ -9,8 +9,6 @@ import numpy as np
 
 def resample_to_spacing(array: np.ndarray, spacing: Sequence[float], target: Sequence[float], order: int = 1) -> np.ndarray:
     """Resample a channels-first volume (C, *S) from ``spacing`` to ``target`` mm (order 1 linear, 0 nearest)."""
-    import torch
-    import torch.nn.functional as F
 
     spacing = tuple(float(s) for s in spacing)
     target = tuple(float(t) for t in target)

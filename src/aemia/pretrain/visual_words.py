@@ -24,7 +24,6 @@ restoration target is the undeformed patch) is off by default (``elastic=True`` 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -29,7 +29,7 @@ import yaml
 from aemia.data.catalog import CatalogDataset, get_dataset
 from aemia.data.normalise import default_normaliser, normalise
 from aemia.errors import InputError
-from aemia.nets import create_model, load_checkpoint, load_weights
+from aemia.nets import create_model, load_weights
 from aemia.nets.registry import model_task
 from aemia.train.data import ArrayDataset, AugmentConfig, PatchDataset
 from aemia.train.trainer import TrainConfig, Trainer
