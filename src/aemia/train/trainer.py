@@ -49,6 +49,7 @@ from aemia.train.data import EpochDataset
 from aemia.train.hooks import EarlyStopping, Hook, JsonlLogger
 from aemia.train.losses import DeepSupervisionLoss, get_loss
 from aemia.utils.io import atomic_path, write_json_atomic
+from aemia.utils.progress import EpochProgress
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "constant", "step")
@@ -518,7 +519,7 @@ class Trainer:
         for hook in self.hooks:
             hook.on_fit_start(self)
         total_steps = self.cfg.epochs * self.steps_per_epoch()
-        progress = _Progress(enabled=self.cfg.progress and self.is_main)
+        progress = EpochProgress(enabled=self.cfg.progress and self.is_main)
         with progress:
             for epoch in range(self.start_epoch, self.cfg.epochs):
                 if self.should_stop:
@@ -590,36 +591,3 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_device(o, device) for o in obj)
     return obj
-
-
-class _Progress:
-    """One progress bar per epoch with the running loss; validation scores appended at the epoch's end."""
-
-    def __init__(self, enabled: bool) -> None:
-        from aemia.utils.progress import Bar
-
-        self._bar = Bar("training", total=None, enabled=enabled, transient=False, stderr=False)
-        self._bar_open = False
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar_open:
-            self._bar.__exit__(*exc)
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        self._label = f"epoch {epoch + 1}/{epochs}"
-        if not self._bar_open:
-            self._bar._description, self._bar._total = self._label, steps
-            self._bar.__enter__()
-            self._bar_open = True
-        else:
-            self._bar.add_task(self._label, total=steps)
-
-    def advance(self, loss: float) -> None:
-        self._bar.advance(description=f"{self._label} loss {loss:.4f}")
-
-    def end_epoch(self, logs: dict[str, Any]) -> None:
-        extra = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_") and k != "val_metric")
-        self._bar.describe(f"{self._label} loss {logs['train_loss']:.4f} {extra}")

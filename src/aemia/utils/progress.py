@@ -59,3 +59,34 @@ class Bar:
         if self._task is not None:
             self._progress.update(self._task, description=description)
             self._progress.refresh()
+
+
+class EpochProgress:
+    """One progress bar per epoch with the running loss; validation scores appended at the epoch's end."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar = Bar("training", total=None, enabled=enabled, transient=False, stderr=False)
+        self._bar_open = False
+
+    def __enter__(self) -> "EpochProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar_open:
+            self._bar.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self._label = f"epoch {epoch + 1}/{epochs}"
+        if not self._bar_open:
+            self._bar._description, self._bar._total = self._label, steps
+            self._bar.__enter__()
+            self._bar_open = True
+        else:
+            self._bar.add_task(self._label, total=steps)
+
+    def advance(self, loss: float) -> None:
+        self._bar.advance(description=f"{self._label} loss {loss:.4f}")
+
+    def end_epoch(self, logs: dict[str, Any]) -> None:
+        extra = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k.startswith("val_") and k != "val_metric")
+        self._bar.describe(f"{self._label} loss {logs['train_loss']:.4f} {extra}")
