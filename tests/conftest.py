@@ -1,4 +1,8 @@
-"""Suite-wide test configuration: the ``needs_data`` marker.
+"""Suite-wide test configuration: fp32 everywhere, and the ``needs_data`` marker.
+
+``AEMIA_AMP=none`` makes ``amp="auto"`` mean fp32 in this process and every CLI subprocess a test starts: tests
+that assert learning must not depend on a CPU's bf16 rounding (CI machines differ). Tests of the bf16 code path
+ask for ``amp="bf16"`` explicitly.
 
 ``@pytest.mark.needs_data`` marks a test that reads the real data folder (``AEMIA_DATA``, else
 ``<repo>/../shared/data``); the test is skipped, not failed, when that folder is absent. Data set folder names as
@@ -11,6 +15,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+os.environ["AEMIA_AMP"] = "none"
 
 
 def data_root() -> Path:

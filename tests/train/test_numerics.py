@@ -148,3 +148,13 @@ def test_weight_decay_zero_is_a_real_zero_for_adamw() -> None:
     params = [torch.nn.Parameter(torch.ones(1))]
     assert trainer_module.make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.0), params).defaults["weight_decay"] == 0.0
     assert trainer_module.make_optimizer(TrainConfig(optimizer="adamw"), params).defaults["weight_decay"] == 1e-2
+
+
+def test_aemia_amp_env_overrides_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aemia.infer.predict import amp_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("AEMIA_AMP", "none")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setenv("AEMIA_AMP", "bf16")
+    assert amp_dtype("auto", cpu) is torch.bfloat16 and amp_dtype("none", cpu) is None

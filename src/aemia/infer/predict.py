@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -34,7 +35,8 @@ def cpu_supports_bf16() -> bool:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """``amp`` = ``none`` | ``bf16`` | ``fp16`` | ``auto`` (bf16 where the hardware runs it natively)."""
+    """``amp`` = ``none`` | ``bf16`` | ``fp16`` | ``auto`` (bf16 where the hardware runs it natively, unless the
+    environment variable ``AEMIA_AMP`` names one of the others)."""
     if amp == "none":
         return None
     if amp == "bf16":
@@ -42,6 +44,9 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16":
         return torch.float16
     if amp == "auto":
+        forced = os.environ.get("AEMIA_AMP", "")
+        if forced in ("none", "bf16", "fp16"):  # a machine-wide choice (the test suite sets none)
+            return amp_dtype(forced, device)
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_supports_bf16() else None
