@@ -42,11 +42,17 @@ validation AUC is only logged for the curves.
 Phase 1 uses no labels, so a finished run's AAE can be reused by another run on the same data set, size and R
 widths (``pretrained_aae``; e.g. other seeds of a benchmark), provided it saw the whole training split.
 
-Outputs of a run folder: ``config.json``, ``splits.json``, ``checkpoints/{aae,ssac,classifier}.safetensors``
-(+ ``.json``), ``per_case.csv`` (test probabilities of both models), ``metrics.json`` (test AUC — binary, or
-macro one-vs-rest — and accuracy with case-level bootstrap 95% CIs for both models, the paired bootstrap CI of
-the AUC difference, the AAE's test reconstruction error and code statistics), ``figures/ssac.png``
-(reconstructions, a PCA of the test codes next to prior samples, training curves).
+Both phases run on the one :class:`~aemia.train.trainer.Trainer` (:mod:`aemia.semisup.ssac_training`): phase 1's
+reconstruction step is the Trainer's step and the discriminator and generator steps are a hook
+(:class:`AAERegularisation`); phase 2 is a plain classification run with per-group learning rates. So both get
+checkpoints every epoch, exact resume (``run_ssac(..., resume=True)``), mixed precision (``amp``) and DDP.
+
+Outputs of a run folder: ``config.yaml``, ``splits.json``, one Trainer folder per phase (``aae/``, ``ssac/``,
+``classifier/``: ``log.jsonl``, ``checkpoints/last.safetensors``), the trained weights
+``checkpoints/{aae,ssac,classifier}.safetensors`` (+ ``.json``), ``per_case.csv`` (test probabilities of both
+models), ``metrics.json`` (test AUC — binary, or macro one-vs-rest — and accuracy with case-level bootstrap 95% CIs
+for both models, the paired bootstrap CI of the AUC difference, the AAE's test reconstruction error and code
+statistics), ``figures/ssac.png`` (reconstructions, a PCA of the test codes next to prior samples, training curves).
 """
 
 from __future__ import annotations
@@ -66,12 +72,22 @@ from torch import nn
 from aemia.errors import InputError
 from aemia.evaluate import metrics as M
 from aemia.nets.checkpoint import read_config, read_state, save_checkpoint
-from aemia.train.data import AugmentConfig, augment, sample_rng
+from aemia.semisup.run_config import read_method_config, write_method_config
+from aemia.semisup.ssac_training import (
+    GroupTrainer,
+    ImagesAsTargets,
+    TrainAccuracy,
+    load_optimizer_tensors,
+    optimizer_tensors,
+)
+from aemia.train.data import ArrayDataset, AugmentConfig
+from aemia.train.hooks import Hook
+from aemia.train.trainer import TrainConfig, Trainer
 from aemia.utils.io import write_json_atomic, write_text_atomic, write_with
-from aemia.utils.progress import Bar
 
 ENCODER_MODES = ("frozen", "finetune")
 RECON_LOSSES = ("bce", "mse")
+AMP_MODES = ("none", "bf16", "fp16", "auto")
 
 # ------------------------------------------------------------------------------------------------ networks
 
@@ -311,6 +327,7 @@ class SSACConfig:
     max_unlabelled: int | None = None  # cap the unlabelled images used by phase 1 (speed); None: all
     n_boot: int = 1000  # bootstrap resamples for the CIs
     seed: int = 0  # labelled subset, initialisation, batches, prior samples
+    amp: str = "none"  # mixed precision of both phases' forward passes: none | bf16 | fp16 | auto
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -322,6 +339,8 @@ class SSACConfig:
             raise ValueError(f"unknown reconstruction loss {self.recon_loss!r}; choose one of {RECON_LOSSES}")
         if self.epochs_aae < 0 or self.epochs_cls < 1:
             raise ValueError("epochs_aae must be >= 0 and epochs_cls >= 1")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
 
     def working_size(self) -> int:
         return int(self.size) if self.size else (28 if "mnist" in self.dataset else 64)
@@ -337,60 +356,107 @@ class SSACConfig:
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _batches(n: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
-    order = rng.permutation(n)
-    return [order[i:i + batch] for i in range(0, n, batch)]
+def _train_config(cfg: SSACConfig, phase: str) -> TrainConfig:
+    """Phase 1 (``aae``): constant rate ``lr_aae``; phase 2 (``cls``): ``lr_cls`` with cosine decay to 0 and
+    ``weight_decay``. Adam, no deep supervision, CPU (the evaluation here runs on numpy arrays)."""
+    if phase == "aae":
+        return TrainConfig(epochs=cfg.epochs_aae, batch_size=cfg.batch_aae, lr=cfg.lr_aae, optimizer="adam",
+                           schedule="constant", deep_supervision=False, seed=cfg.seed, amp=cfg.amp,
+                           channels_last=False, device="cpu", progress=cfg.progress)
+    return TrainConfig(epochs=cfg.epochs_cls, batch_size=cfg.batch_cls, lr=cfg.lr_cls, optimizer="adam",
+                       weight_decay=cfg.weight_decay, schedule="cosine", loss="ce", deep_supervision=False,
+                       seed=cfg.seed, amp=cfg.amp, channels_last=False, device="cpu", progress=cfg.progress)
 
 
-def train_aae(aae: AAE, images: np.ndarray, cfg: SSACConfig, bar: Bar | None = None) -> list[dict[str, float]]:
-    """Phase 1 (Makhzani et al.): per batch a reconstruction, a discriminator and a generator step.
+class _Reconstruction(nn.Module):
+    """The Trainer's loss in phase 1: :func:`reconstruction_loss` of the AAE's image logits (outputs ``(z, logits)``)."""
 
-    Returns one record per epoch: mean reconstruction, discriminator and generator losses and the
-    discriminator's accuracy on prior samples vs codes (0.5 = codes indistinguishable from the prior).
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, outputs: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return reconstruction_loss(outputs[1].float(), target.float(), self.kind)
+
+
+class AAERegularisation(Hook):
+    """The regularisation phase of Makhzani et al., after each reconstruction step the Trainer takes.
+
+    The discriminator learns prior samples (1) vs this batch's codes (0) — the codes of the reconstruction
+    forward pass, one encoder update older, to save a forward pass — then the encoder, as the generator, is
+    updated to fool it (Adam ``lr_disc`` / ``lr_gen``, β1 = 0.5). Logs per epoch the mean ``d_loss``,
+    ``g_loss`` and ``d_acc`` (discriminator accuracy; 0.5 = codes indistinguishable from the prior). Its two
+    optimisers and the prior sampler are saved with the Trainer's checkpoint, so a resumed run is identical.
     """
-    rng = np.random.default_rng([cfg.seed, 1])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    ae_params = list(aae.encoder.parameters()) + list(aae.decoder.parameters())
-    opt_ae = torch.optim.Adam(ae_params, lr=cfg.lr_aae)
-    opt_d = torch.optim.Adam(aae.discriminator.parameters(), lr=cfg.lr_disc, betas=(0.5, 0.999))
-    opt_g = torch.optim.Adam(aae.encoder.parameters(), lr=cfg.lr_gen, betas=(0.5, 0.999))
-    history: list[dict[str, float]] = []
-    aae.train()
-    for epoch in range(cfg.epochs_aae):
-        sums = np.zeros(4)
-        batches = _batches(len(images), cfg.batch_aae, rng)
-        for idx in batches:
-            x = torch.from_numpy(images[idx])
-            # 1. reconstruction phase
-            z, logits = aae(x)
-            rec = reconstruction_loss(logits, x, cfg.recon_loss)
-            opt_ae.zero_grad(set_to_none=True)
-            rec.backward()
-            opt_ae.step()
-            # 2a. regularisation phase: discriminator, prior samples (1) vs codes (0); the codes of this batch
-            # from step 1 are reused (one encoder update older) to save a forward pass
-            z = z.detach()
-            zp = torch.randn(z.shape, generator=gen) * cfg.prior_std
-            dp, dc = aae.discriminator(zp), aae.discriminator(z)
-            d_loss = discriminator_loss(dp, dc)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            # 2b. regularisation phase: generator (the encoder) fools the discriminator
-            g_loss = generator_loss(aae.discriminator(aae.encoder(x)))
-            opt_g.zero_grad(set_to_none=True)
-            aae.discriminator.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            d_acc = 0.5 * ((dp > 0).float().mean() + (dc <= 0).float().mean())
-            sums += np.array([rec.item(), d_loss.item(), g_loss.item(), float(d_acc)]) * len(idx)
-        rec_m, d_m, g_m, acc_m = sums / len(images)
-        history.append({"epoch": epoch + 1, "recon": float(rec_m), "d_loss": float(d_m), "g_loss": float(g_m),
-                        "d_acc": float(acc_m)})
-        if bar is not None:
-            bar.advance(description=f"phase 1 AAE: recon {rec_m:.4f}, D acc {acc_m:.2f}")
+
+    def __init__(self, aae: AAE, cfg: SSACConfig) -> None:
+        self.aae = aae
+        self.prior_std = cfg.prior_std
+        self.opt_d = torch.optim.Adam(aae.discriminator.parameters(), lr=cfg.lr_disc, betas=(0.5, 0.999))
+        self.opt_g = torch.optim.Adam(aae.encoder.parameters(), lr=cfg.lr_gen, betas=(0.5, 0.999))
+        self.prior = torch.Generator().manual_seed(cfg.seed)
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sums = np.zeros(4)
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.sums = np.zeros(4)
+
+    def on_loss(self, trainer: Trainer, batch: tuple[torch.Tensor, ...], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
+        self.batch = (batch[0].to(trainer.device), outputs[0].detach().float())
+        return loss
+
+    def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None:
+        assert self.batch is not None
+        x, z = self.batch
+        disc = self.aae.discriminator
+        zp = (torch.randn(z.shape, generator=self.prior) * self.prior_std).to(z.device)
+        dp, dc = disc(zp), disc(z)
+        d_loss = discriminator_loss(dp, dc)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        g_loss = generator_loss(disc(self.aae.encoder(x)))
+        self.opt_g.zero_grad(set_to_none=True)
+        disc.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        d_acc = 0.5 * ((dp > 0).float().mean() + (dc <= 0).float().mean())
+        self.sums += np.array([len(x), d_loss.item() * len(x), g_loss.item() * len(x), float(d_acc) * len(x)])
+        self.batch = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
+        n = max(self.sums[0], 1.0)
+        logs.update(d_loss=float(self.sums[1] / n), g_loss=float(self.sums[2] / n), d_acc=float(self.sums[3] / n))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"prior_rng": self.prior.get_state(), **optimizer_tensors("d", self.opt_d),
+                **optimizer_tensors("g", self.opt_g)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if "prior_rng" in tensors:
+            self.prior.set_state(tensors["prior_rng"])
+        load_optimizer_tensors("d", self.opt_d, tensors)
+        load_optimizer_tensors("g", self.opt_g, tensors)
+
+
+def train_aae(aae: AAE, images: np.ndarray, cfg: SSACConfig, run_dir: str | Path, resume: bool = False,
+              hooks: Sequence[Hook] = ()) -> list[dict[str, float]]:
+    """Phase 1 (Makhzani et al.) with the Trainer in ``run_dir``: per batch a reconstruction step (the Trainer's,
+    Adam ``lr_aae`` on encoder + decoder), then :class:`AAERegularisation`'s discriminator and generator steps.
+
+    Returns one record per epoch: ``epoch`` (from 1), mean reconstruction loss ``recon``, ``d_loss``, ``g_loss``
+    and ``d_acc``. ``resume`` continues from ``run_dir``'s last checkpoint; ``hooks`` are added after the AAE's.
+    """
+    if cfg.epochs_aae == 0:
+        return []
+    groups = [{"params": list(aae.encoder.parameters()) + list(aae.decoder.parameters())}]
+    trainer = GroupTrainer(aae, ImagesAsTargets(images), None, _train_config(cfg, "aae"), run_dir,
+                           hooks=[AAERegularisation(aae, cfg), *hooks], task="restoration",
+                           loss=_Reconstruction(cfg.recon_loss), groups=groups)
+    history = trainer.fit(resume=resume)["history"]
     aae.eval()
-    return history
+    return [{"epoch": int(h["epoch"]) + 1, "recon": float(h["train_loss"]),
+             **{k: float(h[k]) for k in ("d_loss", "g_loss", "d_acc")}} for h in history]
 
 
 def predict_proba(model: nn.Module, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -408,59 +474,36 @@ def class_scores(probs: np.ndarray) -> np.ndarray:
     return probs[:, 1] if probs.shape[1] == 2 else probs
 
 
-def _safe_auc(y: np.ndarray, probs: np.ndarray) -> float:
-    try:
-        return M.auc(y, class_scores(probs))
-    except ValueError:
-        return math.nan
-
-
 def train_classifier(model: nn.Module, images: np.ndarray, targets: np.ndarray, cfg: SSACConfig,
-                     val: tuple[np.ndarray, np.ndarray] | None = None, bar: Bar | None = None,
-                     name: str = "C") -> list[dict[str, float]]:
-    """Phase 2: cross-entropy on the labelled images; same seeded batches and augmentation for every model.
+                     run_dir: str | Path, val: tuple[np.ndarray, np.ndarray] | None = None, resume: bool = False,
+                     hooks: Sequence[Hook] = ()) -> list[dict[str, float]]:
+    """Phase 2 with the Trainer in ``run_dir``: cross-entropy on the labelled images, Adam ``lr_cls`` with
+    cosine decay; the same seeded batches and augmentation (flips, ±10% intensity) for every model.
 
     For an :class:`SSACNet` with ``encoder="finetune"`` the encoder trains at ``encoder_lr_scale`` × ``lr_cls``.
-    Returns one record per epoch (training loss and accuracy, validation AUC if ``val`` is given).
+    Returns one record per epoch (``epoch`` from 1, training ``loss`` and ``train_acc``, ``val_auc`` if ``val``
+    is given). The model returned trained is the last epoch's. ``resume`` continues from ``run_dir``.
     """
-    rng = np.random.default_rng([cfg.seed, 2])
     if isinstance(model, SSACNet):
-        groups = [{"params": list(model.classifier.parameters()), "lr": cfg.lr_cls}]
+        groups = [{"params": list(model.classifier.parameters())}]
         if not model.freeze_encoder:
-            groups.append({"params": list(model.encoder.parameters()), "lr": cfg.lr_cls * cfg.encoder_lr_scale})
+            groups.append({"params": list(model.encoder.parameters()), "lr_scale": cfg.encoder_lr_scale})
     else:
-        groups = [{"params": list(model.parameters()), "lr": cfg.lr_cls}]
-    opt = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
-    total = cfg.epochs_cls * math.ceil(len(images) / cfg.batch_cls)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        groups = [{"params": list(model.parameters())}]
     aug = AugmentConfig(flip=True, rot90=False, intensity=0.1) if cfg.augment else None
-    history: list[dict[str, float]] = []
-    for epoch in range(cfg.epochs_cls):
-        model.train()
-        loss_sum, correct = 0.0, 0
-        for idx in _batches(len(images), cfg.batch_cls, rng):
-            if aug is not None:
-                xb = np.stack([augment(images[i], None, sample_rng(cfg.seed, epoch, int(i)), aug)[0] for i in idx])
-            else:
-                xb = images[idx]
-            x, t = torch.from_numpy(xb), torch.from_numpy(targets[idx])
-            logits = model(x)
-            loss = F.cross_entropy(logits, t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == t).sum())
-        rec = {"epoch": epoch + 1, "loss": loss_sum / len(images), "train_acc": correct / len(images)}
-        if val is not None:
-            rec["val_auc"] = _safe_auc(val[1], predict_proba(model, val[0]))
-        history.append(rec)
-        if bar is not None:
-            bar.advance(description=f"phase 2 {name}: loss {rec['loss']:.3f}"
-                        + (f", val AUC {rec['val_auc']:.3f}" if val is not None else ""))
+    train_set = ArrayDataset(images, targets=targets, augment=aug, seed=cfg.seed)
+    val_set = ArrayDataset(val[0], targets=val[1]) if val is not None else None
+    trainer = GroupTrainer(model, train_set, val_set, _train_config(cfg, "cls"), run_dir,
+                           hooks=[TrainAccuracy(), *hooks], task="classification", groups=groups)
+    history = trainer.fit(resume=resume)["history"]
     model.eval()
-    return history
+    out = []
+    for h in history:
+        rec = {"epoch": int(h["epoch"]) + 1, "loss": float(h["train_loss"]), "train_acc": float(h["train_acc"])}
+        if "val_auc" in h:
+            rec["val_auc"] = float(h["val_auc"])
+        out.append(rec)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -644,14 +687,46 @@ def build_models(cfg: SSACConfig, in_channels: int, n_classes: int) -> tuple[AAE
     return aae, fused, alone
 
 
-def run_ssac(cfg: SSACConfig, run_dir: str | Path) -> dict[str, Any]:
+def load_ssac_config(run_dir: str | Path) -> SSACConfig:
+    """The recipe of an SSAC run folder (``config.yaml``; runs written before it hold ``config.json``)."""
+    data = read_method_config(run_dir)
+    try:
+        return SSACConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise InputError(Path(run_dir) / "config.yaml", f"not an SSAC run config ({exc})") from None
+
+
+def _phase(run_dir: Path, name: str, model: nn.Module, cfg: SSACConfig, resume: bool,
+           train: Any) -> list[dict[str, float]]:
+    """Train one phase in ``run_dir/<name>/`` with ``train(run_dir, resume) -> history`` and save the trained
+    weights to ``checkpoints/<name>``; when resuming, a phase whose checkpoint exists is loaded, not retrained."""
+    final = run_dir / "checkpoints" / name
+    if resume and final.with_suffix(".safetensors").exists():
+        model.load_state_dict(read_state(final))
+        model.eval()
+        return list(read_config(final).get("history", []))
+    stage = run_dir / name
+    history = train(stage, resume and (stage / "checkpoints" / "last.safetensors").exists())
+    save_checkpoint(model, final, {"ssac": asdict(cfg), "history": history})
+    return history
+
+
+def run_ssac(cfg: SSACConfig | None, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Phase 1 AAE on all training images, phase 2 SSAC and "C alone" on the labelled ones, test evaluation.
 
-    Writes ``config.json``, ``splits.json``, ``checkpoints/``, ``metrics.json`` and ``figures/ssac.png`` into
-    ``run_dir`` (which must not exist or be empty) and returns the metrics.
+    Writes ``config.yaml``, ``splits.json``, one Trainer folder per phase (``aae/``, ``ssac/``, ``classifier/``:
+    ``log.jsonl`` and resumable ``checkpoints/``), the trained weights ``checkpoints/{aae,ssac,classifier}``,
+    ``metrics.json``, ``per_case.csv`` and ``figures/ssac.png`` into ``run_dir`` (which must not exist or be
+    empty) and returns the metrics. With ``resume`` the recipe is read from ``run_dir``, finished phases are
+    reused and an interrupted one continues from its last epoch.
     """
     run_dir = Path(run_dir)
-    _check_run_dir(run_dir)
+    if resume:
+        cfg = load_ssac_config(run_dir)
+    else:
+        _check_run_dir(run_dir)
+    if cfg is None:
+        raise ValueError("run_ssac needs a config unless it resumes")
     t0 = time.monotonic()
     data = _load_data(cfg)
     ds = data["ds"]
@@ -660,7 +735,7 @@ def run_ssac(cfg: SSACConfig, run_dir: str | Path) -> dict[str, Any]:
     aae, fused, alone = build_models(cfg, in_ch, n_classes)
     pretrained = _load_pretrained_aae(aae, cfg) if cfg.pretrained_aae else None  # checked before writing anything
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", asdict(cfg))
+    write_method_config(run_dir, asdict(cfg))
     write_json_atomic(run_dir / "splits.json", {**ds.split_manifest(), "labelled": data["labelled"],
                                                  "unlabelled_used": data["unlabelled"],
                                                  "label_fraction": cfg.label_fraction})
@@ -670,11 +745,11 @@ def run_ssac(cfg: SSACConfig, run_dir: str | Path) -> dict[str, Any]:
     t = time.monotonic()
     if pretrained is not None:
         history["aae"] = pretrained
+        save_checkpoint(aae, run_dir / "checkpoints" / "aae", {"ssac": asdict(cfg), "history": pretrained})
     else:
-        with Bar("phase 1 AAE", total=cfg.epochs_aae, enabled=cfg.progress) as bar:
-            history["aae"] = train_aae(aae, data["x_all"], cfg, bar)
+        history["aae"] = _phase(run_dir, "aae", aae, cfg, resume,
+                                lambda d, r: train_aae(aae, data["x_all"], cfg, d, resume=r))
     seconds["aae"] = time.monotonic() - t
-    save_checkpoint(aae, run_dir / "checkpoints" / "aae", {"ssac": asdict(cfg), "history": history["aae"]})
     y = data["t_test"]
     n_show = max(1, 8 // n_classes)
     pick = np.concatenate([np.flatnonzero(y == k)[:n_show] for k in range(n_classes)])[:8]
@@ -685,10 +760,10 @@ def run_ssac(cfg: SSACConfig, run_dir: str | Path) -> dict[str, Any]:
     ssac = SSACNet(aae.encoder, fused, freeze_encoder=cfg.encoder == "frozen")
     for name, model in (("ssac", ssac), ("classifier", alone)):
         t = time.monotonic()
-        with Bar(f"phase 2 {name}", total=cfg.epochs_cls, enabled=cfg.progress) as bar:
-            history[name] = train_classifier(model, data["x_lab"], data["t_lab"], cfg, data["val"], bar, name)
+        history[name] = _phase(run_dir, name, model, cfg, resume,
+                               lambda d, r, m=model: train_classifier(m, data["x_lab"], data["t_lab"], cfg, d,
+                                                                      data["val"], resume=r))
         seconds[name] = time.monotonic() - t
-        save_checkpoint(model, run_dir / "checkpoints" / name, {"ssac": asdict(cfg)})
 
     probs = {name: predict_proba(m, data["x_test"]) for name, m in (("ssac", ssac), ("classifier", alone))}
     results = {name: classification_metrics(y, p, cfg.n_boot, cfg.seed) for name, p in probs.items()}
@@ -753,7 +828,8 @@ def load_ssac(run_dir: str | Path) -> tuple[AAE, SSACNet, FusionClassifier]:
 
 
 __all__ = [
-    "AAE", "Decoder", "Discriminator", "Encoder", "FusionClassifier", "SSACConfig", "SSACNet", "build_models",
+    "AAE", "AAERegularisation", "Decoder", "Discriminator", "Encoder", "FusionClassifier", "SSACConfig", "SSACNet",
+    "build_models", "load_ssac_config",
     "class_scores", "classification_metrics", "default_widths", "discriminator_loss", "generator_loss",
     "level_sizes", "load_ssac", "paired_auc_difference", "plot_ssac", "predict_proba", "reconstruction_loss",
     "run_ssac", "train_aae", "train_classifier",
