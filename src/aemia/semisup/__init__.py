@@ -213,17 +213,14 @@ def unlabelled_images(cfg: Any, ds: Any, labelled: list[str]) -> np.ndarray:
 
 
 class SemiRun:
-    """One run's semi-supervised part (:class:`aemia.train.run.SemiRun`): the hook, then after training the
+    """One run's semi-supervised part (:class:`aemia.train.extensions.SemiRun`): the hook, then after training the
     ``figures/semi.png`` curves, the settings in the report and in ``metrics.json``'s recipe."""
 
-    def __init__(self, cfg: Any, ds: Any, labelled: list[str], task: str) -> None:
-        from aemia.train.run import class_names
-
+    def __init__(self, cfg: Any, ds: Any, labelled: list[str], task: str, n_classes: int) -> None:
         images = unlabelled_images(cfg, ds, labelled)
         self.settings = resolve_settings(cfg.semi or "", task, cfg.train.epochs, cfg.semi_weight, cfg.semi_threshold,
                                          unlabelled_cases=len(images))
         cfg.semi_weight, cfg.semi_threshold = self.settings.weight, self.settings.threshold
-        n_classes = len(ds.classes) if task == "classification" else len(class_names(cfg, ds))
         self.hook = make_hook(self.settings, images, n_classes, cfg.train.batch_size, cfg.train.seed)
         self.dataset = cfg.dataset
 
@@ -235,7 +232,7 @@ class SemiRun:
 
 
 def _register() -> None:
-    from aemia.train.run import register_semi_method
+    from aemia.train.extensions import register_semi_method
 
     for method in SEMI_METHODS:
         register_semi_method(method, SemiRun)

@@ -72,10 +72,10 @@ from torch import nn
 from aemia.errors import InputError
 from aemia.evaluate import metrics as M
 from aemia.nets.checkpoint import read_config, read_state, save_checkpoint
+from aemia.pretrain.restore import RestorationDataset, identity_pair
 from aemia.semisup.run_config import read_method_config, write_method_config
 from aemia.semisup.ssac_training import (
     GroupTrainer,
-    ImagesAsTargets,
     TrainAccuracy,
     load_optimizer_tensors,
     optimizer_tensors,
@@ -450,7 +450,7 @@ def train_aae(aae: AAE, images: np.ndarray, cfg: SSACConfig, run_dir: str | Path
     if cfg.epochs_aae == 0:
         return []
     groups = [{"params": list(aae.encoder.parameters()) + list(aae.decoder.parameters())}]
-    trainer = GroupTrainer(aae, ImagesAsTargets(images), None, _train_config(cfg, "aae"), run_dir,
+    trainer = GroupTrainer(aae, RestorationDataset(images, identity_pair, cfg.seed), None, _train_config(cfg, "aae"), run_dir,
                            hooks=[AAERegularisation(aae, cfg), *hooks], task="restoration",
                            loss=_Reconstruction(cfg.recon_loss), groups=groups)
     history = trainer.fit(resume=resume)["history"]

@@ -14,10 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 
-from aemia.train.data import EpochDataset
 from aemia.train.hooks import Hook
 from aemia.train.trainer import Trainer
 
@@ -65,20 +63,6 @@ class TrainAccuracy(Hook):
         logs["train_acc"] = self.correct / max(self.seen, 1)
 
 
-class ImagesAsTargets(EpochDataset):
-    """(image, image) pairs from an (N, C, H, W) array: an autoencoder's training set."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(self.images[i], dtype=np.float32))
-        return x, x
-
-
 def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """The per-parameter state of ``optimizer`` as ``{prefix}/{param index}/{key}`` tensors (the param groups'
     settings are not stored: they come from the recipe)."""
@@ -100,5 +84,5 @@ def load_optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer, tensor
         optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-__all__ = ["GroupTrainer", "ImagesAsTargets", "ScaledAdam", "TrainAccuracy", "load_optimizer_tensors",
+__all__ = ["GroupTrainer", "ScaledAdam", "TrainAccuracy", "load_optimizer_tensors",
            "optimizer_tensors"]

@@ -13,17 +13,16 @@
 oversampling and are evaluated by sliding window; classification data sets train the ResNet classifier.
 With ``semi`` (2D only) a mean-teacher or pseudo-label hook (:mod:`aemia.semisup`) also learns from the training
 images outside the labelled subset; the log gets ``semi_*`` entries and ``figures/semi.png`` is drawn. ``train``
-never imports ``semisup``: the methods register themselves in :data:`SEMI_METHODS` when :mod:`aemia.semisup` is
-imported (the CLI does), and :func:`train_run` looks ``cfg.semi`` up there.
+never imports ``semisup``: the methods register themselves in :data:`aemia.train.extensions.SEMI_METHODS` when
+:mod:`aemia.semisup` is imported (the CLI does), and :func:`train_run` looks ``cfg.semi`` up there.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from aemia.errors import InputError
 from aemia.nets import create_model, load_checkpoint, load_weights
 from aemia.nets.registry import model_task
 from aemia.train.data import ArrayDataset, AugmentConfig, PatchDataset
-from aemia.train.hooks import Hook
+from aemia.train.extensions import semi_method, semi_name
 from aemia.train.trainer import TrainConfig, Trainer
 from aemia.utils.io import write_json_atomic, write_text_atomic
 
@@ -136,42 +135,6 @@ def labelled_subset(ids: list[str], fraction: float, seed: int) -> list[str]:
     n = max(1, math.ceil(fraction * len(ids) - 1e-9))
     order = np.random.default_rng(seed).permutation(len(ids))
     return [ids[i] for i in sorted(order[:n])]
-
-
-class SemiRun(Protocol):
-    """What a semi-supervised method adds to one run: a trainer hook, and the report step after training.
-
-    ``report(run_dir, history, evaluate, extras)`` calls ``evaluate(extras')`` (:func:`aemia.train.report.evaluate_run`
-    with the given report extras) and returns the run's summary (``metrics.json``)."""
-
-    hook: Hook
-
-    def report(self, run_dir: Path, history: list[dict[str, Any]], evaluate: Callable[[Any], dict[str, Any]],
-               extras: Any) -> dict[str, Any]: ...
-
-
-#: ``RunConfig.semi`` name → ``make(cfg, ds, labelled, task) -> SemiRun``. Filled by :mod:`aemia.semisup` on
-#: import (``train`` sits below ``semisup`` and never imports it); ``make`` may write resolved settings into ``cfg``.
-SEMI_METHODS: dict[str, Callable[[RunConfig, CatalogDataset, list[str], str], SemiRun]] = {}
-
-
-def semi_name(method: str) -> str:
-    """The canonical spelling of a semi-supervised method name (``mean_teacher`` → ``mean-teacher``)."""
-    return method.strip().lower().replace("_", "-")
-
-
-def register_semi_method(name: str, make: Callable[[RunConfig, CatalogDataset, list[str], str], SemiRun]) -> None:
-    """Make ``RunConfig(semi=name)`` train with the hook ``make`` builds (see :data:`SEMI_METHODS`)."""
-    SEMI_METHODS[semi_name(name)] = make
-
-
-def semi_method(name: str) -> Callable[[RunConfig, CatalogDataset, list[str], str], SemiRun]:
-    """The registered method ``name``; InputError naming the registered ones otherwise."""
-    make = SEMI_METHODS.get(semi_name(name))
-    if make is None:
-        known = ", ".join(sorted(SEMI_METHODS)) or "none registered: import aemia.semisup first"
-        raise InputError(None, f"unknown semi-supervised method {name!r}; choose one of: {known}")
-    return make
 
 
 class _VolumeSet:
@@ -310,8 +273,10 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
     labelled = labelled_subset(ds.case_ids("train"), cfg.label_fraction, cfg.train.seed)
     model, train_set, val_set, task = build(cfg, ds, labelled)
     hooks: list[Any] = []
-    semi = make_semi(cfg, ds, labelled, task) if make_semi is not None else None  # may fill cfg.semi_* settings
-    if semi is not None:
+    semi = None
+    if make_semi is not None:  # the method may write its resolved settings into cfg (saved in config.yaml)
+        n_classes = len(ds.classes) if task == "classification" else len(class_names(cfg, ds))
+        semi = make_semi(cfg, ds, labelled, task, n_classes)
         hooks.append(semi.hook)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
