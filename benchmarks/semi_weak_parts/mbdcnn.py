@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from aemia.semisup.run_config import read_method_config
 from aemia.semisup.bootstrapping import (
     MBDCNNConfig,
     case_table,
@@ -55,7 +56,7 @@ def _fold(cfg: MBDCNNConfig, run_dir: Path, train_ids: list[str], test_ids: list
     """Per-case rows of one fold, trained now or read back from a finished run with the same recipe."""
     done = run_dir / "metrics.json"
     if done.exists():
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = read_method_config(run_dir)  # config.yaml (config.json in runs written before it)
         saved.pop("method", None)
         if saved != json.loads(json.dumps(asdict(cfg))):
             raise RuntimeError(f"{run_dir} was run with another recipe; delete it to rerun")

@@ -116,3 +116,34 @@ def test_transvw_dataset_target_is_the_undeformed_patch() -> None:
     x, (target, label) = ds[2]
     assert torch.equal(target, torch.from_numpy(patches[2])) and int(label) == 1
     assert not torch.allclose(x, target)
+
+
+def test_elastic_params_follow_the_instance() -> None:
+    """``--elastic`` used to do nothing: ``elastic_params`` was a classmethod reading the class default (False)."""
+    assert V.VisualWordsConfig(elastic=True).elastic_params() == (991.0, 8.0)
+    assert V.VisualWordsConfig(elastic=True, elastic_alpha=180.0, elastic_sigma=4.0).elastic_params() == (180.0, 4.0)
+    assert V.VisualWordsConfig().elastic_params() is None
+
+
+def test_self_discovery_autoencoder_killed_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    from aemia.train.hooks import Hook
+
+    class Killed(Exception):
+        pass
+
+    class KillAtEpoch1(Hook):  # stands for a kill after epoch 0's checkpoint
+        def on_epoch_start(self, trainer, epoch: int) -> None:  # noqa: ANN001
+            if epoch == 1:
+                raise Killed
+
+    images = np.random.default_rng(1).random((20, 1, 16, 16)).astype(np.float32)
+    cfg = V.VisualWordsConfig(ae_size=(16, 16), ae_width=4, ae_epochs=2)
+    full = V.train_autoencoder(images, cfg, seed=2, progress=False, run_dir=tmp_path / "full")
+    with pytest.raises(Killed):
+        V.train_autoencoder(images, cfg, seed=2, progress=False, run_dir=tmp_path / "killed", hooks=[KillAtEpoch1()])
+    resumed = V.train_autoencoder(images, cfg, seed=2, progress=False, run_dir=tmp_path / "killed", resume=True)
+    assert np.array_equal(full, resumed) and full.shape == (20, 32)
+    log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    untrained = V.train_autoencoder(images, V.VisualWordsConfig(ae_size=(16, 16), ae_width=4, ae_epochs=0), seed=2)
+    assert not np.array_equal(full, untrained)  # the epochs changed the features

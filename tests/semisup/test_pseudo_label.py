@@ -130,8 +130,8 @@ def test_class_shares_survive_a_resume() -> None:
     assert {"teacher/weight", "teacher/bias", "class_freq"} <= set(ema.state_tensors())
 
 
-def test_run_defaults_and_validation() -> None:
-    from aemia.train.run import RunConfig
+def test_run_defaults_and_validation(tmp_path: Path) -> None:
+    from aemia.train.run import RunConfig, train_run
 
     cls = resolve_settings("pseudo-label", "classification", epochs=10)
     seg = resolve_settings("pseudo-label", "segmentation", epochs=10, weight=0.5)
@@ -139,8 +139,9 @@ def test_run_defaults_and_validation() -> None:
     assert (seg.weight, seg.threshold) == (0.5, 0.9)
     with pytest.raises(ValueError):
         RunConfig(dataset="kvasir", semi="pseudo-label", semi_threshold=1.5)
-    with pytest.raises(ValueError):
-        RunConfig(dataset="kvasir", semi="co-training")
+    with pytest.raises(InputError, match="co-training"):  # looked up in the registry aemia.semisup fills
+        train_run(RunConfig(dataset="kvasir", semi="co-training"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError):
         PseudoLabelConfig(threshold=0.0)
 

@@ -4,6 +4,8 @@ as the only path from R to C, reconstruction on real PneumoniaMNIST, and a tiny 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from aemia.cli.main import main
 from aemia.errors import InputError
 from aemia.semisup import ssac as S
+from aemia.train.hooks import Hook
 
 needs_pneumonia = pytest.mark.needs_data("pneumoniamnist")
 
@@ -144,13 +147,90 @@ def test_reconstruction_loss_falls_on_real_pneumoniamnist() -> None:
         assert S.reconstruction_loss(aae(x)[1], x, "mse") < 0.05
 
 
+class _Killed(Exception):
+    pass
+
+
+class _KillAt(Hook):
+    """Stands for a kill: raises at the start of ``epoch`` (after the previous epoch's checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:  # noqa: ANN001
+        if epoch == self.epoch:
+            raise _Killed
+
+
+def _tiny_data(n: int = 24, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 1, size, size), dtype=np.float32)
+    t = (np.arange(n) % 2).astype(np.int64)
+    x[t == 1, :, 4:12, 4:12] += 0.5  # a learnable class difference
+    return np.clip(x, 0, 1), t
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_phase_1_killed_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    x, _ = _tiny_data()
+    cfg = S.SSACConfig(size=16, widths=[8, 16], aae_widths=[4, 8], epochs_aae=2, batch_aae=8, progress=False,
+                       amp="none")
+    full = S.build_models(cfg, 1, 2)[0]
+    h_full = S.train_aae(full, x, cfg, tmp_path / "full")
+    killed = S.build_models(cfg, 1, 2)[0]
+    with pytest.raises(_Killed):
+        S.train_aae(killed, x, cfg, tmp_path / "killed", hooks=[_KillAt(1)])
+    resumed = S.build_models(cfg, 1, 2)[0]  # a fresh process: weights, optimisers and prior sampler from disk
+    h_resumed = S.train_aae(resumed, x, cfg, tmp_path / "killed", resume=True)
+    assert _same_weights(full, resumed) and not _same_weights(full, killed)
+    assert h_full == h_resumed and [h["epoch"] for h in h_full] == [1, 2]
+    assert set(h_full[0]) == {"epoch", "recon", "d_loss", "g_loss", "d_acc"} and 0 <= h_full[0]["d_acc"] <= 1
+
+
+def test_phase_2_killed_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    x, t = _tiny_data()
+    cfg = S.SSACConfig(size=16, widths=[8, 16], aae_widths=[4, 8], epochs_cls=2, batch_cls=8, encoder="finetune",
+                       progress=False, amp="none")
+
+    def fresh() -> S.SSACNet:
+        aae, fused, _ = S.build_models(cfg, 1, 2)
+        return S.SSACNet(aae.encoder, fused, freeze_encoder=False)
+
+    full = fresh()
+    h_full = S.train_classifier(full, x, t, cfg, tmp_path / "full", val=(x, t))
+    with pytest.raises(_Killed):
+        S.train_classifier(fresh(), x, t, cfg, tmp_path / "killed", val=(x, t), hooks=[_KillAt(1)])
+    resumed = fresh()
+    h_resumed = S.train_classifier(resumed, x, t, cfg, tmp_path / "killed", val=(x, t), resume=True)
+    assert _same_weights(full, resumed)
+    assert h_full == h_resumed and [h["epoch"] for h in h_full] == [1, 2] and "val_auc" in h_full[-1]
+    assert not _same_weights(full.encoder, S.build_models(cfg, 1, 2)[0].encoder)  # fine-tuned
+
+
+def test_the_fine_tuned_encoder_steps_at_the_scaled_rate() -> None:
+    """ScaledAdam: Adam's first step moves each weight by ~lr; the encoder group's by lr × lr_scale."""
+    from aemia.semisup.ssac_training import ScaledAdam
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    opt = ScaledAdam([{"params": [a]}, {"params": [b], "lr_scale": 0.1}], lr=1e-2)
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    assert torch.allclose(a, torch.full((3,), -1e-2), atol=1e-6)
+    assert torch.allclose(b, torch.full((3,), -1e-3), atol=1e-7)
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-2]  # the Trainer's rate is left as it set it
+
+
 @needs_pneumonia
 def test_tiny_end_to_end_run_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = S.SSACConfig(dataset="pneumoniamnist", label_fraction=0.02, epochs_aae=1, epochs_cls=1, max_unlabelled=100,
                        n_boot=50, progress=False)
     run = tmp_path / "ssac"
     m = S.run_ssac(cfg, run)
-    for name in ("metrics.json", "config.json", "splits.json", "figures/ssac.png", "checkpoints/aae.safetensors",
+    for name in ("metrics.json", "config.yaml", "splits.json", "aae/log.jsonl", "ssac/checkpoints/last.safetensors", "figures/ssac.png", "checkpoints/aae.safetensors",
                  "checkpoints/ssac.safetensors", "checkpoints/ssac.json", "checkpoints/classifier.safetensors"):
         assert (run / name).is_file(), name
     saved = json.loads((run / "metrics.json").read_text())
@@ -170,6 +250,9 @@ def test_tiny_end_to_end_run_and_cli_errors(tmp_path: Path, capsys: pytest.Captu
     assert S.classification_metrics(ty, probs, n_boot=10)["auc"]["mean"] == pytest.approx(saved["ssac"]["auc"]["mean"])
     with pytest.raises(InputError, match="already exists"):
         S.run_ssac(cfg, run)
+    # resuming a finished run reads config.yaml and reuses every phase: the same metrics
+    again = S.run_ssac(None, run, resume=True)
+    assert again["ssac"] == saved["ssac"] and again["history"] == saved["history"]
     # the CLI: existing run folder, and a data set without classes → one error line, exit 2
     assert main(["semi", "ssac", "--dataset", "pneumoniamnist", "--run", str(run)]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -198,3 +281,22 @@ def test_a_pretrained_aae_is_reused_only_when_it_matches(tmp_path: Path) -> None
     with pytest.raises(InputError, match="differs"):
         S.run_ssac(S.SSACConfig(**base, latent_dim=8, pretrained_aae=str(tmp_path / "a")), tmp_path / "c")
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_run_config_is_yaml_and_old_json_runs_still_read(tmp_path: Path) -> None:
+    from aemia.semisup.run_config import read_method_config, write_method_config
+
+    cfg = S.SSACConfig(dataset="busi", widths=[8, 16], seed=3)
+    (tmp_path / "new").mkdir()
+    write_method_config(tmp_path / "new", asdict(cfg))
+    assert S.load_ssac_config(tmp_path / "new") == cfg
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"dataset": "busi", "seed": 3}))
+    assert S.load_ssac_config(tmp_path / "old") == S.SSACConfig(dataset="busi", seed=3)
+    assert read_method_config(tmp_path / "old")["seed"] == 3
+    with pytest.raises(InputError, match="config.yaml missing"):
+        read_method_config(tmp_path / "none")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.yaml").write_text("dataset: busi\nnot_a_field: 1\n")
+    with pytest.raises(InputError, match="not an SSAC run config"):
+        S.load_ssac_config(tmp_path / "bad")

@@ -21,7 +21,7 @@ MBDCNN_HELP = (
     "with and without 9-crop averaging (crops of 0.875 of the side at the 4 corners, 4 edge midpoints and "
     "centre, resized back).\n\n"
     "Writes into --run: metrics.json, per_case.csv, figures/mbdcnn.png (image, coarse mask, CAM, enhanced mask, "
-    "truth), splits.json, config.json and one folder per stage with checkpoints/best.safetensors + .json.\n\n"
+    "truth), splits.json, config.yaml and one folder per stage with checkpoints/best.safetensors + .json.\n\n"
     "Example: aemia semi mbdcnn --dataset ph2 --run runs/mbdcnn --size 128 --fold 0 --folds 5"
 )
 

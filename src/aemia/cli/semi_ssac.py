@@ -33,6 +33,9 @@ def ssac(
     encoder: str = typer.Option("frozen", help="R's encoder in phase 2: frozen, or finetune (at 0.1x the lr).", callback=v.choice(("frozen", "finetune"))),
     max_unlabelled: Optional[int] = typer.Option(None, help="Use at most this many unlabelled images in phase 1.", callback=v.at_least_one),
     seed: int = typer.Option(0, help="Seed for the labelled subset, initialisation and batches.", callback=v.non_negative),
+    amp: str = typer.Option("none", "--amp", help="Mixed precision for training: none, auto, bf16 or fp16.", callback=v.amp),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run (its config.yaml is used; the "
+                                "other options are ignored)."),
 ) -> None:
     """Train SSAC and the classifier alone; print both test AUCs (95% CIs) and write metrics.json, figures, checkpoints.
 
@@ -43,9 +46,10 @@ def ssac(
 
     try:
         cfg = SSACConfig(dataset=dataset, label_fraction=label_fraction, epochs_aae=epochs_aae, epochs_cls=epochs_cls,
-                         size=size, latent_dim=latent_dim, encoder=encoder, max_unlabelled=max_unlabelled, seed=seed)
+                         size=size, latent_dim=latent_dim, encoder=encoder, max_unlabelled=max_unlabelled, seed=seed,
+                         amp=amp)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
-    metrics = run_ssac(cfg, run)
+    metrics = run_ssac(None if resume else cfg, run, resume=resume)
     console.print(f"[bold green]done[/]: {metrics['headline']}")
     console.print(f"metrics: {run / 'metrics.json'}  figure: {run / 'figures' / 'ssac.png'}")

@@ -63,6 +63,7 @@ def train(
 
     Example: aemia train --dataset kvasir --model unetpp --label-fraction 0.1 --epochs 20 --size 128 --run runs/kv10
     """
+    import aemia.semisup  # noqa: F401 - registers the --semi methods (train does not import semisup)
     from aemia.train.run import RunConfig, train_run
     from aemia.train.trainer import TrainConfig
 

@@ -74,6 +74,11 @@ class RestorationDataset(EpochDataset):
         return torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.ascontiguousarray(y, np.float32))
 
 
+def identity_pair(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A :class:`RestorationDataset` transform for autoencoders: the image is its own target."""
+    return image, image
+
+
 def _images(data: str) -> tuple[list[Image] | None, np.ndarray | None, str]:
     """Unlabelled images of a catalog data set's training split or of a folder (returns images or a 2D stack)."""
     from aemia.data.catalog import get_dataset, list_datasets
@@ -167,7 +172,9 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, pro
         from aemia.pretrain import visual_words as V
 
         vw = _words_config(cfg)
-        words = _discover_words(images, vw, cfg.seed, progress)
+        ae_dir = run_dir / "self_discovery"
+        words = _discover_words(images, vw, cfg.seed, progress, ae_dir,
+                                resume and (ae_dir / "checkpoints" / "last.safetensors").exists(), cfg.train.amp)
         write_json_atomic(run_dir / "visual_words.json", {"config": V.config_dict(vw), "words": words.words})
         clean = words.patches
         order = np.random.default_rng(cfg.seed).permutation(len(clean))
@@ -183,7 +190,8 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, pro
 
         extra = {"visual_words": len(words.words), "instances": int(len(clean)), "chance_class_acc": 1 / len(words.words)}
     trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, task="restoration", loss=loss)
-    result = trainer.fit(resume=resume)
+    # a run killed during self-discovery has no checkpoint of its own yet: it starts here
+    result = trainer.fit(resume=resume and (run_dir / "checkpoints" / "last.safetensors").exists())
     history = result["history"]
     summary = {"method": cfg.method, "data": cfg.data, "dims": cfg.dims,
                "patches": {"train": len(train_idx), "val": len(val_idx), "shape": list(clean.shape[1:])},
@@ -237,13 +245,14 @@ def _words_config(cfg: PretrainConfig) -> Any:
     return base
 
 
-def _discover_words(images: list[np.ndarray], vw: Any, seed: int, progress: bool) -> Any:
-    """Self-discovery on whole images: autoencoder features, then visual words."""
+def _discover_words(images: list[np.ndarray], vw: Any, seed: int, progress: bool, run_dir: Path | None = None,
+                    resume: bool = False, amp: str = "none") -> Any:
+    """Self-discovery on whole images: autoencoder features (trained in ``run_dir``), then visual words."""
     from aemia.data.transforms import resize
     from aemia.pretrain import visual_words as V
 
     small = np.stack([resize(img, vw.ae_size, order=1) for img in images]).astype(np.float32)
-    features = V.train_autoencoder(small, vw, seed, progress)
+    features = V.train_autoencoder(small, vw, seed, progress, run_dir=run_dir, resume=resume, amp=amp)
     return V.discover(images, features, vw, np.random.default_rng(seed))
 
 

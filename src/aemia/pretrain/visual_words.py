@@ -23,6 +23,9 @@ restoration target is the undeformed patch) is off by default (``elastic=True`` 
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +38,7 @@ from aemia.errors import InputError
 from aemia.nets.layers import conv_nd, conv_transpose_nd, norm_nd
 from aemia.pretrain import genesis as G
 from aemia.train.data import EpochDataset, sample_rng
+from aemia.train.hooks import Hook
 
 
 @dataclass
@@ -98,28 +102,32 @@ class ConvAutoencoder(nn.Module):
         return self.encoder(x).flatten(2).mean(-1)
 
 
-def train_autoencoder(images: np.ndarray, cfg: VisualWordsConfig, seed: int = 0, progress: bool = True) -> np.ndarray:
-    """Train the autoencoder on ``images`` (N, C, *ae_size) in [0, 1]; return features (N, D)."""
-    from aemia.utils.progress import Bar
+def train_autoencoder(images: np.ndarray, cfg: VisualWordsConfig, seed: int = 0, progress: bool = True,
+                      run_dir: str | Path | None = None, resume: bool = False, amp: str = "none",
+                      hooks: Sequence[Hook] = ()) -> np.ndarray:
+    """Train the autoencoder on ``images`` (N, C, *ae_size) in [0, 1]; return features (N, D).
+
+    The one :class:`~aemia.train.trainer.Trainer` runs it (restoration task: MSE of sigmoid(output) to the image;
+    Adam 1e-3, batch 16, ``cfg.ae_epochs`` epochs) in ``run_dir`` (a temporary folder when None), so it
+    checkpoints every epoch and ``resume`` continues a killed run exactly; ``hooks`` are passed to the Trainer.
+    """
+    from aemia.pretrain.restore import RestorationDataset, identity_pair
+    from aemia.train.trainer import TrainConfig, Trainer
 
     torch.manual_seed(seed)
     dims = images.ndim - 2
     ae = ConvAutoencoder(dims, images.shape[1], cfg.ae_width)
-    opt = torch.optim.Adam(ae.parameters(), lr=1e-3)
-    x_all = torch.from_numpy(images)
-    g = torch.Generator().manual_seed(seed)
-    batch = 16
-    with Bar("self-discovery: autoencoder", total=cfg.ae_epochs, enabled=progress) as bar:
-        for _ in range(cfg.ae_epochs):
-            ae.train()
-            for idx in torch.randperm(len(x_all), generator=g).split(batch):
-                x = x_all[idx]
-                loss = F.mse_loss(torch.sigmoid(ae(x)), x)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            bar.advance()
+    if cfg.ae_epochs > 0:
+        tcfg = TrainConfig(epochs=cfg.ae_epochs, batch_size=16, lr=1e-3, optimizer="adam", schedule="constant",
+                           deep_supervision=False, seed=seed, amp=amp, channels_last=False, device="cpu",
+                           progress=progress)
+        with contextlib.ExitStack() as stack:
+            folder = run_dir if run_dir is not None else stack.enter_context(tempfile.TemporaryDirectory())
+            trainer = Trainer(ae, RestorationDataset(images, identity_pair, seed), None, tcfg, folder, hooks=hooks,
+                              task="restoration")
+            trainer.fit(resume=resume)
     ae.eval()
+    x_all = torch.from_numpy(images)
     with torch.no_grad():
         return torch.cat([ae.features(x_all[i : i + 64]) for i in range(0, len(x_all), 64)]).numpy()
 

@@ -52,7 +52,8 @@ from aemia.semisup.pseudo_label import (
 )
 
 __all__ = [
-    "SEMI_METHODS", "SemiSettings", "resolve_settings", "make_hook", "semi_figure", "semi_extras", "record_semi",
+    "SEMI_METHODS", "SemiRun", "SemiSettings", "resolve_settings", "make_hook", "unlabelled_images", "semi_figure",
+    "semi_extras", "record_semi",
     "MeanTeacherConfig", "MeanTeacherHook", "PseudoLabelConfig", "PseudoLabelHook", "UnlabelledHook",
     "UnlabelledStream", "consistency_loss", "default_rampup_epochs", "ema_alpha", "ema_update", "perturb",
     "sigmoid_rampup", "unflip", "cap_per_class", "class_weights", "pseudo_label_loss", "select_pseudo_labels",
@@ -193,3 +194,48 @@ def record_semi(run_dir: str | Path, summary: dict[str, Any], settings: SemiSett
     summary = {**summary, "run": recipe}
     write_json_atomic(Path(run_dir) / "metrics.json", {k: v for k, v in summary.items() if k != "outputs"})
     return summary
+
+
+# ------------------------------------------------------------------------------ aemia train --semi (run extension)
+def unlabelled_images(cfg: Any, ds: Any, labelled: list[str]) -> np.ndarray:
+    """Semi-supervised runs: the training images outside the labelled subset, at the run's size and
+    normalisation (the same arrays the labelled images come from)."""
+    from aemia.errors import InputError
+
+    if ds.dims != 2:
+        raise InputError(None, f"--semi is for 2D data sets; '{ds.name}' is {ds.dims}D")
+    x = ds.arrays("train", cfg.size)[0]
+    keep = set(labelled)
+    idx = [i for i, cid in enumerate(ds.case_ids("train")) if cid not in keep]
+    if not idx:
+        raise InputError(None, "--semi needs unlabelled training images: use a --label-fraction below 1")
+    return x[idx]
+
+
+class SemiRun:
+    """One run's semi-supervised part (:class:`aemia.train.extensions.SemiRun`): the hook, then after training the
+    ``figures/semi.png`` curves, the settings in the report and in ``metrics.json``'s recipe."""
+
+    def __init__(self, cfg: Any, ds: Any, labelled: list[str], task: str, n_classes: int) -> None:
+        images = unlabelled_images(cfg, ds, labelled)
+        self.settings = resolve_settings(cfg.semi or "", task, cfg.train.epochs, cfg.semi_weight, cfg.semi_threshold,
+                                         unlabelled_cases=len(images))
+        cfg.semi_weight, cfg.semi_threshold = self.settings.weight, self.settings.threshold
+        self.hook = make_hook(self.settings, images, n_classes, cfg.train.batch_size, cfg.train.seed)
+        self.dataset = cfg.dataset
+
+    def report(self, run_dir: Path, history: list[dict[str, Any]], evaluate: Callable[[Any], dict[str, Any]],
+               extras: Any) -> dict[str, Any]:
+        figure = semi_figure(history, Path(run_dir) / "figures" / "semi.png", f"{self.dataset}: {self.settings.method}")
+        summary = evaluate(semi_extras(self.settings, figure, extras))
+        return record_semi(run_dir, summary, self.settings)
+
+
+def _register() -> None:
+    from aemia.train.extensions import register_semi_method
+
+    for method in SEMI_METHODS:
+        register_semi_method(method, SemiRun)
+
+
+_register()

@@ -70,6 +70,7 @@ from aemia.errors import InputError
 from aemia.nets.cam import classifier_cam, normalise_cams
 from aemia.nets.cam_unet import CamGuidedUNet, resize_map
 from aemia.nets.registry import create_model
+from aemia.semisup.run_config import write_method_config
 from aemia.train.data import ArrayDataset, AugmentConfig, EpochDataset, augment, sample_rng
 from aemia.train.trainer import TrainConfig, Trainer
 from aemia.utils.io import save_figure, write_json_atomic, write_text_atomic
@@ -514,7 +515,7 @@ def run_mbdcnn(cfg: MBDCNNConfig, run_dir: str | Path, train_ids: Sequence[str],
                resume: bool = False) -> dict[str, Any]:
     """Train Coarse-SN, the plain classifier, Mask-CN and Enhanced-SN on ``train_ids`` and evaluate on ``test_ids``.
 
-    Writes into ``run_dir``: ``config.json``, ``splits.json``, one Trainer folder per stage (``coarse/``,
+    Writes into ``run_dir``: ``config.yaml``, ``splits.json``, one Trainer folder per stage (``coarse/``,
     ``plain_cls/``, ``mask_cn/``, ``enhanced/``, optionally ``coarse_continued/``) each with
     ``checkpoints/best.safetensors`` + ``best.json``, ``metrics.json``, ``per_case.csv`` and
     ``figures/mbdcnn.png``. Returns the metrics (as in ``metrics.json``) plus ``"per_case"``: one dict per test
@@ -534,7 +535,7 @@ def run_mbdcnn(cfg: MBDCNNConfig, run_dir: str | Path, train_ids: Sequence[str],
     pos = _positive_index(tr.classes, cfg.positive_class)
     n_classes = len(tr.classes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", {"method": "MB-DCNN", **asdict(cfg)})
+    write_method_config(run_dir, {"method": "MB-DCNN", **asdict(cfg)})
     write_json_atomic(run_dir / "splits.json", {"dataset": cfg.dataset, "train": train_ids, "test": test_ids})
     stages = _Stage(run_dir, resume)
     aug = AugmentConfig()

@@ -12,7 +12,9 @@
 2D data sets train on whole images (resized to ``size``); 3D data sets on random patches with foreground
 oversampling and are evaluated by sliding window; classification data sets train the ResNet classifier.
 With ``semi`` (2D only) a mean-teacher or pseudo-label hook (:mod:`aemia.semisup`) also learns from the training
-images outside the labelled subset; the log gets ``semi_*`` entries and ``figures/semi.png`` is drawn.
+images outside the labelled subset; the log gets ``semi_*`` entries and ``figures/semi.png`` is drawn. ``train``
+never imports ``semisup``: the methods register themselves in :data:`aemia.train.extensions.SEMI_METHODS` when
+:mod:`aemia.semisup` is imported (the CLI does), and :func:`train_run` looks ``cfg.semi`` up there.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from aemia.errors import InputError
 from aemia.nets import create_model, load_weights
 from aemia.nets.registry import model_task
 from aemia.train.data import ArrayDataset, AugmentConfig, PatchDataset
+from aemia.train.extensions import semi_method, semi_name
 from aemia.train.trainer import TrainConfig, Trainer
 from aemia.utils.io import write_json_atomic, write_text_atomic
 
@@ -92,9 +95,7 @@ class RunConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.semi is not None:
-            from aemia.semisup import check_method
-
-            self.semi = check_method(self.semi)
+            self.semi = semi_name(self.semi)  # looked up in SEMI_METHODS by train_run
         if self.semi_weight is not None and self.semi_weight < 0:
             raise ValueError(f"semi weight must be ≥ 0, got {self.semi_weight}")
         if self.semi_threshold is not None and not 0.0 < self.semi_threshold <= 1.0:
@@ -206,31 +207,6 @@ def _init_weights(model: torch.nn.Module, init: str) -> None:
         print(f"  newly initialised (not in the checkpoint): {', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''}")
 
 
-def unlabelled_images(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> np.ndarray:
-    """Semi-supervised runs: the training images outside the labelled subset, at the run's size and
-    normalisation (the same arrays the labelled images come from)."""
-    if ds.dims != 2:
-        raise InputError(None, f"--semi is for 2D data sets; '{ds.name}' is {ds.dims}D")
-    x = ds.arrays("train", cfg.size)[0]
-    keep = set(labelled)
-    idx = [i for i, cid in enumerate(ds.case_ids("train")) if cid not in keep]
-    if not idx:
-        raise InputError(None, "--semi needs unlabelled training images: use a --label-fraction below 1")
-    return x[idx]
-
-
-def semi_hook(cfg: RunConfig, ds: CatalogDataset, labelled: list[str], task: str) -> tuple[Any, Any]:
-    """The semi-supervised hook and its resolved settings (which are written back into ``cfg``)."""
-    from aemia.semisup import make_hook, resolve_settings
-
-    images = unlabelled_images(cfg, ds, labelled)
-    settings = resolve_settings(cfg.semi or "", task, cfg.train.epochs, cfg.semi_weight, cfg.semi_threshold,
-                                unlabelled_cases=len(images))
-    cfg.semi_weight, cfg.semi_threshold = settings.weight, settings.threshold
-    n_classes = len(ds.classes) if task == "classification" else len(class_names(cfg, ds))
-    return make_hook(settings, images, n_classes, cfg.train.batch_size, cfg.train.seed), settings
-
-
 def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torch.nn.Module, Any, Any, str]:
     """Model, training set, validation set and task for a run."""
     seed = cfg.train.seed
@@ -293,15 +269,17 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
         cfg = load_config(run_dir)
     elif (run_dir / "checkpoints" / "last.safetensors").exists():
         raise InputError(run_dir, "run folder already holds a training run: pass --resume to continue it, or choose a new --run")
+    make_semi = semi_method(cfg.semi) if cfg.semi else None
     ds = get_dataset(cfg.dataset)
     labelled = labelled_subset(ds.case_ids("train"), cfg.label_fraction, cfg.train.seed)
     model, train_set, val_set, task = build(cfg, ds, labelled)
     cfg.normaliser = cfg.normaliser or default_normaliser(ds.modality, ds.dims, cfg.window)  # recorded in config.yaml
     hooks: list[Any] = []
-    semi: Any = None
-    if cfg.semi:
-        hook, semi = semi_hook(cfg, ds, labelled, task)
-        hooks.append(hook)
+    semi = None
+    if make_semi is not None:  # the method may write its resolved settings into cfg (saved in config.yaml)
+        n_classes = len(ds.classes) if task == "classification" else len(class_names(cfg, ds))
+        semi = make_semi(cfg, ds, labelled, task, n_classes)
+        hooks.append(semi.hook)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
     write_json_atomic(run_dir / "splits.json", {**ds.split_manifest(), "labelled": labelled,
@@ -318,8 +296,5 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
         return evaluate_liver_tumor(run_dir, cfg, ds, result["history"], labelled)
     if semi is None:
         return evaluate_run(run_dir, cfg, ds, result["history"], labelled, extras=extras)
-    from aemia.semisup import record_semi, semi_extras, semi_figure
-
-    figure = semi_figure(result["history"], run_dir / "figures" / "semi.png", f"{cfg.dataset}: {semi.method}")
-    summary = evaluate_run(run_dir, cfg, ds, result["history"], labelled, extras=semi_extras(semi, figure, extras))
-    return record_semi(run_dir, summary, semi)
+    return semi.report(run_dir, result["history"],
+                       lambda more: evaluate_run(run_dir, cfg, ds, result["history"], labelled, extras=more), extras)
