@@ -4,7 +4,6 @@ as the only path from R to C, reconstruction on real PneumoniaMNIST, and a tiny 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
