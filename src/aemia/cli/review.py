@@ -64,7 +64,9 @@ def prioritize_cmd(
 ) -> None:
     from rich.console import Console
 
-    from aemia.active.review import ReviewConfig, parse_organs, prioritize
+    from aemia.active.attention import ReviewConfig
+    from aemia.active.prediction_set import parse_organs
+    from aemia.active.review import prioritize
 
     config = ReviewConfig(
         std_threshold=std_threshold, entropy_threshold=entropy_threshold, opening_iterations=opening_iterations,
