@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from aemia.cli import validate as v
+from aemia.cli.common import add_group
 
 PRIORITIZE_HELP = (
     "Rank cases for review by the attention of several models' soft predictions (AbdomenAtlas-8K, Qu et al. "
@@ -35,15 +36,9 @@ PRIORITIZE_HELP = (
 
 def register(app: typer.Typer) -> None:
     """Add the ``review`` command group to the aemia app."""
-    review_app = typer.Typer(
-        name="review",
-        help="Prioritise cases for human review (AbdomenAtlas-8K attention maps).\n\n"
-             "Example: aemia review prioritize --predictions runs/ensemble --out runs/review",
-        no_args_is_help=True,
-        rich_markup_mode="rich",
-    )
-    review_app.command("prioritize", help=PRIORITIZE_HELP)(prioritize_cmd)
-    app.add_typer(review_app, name="review")
+    add_group(app, "review", "Prioritise cases for human review (AbdomenAtlas-8K attention maps).\n\n"
+              "Example: aemia review prioritize --predictions runs/ensemble --out runs/review",
+              {"prioritize": (prioritize_cmd, PRIORITIZE_HELP)})
 
 
 def prioritize_cmd(

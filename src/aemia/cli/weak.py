@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from aemia.cli import validate as v
+from aemia.cli.common import add_group
 
 CAM_HELP = (
     "Class activation maps (Zhou et al., CVPR 2016) of a trained classification run, thresholded into masks and "
@@ -21,15 +22,9 @@ CAM_HELP = (
 
 def register(app: typer.Typer) -> None:
     """Add the ``weak`` command group to the aemia app."""
-    weak_app = typer.Typer(
-        name="weak",
-        help="Weak localisation from image-level labels (class activation maps).\n\n"
-             "Example: aemia weak cam --run runs/ph2_arl --out runs/ph2_arl/cam",
-        no_args_is_help=True,
-        rich_markup_mode="rich",
-    )
-    weak_app.command("cam", help=CAM_HELP)(cam_cmd)
-    app.add_typer(weak_app, name="weak")
+    add_group(app, "weak", "Weak localisation from image-level labels (class activation maps).\n\n"
+              "Example: aemia weak cam --run runs/ph2_arl --out runs/ph2_arl/cam",
+              {"cam": (cam_cmd, CAM_HELP)})
 
 
 def cam_cmd(
