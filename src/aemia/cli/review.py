@@ -34,13 +34,6 @@ PRIORITIZE_HELP = (
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``review`` command group to the aemia app."""
-    add_group(app, "review", "Prioritise cases for human review (AbdomenAtlas-8K attention maps).\n\n"
-              "Example: aemia review prioritize --predictions runs/ensemble --out runs/review",
-              {"prioritize": (prioritize_cmd, PRIORITIZE_HELP)})
-
-
 def prioritize_cmd(
     predictions: Path = typer.Option(..., "--predictions", help="Folder with one sub-folder of probabilities per "
                                      "model (layout above).", callback=v.existing),
@@ -89,3 +82,10 @@ def _print_table(rows: list[dict]) -> None:
     Console().print(table)
     if len(rows) > 20:
         Console().print(f"... {len(rows) - 20} more in priority.csv")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``review`` command group to the aemia app."""
+    add_group(app, "review", "Prioritise cases for human review (AbdomenAtlas-8K attention maps).\n\n"
+              "Example: aemia review prioritize --predictions runs/ensemble --out runs/review",
+              {"prioritize": (prioritize_cmd, PRIORITIZE_HELP)})

@@ -20,13 +20,6 @@ CAM_HELP = (
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``weak`` command group to the aemia app."""
-    add_group(app, "weak", "Weak localisation from image-level labels (class activation maps).\n\n"
-              "Example: aemia weak cam --run runs/ph2_arl --out runs/ph2_arl/cam",
-              {"cam": (cam_cmd, CAM_HELP)})
-
-
 def cam_cmd(
     run: Path = typer.Option(..., "--run", "-r", help="A trained classification run folder (aemia train)."),
     out: Path = typer.Option(..., "--out", help="Output folder.", callback=v.out_folder),
@@ -50,3 +43,10 @@ def cam_cmd(
                        max_figure_images=figure_images)
     typer.echo(summary["headline"])
     typer.echo(f"outputs: {out / 'cam_metrics.json'}, {out / 'per_image.csv'}, {out / 'cams.png'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``weak`` command group to the aemia app."""
+    add_group(app, "weak", "Weak localisation from image-level labels (class activation maps).\n\n"
+              "Example: aemia weak cam --run runs/ph2_arl --out runs/ph2_arl/cam",
+              {"cam": (cam_cmd, CAM_HELP)})
