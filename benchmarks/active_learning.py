@@ -19,12 +19,12 @@ evaluation after every round.
 The full-label reference trains the seeded initialisation on every pool label with the same recipe (same
 network, lr, batch, augmentation, ``--epochs`` epochs but at least ``--min-steps`` steps, last epoch), mean over
 the seeds. ``labels_to_95``: the number of labels at which the seed-mean curve first reaches 95% of the mean
-full-label metric, linearly interpolated between curve points (:func:`aemia.active.simulate.labels_to_reach`);
+full-label metric, linearly interpolated between curve points (:func:`aemia.active.curves.labels_to_reach`);
 "not reached" when the curve never gets there within the budget. ``ratio_to_random`` (and, for Kvasir,
 ``ratio_to_fg_random``) divide a strategy's labels by the baseline's; when the baseline never reaches the
 target but the strategy does, the ratio is reported as an upper bound (strategy labels / the baseline's final
 label count) with a note. Curves hold per point the seed mean, seed std and a 95% bootstrap CI over test cases
-pooled over seeds (see :mod:`aemia.active.simulate`). Targets (issue 4): ACFT ≤ 0.5× random on PneumoniaMNIST
+pooled over seeds (see :mod:`aemia.active.curves`). Targets (issue 4): ACFT ≤ 0.5× random on PneumoniaMNIST
 (the paper's claim), ≤ 0.7× random on Kvasir, and below foreground-aware random; verdicts are written as
 measured, including failures.
 
@@ -70,7 +70,9 @@ sys.path.insert(0, str(ROOT / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from aemia.active.simulate import SimulationConfig, full_label_run, labels_to_reach, plot_curves, simulate  # noqa: E402
+from aemia.active.curves import labels_to_reach, plot_curves  # noqa: E402
+from aemia.active.sim_training import SimulationConfig  # noqa: E402
+from aemia.active.simulate import full_label_run, simulate  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
 
 TARGET_FRACTION = 0.95

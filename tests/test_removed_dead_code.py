@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module,name", [
-    ("aemia.active.review", "structuring_element"),  # open_mask builds its own element
+    ("aemia.active.attention", "structuring_element"),  # open_mask builds its own element
     ("aemia.semisup.bootstrapping", "load_metrics"),
     ("aemia.data.transforms", "pad_to_multiple"),
     ("aemia.data.io", "is_image_path"),  # image_kind(path) is not None says the same

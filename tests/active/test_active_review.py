@@ -16,16 +16,16 @@ from scipy import ndimage
 from scipy.optimize import brentq
 from scipy.special import entr
 
-from aemia.active.review import (
+from aemia.active.attention import (
     FLAG_INCONSISTENCY,
     FLAG_OVERLAP,
     FLAG_UNCERTAINTY,
     ReviewConfig,
     compute_case_arrays,
     open_mask,
-    parse_organs,
     rank_cases,
 )
+from aemia.active.prediction_set import parse_organs
 from aemia.cli.main import main
 from aemia.errors import InputError
 

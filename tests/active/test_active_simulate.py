@@ -20,13 +20,9 @@ torch.set_num_threads(1)
 
 import aemia.active.continual as continual  # noqa: E402
 import aemia.active.simulate as sim  # noqa: E402
-from aemia.active.simulate import (  # noqa: E402
-    SimulationConfig,
-    full_label_run,
-    labels_to_reach,
-    simulate,
-    summarise_runs,
-)
+from aemia.active.curves import labels_to_reach, summarise_runs  # noqa: E402
+from aemia.active.sim_training import SimulationConfig  # noqa: E402
+from aemia.active.simulate import full_label_run, simulate  # noqa: E402
 from aemia.cli.main import main  # noqa: E402
 from aemia.errors import InputError  # noqa: E402
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import typer
 from rich.console import Console
 
 console = Console(stderr=False)
@@ -34,3 +38,14 @@ def parse_labels(text: str | None) -> dict[int, str] | None:
         except ValueError:
             raise InputError(None, f"--labels items must look like 5:liver, got {item!r}") from None
     return out
+
+
+def add_group(app: typer.Typer, name: str, help: str,
+              commands: Mapping[str, tuple[Callable[..., Any], str | None]]) -> typer.Typer:
+    """Add the command group ``aemia NAME`` to ``app`` (its help shown when called without a command), holding
+    ``commands``: ``{verb: (function, help or None for the function's docstring)}``."""
+    group = typer.Typer(name=name, help=help, no_args_is_help=True, rich_markup_mode="rich")
+    for verb, (function, verb_help) in commands.items():
+        group.command(verb, help=verb_help)(function)
+    app.add_typer(group, name=name)
+    return group

@@ -42,7 +42,9 @@ def synth_stage(run_dir: Path, n: int = 2, seed: int = 0) -> tuple[dict[str, Any
 
 def active_stage(run_dir: Path, rounds: int = 4, per_round: int = 10, initial: int = 10, seed: int = 0,
                  device: str = "auto") -> tuple[dict[str, Any], list[Path]]:
-    from aemia.active.simulate import SimulationConfig, plot_curves, simulate
+    from aemia.active.curves import plot_curves
+    from aemia.active.sim_training import SimulationConfig
+    from aemia.active.simulate import simulate
 
     out = run_dir / "active_learning"
     cfg = SimulationConfig(dataset="kvasir", initial=initial, per_round=per_round, rounds=rounds, mode="all-labelled",

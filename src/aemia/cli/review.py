@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from aemia.cli import validate as v
+from aemia.cli.common import add_group
 
 PRIORITIZE_HELP = (
     "Rank cases for review by the attention of several models' soft predictions (AbdomenAtlas-8K, Qu et al. "
@@ -33,19 +34,6 @@ PRIORITIZE_HELP = (
 )
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``review`` command group to the aemia app."""
-    review_app = typer.Typer(
-        name="review",
-        help="Prioritise cases for human review (AbdomenAtlas-8K attention maps).\n\n"
-             "Example: aemia review prioritize --predictions runs/ensemble --out runs/review",
-        no_args_is_help=True,
-        rich_markup_mode="rich",
-    )
-    review_app.command("prioritize", help=PRIORITIZE_HELP)(prioritize_cmd)
-    app.add_typer(review_app, name="review")
-
-
 def prioritize_cmd(
     predictions: Path = typer.Option(..., "--predictions", help="Folder with one sub-folder of probabilities per "
                                      "model (layout above).", callback=v.existing),
@@ -64,7 +52,9 @@ def prioritize_cmd(
 ) -> None:
     from rich.console import Console
 
-    from aemia.active.review import ReviewConfig, parse_organs, prioritize
+    from aemia.active.attention import ReviewConfig
+    from aemia.active.prediction_set import parse_organs
+    from aemia.active.review import prioritize
 
     config = ReviewConfig(
         std_threshold=std_threshold, entropy_threshold=entropy_threshold, opening_iterations=opening_iterations,
@@ -92,3 +82,10 @@ def _print_table(rows: list[dict]) -> None:
     Console().print(table)
     if len(rows) > 20:
         Console().print(f"... {len(rows) - 20} more in priority.csv")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``review`` command group to the aemia app."""
+    add_group(app, "review", "Prioritise cases for human review (AbdomenAtlas-8K attention maps).\n\n"
+              "Example: aemia review prioritize --predictions runs/ensemble --out runs/review",
+              {"prioritize": (prioritize_cmd, PRIORITIZE_HELP)})

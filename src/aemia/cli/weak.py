@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from aemia.cli import validate as v
+from aemia.cli.common import add_group
 
 CAM_HELP = (
     "Class activation maps (Zhou et al., CVPR 2016) of a trained classification run, thresholded into masks and "
@@ -17,19 +18,6 @@ CAM_HELP = (
     "cam_metrics.json (IoU, Dice and pointing game with bootstrap 95% CIs), per_image.csv, cams.png.\n\n"
     "Example: aemia weak cam --run runs/ph2_arl --dataset ph2 --split test --threshold 0.5 --out runs/ph2_arl/cam"
 )
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``weak`` command group to the aemia app."""
-    weak_app = typer.Typer(
-        name="weak",
-        help="Weak localisation from image-level labels (class activation maps).\n\n"
-             "Example: aemia weak cam --run runs/ph2_arl --out runs/ph2_arl/cam",
-        no_args_is_help=True,
-        rich_markup_mode="rich",
-    )
-    weak_app.command("cam", help=CAM_HELP)(cam_cmd)
-    app.add_typer(weak_app, name="weak")
 
 
 def cam_cmd(
@@ -55,3 +43,10 @@ def cam_cmd(
                        max_figure_images=figure_images)
     typer.echo(summary["headline"])
     typer.echo(f"outputs: {out / 'cam_metrics.json'}, {out / 'per_image.csv'}, {out / 'cams.png'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``weak`` command group to the aemia app."""
+    add_group(app, "weak", "Weak localisation from image-level labels (class activation maps).\n\n"
+              "Example: aemia weak cam --run runs/ph2_arl --out runs/ph2_arl/cam",
+              {"cam": (cam_cmd, CAM_HELP)})
