@@ -46,6 +46,8 @@ LAYERS: list[tuple[str, ...]] = [
 PLACED: dict[str, str] = {
     "aemia.infer.predict": "infer.predict",
     "aemia.train": "train.loop",
+    "aemia.train.augment": "train.loop",
+    "aemia.train.averaging": "train.loop",
     "aemia.train.data": "train.loop",
     "aemia.train.extensions": "train.loop",
     "aemia.train.hooks": "train.loop",
@@ -63,7 +65,6 @@ ALLOWED_FOR_NOW: list[tuple[str, str]] = [
     ("aemia.train.pruning", "aemia.infer.predictor"),
     ("aemia.train.report", "aemia.infer.predictor"),
     # nets/registry lazily imports semisup.bootstrapping for unet-cam (issue 13; being fixed by helper h13nets)
-    ("aemia.nets.registry", "aemia.semisup.bootstrapping"),
     # methods that read run recipes from train.run (issue 13: RunConfig, PRESETS and labelled_subset belong in
     # the runs package's lower, run-folder half, or data for the labelled split)
     ("aemia.pretrain.restore", "aemia.train.run"),

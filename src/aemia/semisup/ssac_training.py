@@ -48,7 +48,8 @@ class GroupTrainer(Trainer):
 
     def __init__(self, *args: Any, groups: Iterable[dict[str, Any]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.optimizer = ScaledAdam(list(groups), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        wd = self.cfg.weight_decay
+        self.optimizer = ScaledAdam(list(groups), lr=self.cfg.lr, weight_decay=0.0 if wd is None else wd)
 
 
 class TrainAccuracy(Hook):
