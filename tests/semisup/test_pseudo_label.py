@@ -131,7 +131,7 @@ def test_class_shares_survive_a_resume() -> None:
 
 
 def test_run_defaults_and_validation() -> None:
-    from aemia.train.run import RunConfig
+    from aemia.runs import RunConfig
 
     cls = resolve_settings("pseudo-label", "classification", epochs=10)
     seg = resolve_settings("pseudo-label", "segmentation", epochs=10, weight=0.5)
@@ -147,7 +147,8 @@ def test_run_defaults_and_validation() -> None:
 
 @pytest.mark.needs_data("brats2015_deepmedic_sample")
 def test_3d_data_sets_are_refused(tmp_path: Path) -> None:
-    from aemia.train.run import RunConfig, train_run
+    from aemia.recipes.run import train_run
+    from aemia.runs import RunConfig
 
     with pytest.raises(InputError, match="2D"):
         train_run(RunConfig(dataset="brats_wt", semi="mean-teacher", label_fraction=0.5), tmp_path / "b")
@@ -167,7 +168,8 @@ def test_cli_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 @pytest.mark.needs_data("pneumoniamnist")
 def test_short_real_run_logs_pseudo_label_terms(tmp_path: Path) -> None:
-    from aemia.train.run import RunConfig, train_run
+    from aemia.recipes.run import train_run
+    from aemia.runs import RunConfig
 
     cfg = RunConfig(dataset="pneumoniamnist", model="resnet", preset="tiny", label_fraction=0.05, semi="pseudo-label",
                     train=TrainConfig(epochs=1, batch_size=16, progress=False))
