@@ -40,7 +40,7 @@ from aemia.data.catalog import get_dataset  # noqa: E402
 from aemia.evaluate import metrics as M  # noqa: E402
 from aemia.nets.checkpoint import read_state  # noqa: E402
 from aemia.nets.registry import model_from_config  # noqa: E402
-from aemia.train.run import labelled_subset  # noqa: E402
+from aemia.runs import labelled_subset  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
 from provenance import provenance  # noqa: E402
 

@@ -40,7 +40,8 @@ import torch  # noqa: E402
 
 from aemia.evaluate.metrics import bootstrap_ci  # noqa: E402
 from aemia.pretrain.restore import PretrainConfig, pretrain  # noqa: E402
-from aemia.train.run import RunConfig, train_run  # noqa: E402
+from aemia.recipes.run import train_run  # noqa: E402
+from aemia.runs import RunConfig  # noqa: E402
 from aemia.train.trainer import TrainConfig  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
 
@@ -132,7 +133,7 @@ def diagnose(args: argparse.Namespace, kvasir_result: dict) -> dict:
     from aemia.data.catalog import get_dataset
     from aemia.nets import create_model, load_weights
     from aemia.pretrain.diagnostics import encoder_feature_ranks
-    from aemia.train.run import PRESETS
+    from aemia.runs import PRESETS
 
     x = get_dataset("kvasir").arrays("val", args.size)[0][:32]
 

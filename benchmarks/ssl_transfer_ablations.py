@@ -52,7 +52,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from aemia.nets import create_model, load_weights  # noqa: E402
 from aemia.pretrain.diagnostics import encoder_feature_ranks  # noqa: E402
 from aemia.pretrain.restore import PretrainConfig, pretrain  # noqa: E402
-from aemia.train.run import PRESETS, RunConfig, train_run  # noqa: E402
+from aemia.recipes.run import train_run  # noqa: E402
+from aemia.runs import PRESETS, RunConfig  # noqa: E402
 from aemia.train.trainer import TrainConfig  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
 from provenance import provenance  # noqa: E402

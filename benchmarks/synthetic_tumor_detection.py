@@ -2,7 +2,7 @@
 
 Issue 6. ``aemia train --dataset totalseg_ct --task liver-tumor --synthetic-tumors`` (library form: ``train_run``)
 trains a 3D network on the bundled 3 mm TotalSegmentator CT only (its liver mask, label 5; tumors synthesized on
-the fly, :mod:`aemia.train.liver_tumor`). The DICOM CT (a different scan, 0.98 × 0.98 × 2 mm, upper abdomen) is
+the fly, :mod:`aemia.recipes.liver_tumor`). The DICOM CT (a different scan, 0.98 × 0.98 × 2 mm, upper abdomen) is
 held out: it gets ``--variants`` synthetic *validation* versions with ``--per-bin`` separate tumors in each size
 bin (≤5, 5–10, 10–20, >20 mm equivalent diameter), made in its own geometry, and the model (resampling to its
 2 mm working grid and back) is scored on them:
@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from aemia.data.catalog import get_dataset
-    from aemia.train.liver_tumor import evaluate_liver_tumor
-    from aemia.train.run import RunConfig, labelled_subset, load_config, train_run
+    from aemia.recipes.liver_tumor import evaluate_liver_tumor
+    from aemia.recipes.run import train_run
+    from aemia.runs import RunConfig, RunFolder, labelled_subset
     from aemia.train.trainer import TrainConfig
     from aemia.utils.io import write_json_atomic
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         train_run(cfg, args.run, resume=(args.run / "checkpoints" / "last.safetensors").exists())
     import json
 
-    cfg = load_config(args.run)
+    cfg = RunFolder(args.run).config()
     ds = get_dataset(cfg.dataset)
     history = [json.loads(line) for line in (args.run / "log.jsonl").read_text().splitlines() if line.strip()]
     summary = evaluate_liver_tumor(args.run, cfg, ds, history, labelled_subset(ds.case_ids("train"), 1.0, cfg.train.seed),

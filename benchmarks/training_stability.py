@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from provenance import provenance  # noqa: E402
 
-from aemia.train.run import RunConfig, train_run  # noqa: E402
+from aemia.recipes.run import train_run  # noqa: E402
+from aemia.runs import RunConfig  # noqa: E402
 from aemia.train.trainer import TrainConfig  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
 

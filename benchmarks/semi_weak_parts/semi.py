@@ -47,8 +47,9 @@ if str(ROOT / "src") not in sys.path:
 import numpy as np  # noqa: E402
 
 from aemia.evaluate import metrics as M  # noqa: E402
-import aemia.semisup  # noqa: E402,F401 - registers the semi methods for RunConfig(semi=...)
-from aemia.train.run import RunConfig, train_run  # noqa: E402
+import aemia.semisup  # noqa: E402,F401 - registers the semi methods' implementations
+from aemia.recipes.run import train_run  # noqa: E402
+from aemia.runs import RunConfig  # noqa: E402
 from aemia.train.trainer import TrainConfig  # noqa: E402
 
 #: arm -> (semi method, weight; None = the run default)

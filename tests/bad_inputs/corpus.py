@@ -122,12 +122,12 @@ def fake_run(run: Path, dims: int = 2, in_channels: int = 3) -> Path:
     """A run folder with an untrained tiny U-Net (enough for predict's checks and a real prediction)."""
     from aemia.nets.checkpoint import save_checkpoint
     from aemia.nets.registry import create_model
-    from aemia.train.run import RunConfig, save_config
+    from aemia.runs import RunConfig, RunFolder
 
     model = create_model("unet", spatial_dims=dims, in_channels=in_channels, out_channels=2, features=[4, 8, 16])
     save_checkpoint(model, run / "checkpoints" / "best", {"task": "segmentation"})
-    save_config(RunConfig(dataset="kvasir", model="unet", size=32 if dims == 2 else None,
-                          patch=[16, 16, 16] if dims == 3 else None), run)
+    RunFolder(run).save_config(RunConfig(dataset="kvasir", model="unet", size=32 if dims == 2 else None,
+                                         patch=[16, 16, 16] if dims == 3 else None))
     return run
 
 

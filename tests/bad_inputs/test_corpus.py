@@ -141,11 +141,11 @@ def test_synth_geometry_message_names_what_differs(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_changed_settings_by_name(tmp_path: Path) -> None:
-    from aemia.train.run import RunConfig, save_config
+    from aemia.runs import RunConfig, RunFolder
     from aemia.train.trainer import TrainConfig
 
     run = tmp_path / "run"
-    save_config(RunConfig(dataset="kvasir", size=64, train=TrainConfig(epochs=5)), run)
+    RunFolder(run).save_config(RunConfig(dataset="kvasir", size=64, train=TrainConfig(epochs=5)))
     res = run_cli(["train", "--dataset", "kvasir", "--run", run, "--resume", "--epochs", "9", "--size", "32",
                    "--lr", "0.001"], tmp_path)
     assert res.ok, res

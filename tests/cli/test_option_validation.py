@@ -134,7 +134,8 @@ def test_usage_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_train_takes_its_defaults_from_the_dataclasses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No recipe number is repeated in the CLI: an option left out gets the TrainConfig/RunConfig default."""
-    import aemia.train.run as run_mod
+    import aemia.recipes.run as run_mod
+    from aemia.runs import RunConfig
     from aemia.train.trainer import TrainConfig
 
     seen = {}
@@ -142,7 +143,7 @@ def test_train_takes_its_defaults_from_the_dataclasses(tmp_path: Path, monkeypat
     assert main(["train", "--data", "kvasir", "--out", str(tmp_path / "r")]) == 0  # new aliases of --dataset/--run
     cfg = seen["cfg"]
     assert cfg.train == TrainConfig()
-    assert cfg.model == run_mod.RunConfig(dataset="x").model
+    assert cfg.model == RunConfig(dataset="x").model
     seen.clear()
     assert main(["train", "-d", "kvasir", "-r", str(tmp_path / "r"), "--epochs", "3", "--no-deep-supervision"]) == 0
     assert seen["cfg"].train.epochs == 3 and seen["cfg"].train.deep_supervision is False

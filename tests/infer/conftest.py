@@ -13,7 +13,7 @@ from torch import nn
 
 from aemia.nets import create_model
 from aemia.nets.checkpoint import save_checkpoint
-from aemia.train.run import RunConfig, save_config
+from aemia.runs import RunConfig, RunFolder
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,8 @@ def make_run(tmp_path: Path) -> Callable[..., Path]:
         run = tmp_path / name
         (run / "checkpoints").mkdir(parents=True)
         save_checkpoint(net, run / "checkpoints" / "best", {"task": "segmentation"})
-        save_config(RunConfig(dataset="no-such-dataset", model=model, features=features or [4, 8], **config), run)
+        RunFolder(run).save_config(RunConfig(dataset="no-such-dataset", model=model, features=features or [4, 8],
+                                             **config))
         return run
 
     return build

@@ -15,7 +15,7 @@ from torch import nn
 from aemia.data.image import Image
 from aemia.errors import InputError
 from aemia.infer.batch import predict_path
-from aemia.infer.predict import predict_probs
+from aemia.nets.predict import predict_probs
 from aemia.infer.predictor import Predictor
 
 

@@ -255,7 +255,8 @@ def test_state_tensors_default_is_empty() -> None:
 # --------------------------------------------------------------------------------------------- real run
 @pytest.mark.needs_data("pneumoniamnist")
 def test_short_real_run_logs_the_consistency_term(tmp_path: Path) -> None:
-    from aemia.train.run import RunConfig, load_config, train_run
+    from aemia.recipes.run import train_run
+    from aemia.runs import RunConfig, RunFolder
 
     cfg = RunConfig(dataset="pneumoniamnist", model="resnet", preset="tiny", label_fraction=0.05, semi="mean-teacher",
                     train=TrainConfig(epochs=1, batch_size=16, progress=False))
@@ -266,7 +267,7 @@ def test_short_real_run_logs_the_consistency_term(tmp_path: Path) -> None:
     assert metrics["run"]["semi"] == "mean-teacher" and metrics["run"]["semi_weight"] == 10.0
     assert metrics["run"]["semi_unlabelled_cases"] == 4708 - 236
     assert json.loads((run / "metrics.json").read_text())["run"]["semi_evaluated_with"] == "teacher"
-    assert load_config(run).semi == "mean-teacher"
+    assert RunFolder(run).config().semi == "mean-teacher"
     assert (run / "figures" / "semi.png").stat().st_size > 1000
     assert 0.0 <= metrics["classification"]["auc"]["mean"] <= 1.0
 

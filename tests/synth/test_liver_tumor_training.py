@@ -11,7 +11,7 @@ import pytest
 from aemia.cli.main import main
 from aemia.evaluate.evaluate import EvalCase, evaluate_cases
 from aemia.infer.lesions import lesion_classes, lesion_csv, lesion_rows
-from aemia.train.liver_tumor import SyntheticTumorPatches, validation_case
+from aemia.recipes.liver_tumor import SyntheticTumorPatches, validation_case
 
 
 def _phantom(shape=(56, 52, 40)) -> tuple[np.ndarray, np.ndarray]:

@@ -151,7 +151,7 @@ def test_weight_decay_zero_is_a_real_zero_for_adamw() -> None:
 
 
 def test_aemia_amp_env_overrides_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aemia.infer.predict import amp_dtype
+    from aemia.nets.predict import amp_dtype
 
     cpu = torch.device("cpu")
     monkeypatch.setenv("AEMIA_AMP", "none")

@@ -148,11 +148,11 @@ def test_perfect_masks_score_one_and_disjoint_masks_zero() -> None:
 
 def _fake_run(root: Path, dataset: str, model: str = "resnet", task: str = "classification", out: int = 3) -> Path:
     """A run folder with an untrained checkpoint, as ``aemia train`` writes it (config.yaml + checkpoints/best)."""
-    from aemia.train.run import RunConfig, save_config
+    from aemia.runs import RunConfig, RunFolder
 
     run = root / f"{dataset}_{model}"
-    save_config(RunConfig(dataset=dataset, model=model, features=[4, 8], size=32,
-                          task=task if dataset == "ph2" else "auto"), run)
+    RunFolder(run).save_config(RunConfig(dataset=dataset, model=model, features=[4, 8], size=32,
+                                         task=task if dataset == "ph2" else "auto"))
     torch.manual_seed(0)
     net = create_model(model, 2, 3, out, features=[4, 8])
     save_checkpoint(net, run / "checkpoints" / "best", {"epoch": 0, "val_metric": None, "task": task})

@@ -36,7 +36,7 @@ from aemia.active.project import Project, open_project, utc_now
 from aemia.active.scoring import predict_probabilities
 from aemia.active.validation import case_scores, grow_validation, promotion_decision, validation_metrics
 from aemia.errors import InputError
-from aemia.utils.io import write_json_atomic, write_text_atomic
+from aemia.utils.io import write_json_atomic
 
 __all__ = [
     "DEFAULT_MODE",
@@ -139,18 +139,18 @@ def initial_model(proj: Project, mode: str, parent: dict[str, Any] | None) -> tu
 
 def _write_run_folder(proj: Project, out_dir: Path, model: Any, meta: dict[str, Any], train: dict[str, Any]) -> None:
     """Make ``out_dir`` a run folder for ``aemia predict``: ``config.yaml`` (the fields of
-    :class:`aemia.train.run.RunConfig` a 2D picture model needs) and ``checkpoints/best`` (this model)."""
-    import yaml
-
+    :class:`aemia.runs.RunConfig` a 2D picture model needs) and ``checkpoints/best`` (this model)."""
     from aemia.nets import save_checkpoint
+    from aemia.runs.folder import RunFolder
 
     cfg = proj.config
     config = {"dataset": f"active-project:{proj.root.name}", "model": cfg.model, "features": list(cfg.features),
               "size": int(cfg.size), "task": cfg.task, "eval_split": "validation",
               "train": {k: train[k] for k in ("epochs", "batch_size", "lr", "seed")} | {"amp": "none"},
               "active_project": str(proj.root.resolve()), "round": meta["round"], "classes": list(cfg.classes)}
-    save_checkpoint(model, out_dir / "checkpoints" / "best", meta)
-    write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    run = RunFolder(out_dir)
+    save_checkpoint(model, run.checkpoint("best"), meta)
+    run.save_config(config)
 
 
 def train_round(

@@ -61,7 +61,7 @@ def _dihedral_inverse(x: Any, t: int) -> Any:
 
 def predict_probabilities(model: Any, x: Any) -> Any:
     """Softmax probabilities of the batch ``x`` on the CPU in fp32 (no autocast)."""
-    from aemia.infer.predict import predict_probs
+    from aemia.nets.predict import predict_probs
 
     return predict_probs(model, x, amp="none").float().cpu()
 

@@ -198,7 +198,7 @@ def new_model(cfg: SimulationConfig, data: SimData, seed: int) -> Any:
 def predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
     import torch
 
-    from aemia.infer.predict import predict_probs
+    from aemia.nets.predict import predict_probs
 
     out = [predict_probs(model, torch.from_numpy(x[s : s + batch_size]), amp="none").float().cpu().numpy()
            for s in range(0, len(x), batch_size)]

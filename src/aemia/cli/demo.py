@@ -41,8 +41,9 @@ def demo(
 
     Example: aemia demo --out runs/demo --epochs 16   (or: aemia demo --pretrain genesis --label-fraction 0.1)
     """
-    from aemia.train.pruning import pruning_extras
-    from aemia.train.run import RunConfig, train_run
+    from aemia.recipes.pruning import pruning_extras
+    from aemia.recipes.run import train_run
+    from aemia.runs.config import RunConfig
     from aemia.train.trainer import TrainConfig
 
     t0 = time.perf_counter()

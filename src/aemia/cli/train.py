@@ -63,8 +63,9 @@ def train(
 
     Example: aemia train --dataset kvasir --model unetpp --label-fraction 0.1 --epochs 20 --size 128 --run runs/kv10
     """
-    import aemia.semisup  # noqa: F401 - registers the --semi methods (train does not import semisup)
-    from aemia.train.run import RunConfig, train_run
+    import aemia.semisup  # noqa: F401 - registers the --semi implementations (recipes do not import semisup)
+    from aemia.recipes.run import train_run
+    from aemia.runs.config import RunConfig
     from aemia.train.trainer import TrainConfig
 
     try:
@@ -86,7 +87,7 @@ def train(
 
     require(training_data(dataset, list_datasets()), dataset)  # every problem listed, before any work
     if resume:
-        from aemia.train.resume_check import check_resume
+        from aemia.runs.resume_check import check_resume
 
         given = [n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]
         check_resume(run, cfg, given)

@@ -218,13 +218,13 @@ def losses() -> list[str]:
 
 
 def presets() -> list[str]:
-    from aemia.train.run import PRESETS
+    from aemia.runs.config import PRESETS
 
     return sorted(PRESETS)
 
 
 def run_tasks() -> tuple[str, ...]:
-    from aemia.train.run import RUN_TASKS
+    from aemia.runs.config import RUN_TASKS
 
     return RUN_TASKS
 

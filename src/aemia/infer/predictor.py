@@ -23,8 +23,10 @@ from torch import nn
 from aemia.data.image import Image
 from aemia.data.normalise import default_normaliser, normalise
 from aemia.errors import InputError
-from aemia.infer.predict import predict_probs, resolve_device
+from aemia.nets.predict import predict_probs, resolve_device
 from aemia.nets import load_checkpoint
+from aemia.runs.config import class_names
+from aemia.runs.folder import RunFolder
 
 
 @dataclass
@@ -45,10 +47,10 @@ class Predictor:
     def from_run(cls, run_dir: str | Path, prune: int | None = None, tta: bool | None = None,
                  device: str = "auto", amp: str | None = None) -> "Predictor":
         from aemia.data.catalog import get_dataset
-        from aemia.train.run import load_config
 
-        cfg = load_config(run_dir)
-        model, meta = load_checkpoint(Path(run_dir) / "checkpoints" / "best", device=resolve_device(device))
+        run = RunFolder(run_dir)
+        cfg = run.config()
+        model, meta = load_checkpoint(run.checkpoint("best"), device=resolve_device(device))
         if prune is not None:
             if not hasattr(model, "prune"):
                 raise InputError(run_dir, f"--prune needs a UNet++ run; this run's model is '{cfg.model}'")
@@ -62,8 +64,6 @@ class Predictor:
             modality = ""
         classes = None
         try:
-            from aemia.train.run import class_names
-
             classes = class_names(cfg, get_dataset(cfg.dataset)) if meta.get("task", "segmentation") == "segmentation" else None
         except InputError:
             pass

@@ -1,7 +1,8 @@
 """Networks: UNet, UNet++ (deep supervision, exact pruning), ResNet / ARL classifiers, MB-DCNN's CAM-guided U-Net;
 2D and 3D. Every registered network has ``forward_features(x)``: an ordered dict of named maps (``enc0..encN``
 shallow to deep, ``bottleneck``, optional ``dec<i>``) and the pooled ``embedding`` (N, C); class activation maps
-are computed from it in :mod:`aemia.nets.cam`."""
+are computed from it in :mod:`aemia.nets.cam`. :mod:`aemia.nets.predict` runs a network over a tensor (batched 2D,
+sliding-window 3D, flip TTA, autocast): the kernel of training's validation and of :mod:`aemia.infer`."""
 
 from aemia.nets.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from aemia.nets.classifier import ResNetClassifier

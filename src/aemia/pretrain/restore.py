@@ -51,7 +51,7 @@ class PretrainConfig:
         step_epochs=40, step_gamma=0.5, deep_supervision=False))
 
     def widths(self) -> list[int]:
-        from aemia.train.run import PRESETS
+        from aemia.runs.config import PRESETS
 
         return list(self.features) if self.features else list(PRESETS[self.preset])
 

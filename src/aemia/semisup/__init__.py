@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from aemia.runs.config import SEMI_METHODS, check_method
 from aemia.utils.io import save_figure
 from aemia.semisup.mean_teacher import (
     MeanTeacherConfig,
@@ -59,18 +60,9 @@ __all__ = [
     "sigmoid_rampup", "unflip", "cap_per_class", "class_weights", "pseudo_label_loss", "select_pseudo_labels",
 ]
 
-SEMI_METHODS = ("mean-teacher", "pseudo-label")
 _DEFAULT_WEIGHT = {("mean-teacher", "classification"): 10.0, ("mean-teacher", "segmentation"): 0.1,
                    ("pseudo-label", "classification"): 1.0, ("pseudo-label", "segmentation"): 1.0}
 _DEFAULT_THRESHOLD = {"classification": 0.95, "segmentation": 0.9}
-
-
-def check_method(method: str) -> str:
-    """The method's canonical name (``mean_teacher`` → ``mean-teacher``); ValueError if unknown."""
-    name = method.strip().lower().replace("_", "-")
-    if name not in SEMI_METHODS:
-        raise ValueError(f"unknown semi-supervised method {method!r}; choose one of {SEMI_METHODS}")
-    return name
 
 
 @dataclass
@@ -169,7 +161,7 @@ def semi_figure(history: Sequence[dict[str, Any]], path: str | Path, title: str 
 def semi_extras(settings: SemiSettings, figure: Path,
                 inner: Callable[[Path, list[Any]], tuple[dict[str, Any], list[Any]]] | None = None
                 ) -> Callable[[Path, list[Any]], tuple[dict[str, Any], list[Any]]]:
-    """An ``extras`` for :func:`aemia.train.report.evaluate_run` that adds the semi settings and figure to the
+    """An ``extras`` for :func:`aemia.recipes.report.evaluate_run` that adds the semi settings and figure to the
     report, after whatever ``inner`` adds (segmentation and classification runs alike)."""
     from aemia.evaluate.report import Figure
 

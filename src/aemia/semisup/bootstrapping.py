@@ -458,7 +458,7 @@ def load_cases(dataset: str, size: int, ids: Sequence[str] | None = None) -> _Da
 
 
 def _predict(model: nn.Module, x: np.ndarray | torch.Tensor, tta: bool = False, batch_size: int = 32) -> torch.Tensor:
-    from aemia.infer.predict import predict_probs
+    from aemia.nets.predict import predict_probs
 
     xt = torch.as_tensor(x)
     model.eval()

@@ -228,7 +228,7 @@ def _check_run_dir(run_dir: Path) -> None:
 
 def _load_data(cfg: SSACConfig) -> dict[str, Any]:
     from aemia.data.catalog import get_dataset
-    from aemia.train.run import labelled_subset
+    from aemia.runs.config import labelled_subset
 
     ds = get_dataset(cfg.dataset)
     if not ds.classes:

@@ -2,7 +2,7 @@
 
 :data:`SEMI_METHODS`: ``RunConfig.semi`` name → ``make(cfg, ds, labelled, task, n_classes) -> SemiRun``.
 :mod:`aemia.semisup` registers mean teacher and pseudo-labels on import (the CLI and the benchmarks import it);
-:func:`aemia.train.run.train_run` looks the name up with :func:`semi_method` before it writes anything.
+:func:`aemia.recipes.run.train_run` looks the name up with :func:`semi_method` before it writes anything.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Subset
 
 from aemia.errors import CheckpointError
 from aemia.evaluate.metrics import auc, mean_class_dice
-from aemia.infer.predict import amp_dtype, autocast_context, memory_format, predict_probs, resolve_device
+from aemia.nets.predict import amp_dtype, autocast_context, memory_format, predict_probs, resolve_device
 from aemia.nets.checkpoint import save_checkpoint, unwrap
 from aemia.train.averaging import WeightEMA
 from aemia.train.data import EpochDataset

@@ -259,12 +259,12 @@ def run_cams(
     from aemia.data.catalog import get_dataset
     from aemia.errors import InputError
     from aemia.infer.predictor import Predictor
-    from aemia.train.run import load_config
+    from aemia.runs.folder import RunFolder
     from aemia.utils.io import write_json_atomic, write_text_atomic
 
     cfg_cam = config or CamConfig()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cfg = load_config(run_dir)
+    cfg = RunFolder(run_dir).config()
     predictor = Predictor.from_run(run_dir, device="cpu")
     if predictor.task != "classification":
         raise InputError(run_dir, f"not a classification run (task: {predictor.task}, model: {cfg.model}); "

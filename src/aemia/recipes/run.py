@@ -19,34 +19,22 @@ never imports ``semisup``: the methods register themselves in :data:`aemia.train
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from aemia.data.catalog import CatalogDataset, get_dataset
 from aemia.data.normalise import default_normaliser, normalise
 from aemia.errors import InputError
 from aemia.nets import create_model, load_weights
 from aemia.nets.registry import model_task
+from aemia.runs.config import RunConfig, class_names, labelled_subset
+from aemia.runs.folder import RunFolder
 from aemia.train.data import ArrayDataset, AugmentConfig, PatchDataset
-from aemia.train.extensions import semi_method, semi_name
-from aemia.train.trainer import TrainConfig, Trainer
-from aemia.utils.io import write_json_atomic, write_text_atomic
-
-#: Width presets. ``paper`` is the UNet++ / U-Net papers' recipe (GPU); ``cpu`` fits 2 cores.
-PRESETS: dict[str, list[int]] = {
-    "paper": [32, 64, 128, 256, 512],
-    "cpu": [16, 16, 32, 64, 128],
-    "tiny": [8, 16, 32, 64],
-}
-
-
-RUN_TASKS = ("auto", "segmentation", "classification", "liver-tumor")
+from aemia.train.extensions import semi_method
+from aemia.train.trainer import Trainer
 
 
 def resolve_task(cfg: "RunConfig", ds: CatalogDataset) -> str:
@@ -60,82 +48,6 @@ def resolve_task(cfg: "RunConfig", ds: CatalogDataset) -> str:
     if cfg.task == "segmentation" and ds.task == "classification":
         raise InputError(None, f"data set '{ds.name}' has no masks: it cannot train --task segmentation")
     return cfg.task
-
-
-@dataclass
-class RunConfig:
-    dataset: str
-    model: str = "unetpp"
-    preset: str = "cpu"
-    features: list[int] | None = None
-    label_fraction: float = 1.0
-    size: int | None = None  # 2D: resize images to size x size
-    patch: list[int] | None = None  # 3D: training patch / sliding-window size
-    patches_per_volume: int = 16
-    labels: dict[int, str] | None = None  # 3D: keep only these source labels, renumbered 1..K
-    spacing: list[float] | None = None  # 3D: working voxel size in mm (default: median of the training cases)
-    init: str | None = None  # pretrained weights (a run folder or a checkpoint path)
-    tta: bool = False
-    eval_split: str = "test"
-    task: str = "auto"  # auto (the data set's own task) | segmentation | classification (PH2: image + diagnosis)
-    #                     | liver-tumor (3D CT: liver + tumor from liver masks only, aemia.train.liver_tumor)
-    synthetic_tumors: bool = False  # liver-tumor: train on synthetic tumors in healthy livers (no tumor labels)
-    window: list[float] | None = None  # CT: HU window to [0, 1] (default: abdominal; liver-tumor: -21..189)
-    normaliser: str | None = None  # aemia.data.normalise spec (None: default_normaliser, resolved at build time)
-    semi: str | None = None  # 2D: mean-teacher | pseudo-label on the unlabelled rest of the training split
-    semi_weight: float | None = None  # max weight of the unlabelled term (None: the method's default)
-    semi_threshold: float | None = None  # pseudo-label confidence (None: 0.95 classification, 0.9 segmentation)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.label_fraction <= 1.0:
-            raise ValueError(f"label fraction must be in (0, 1], got {self.label_fraction}")
-        if self.task not in RUN_TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {RUN_TASKS}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        if self.semi is not None:
-            self.semi = semi_name(self.semi)  # looked up in SEMI_METHODS by train_run
-        if self.semi_weight is not None and self.semi_weight < 0:
-            raise ValueError(f"semi weight must be ≥ 0, got {self.semi_weight}")
-        if self.semi_threshold is not None and not 0.0 < self.semi_threshold <= 1.0:
-            raise ValueError(f"semi threshold must be in (0, 1], got {self.semi_threshold}")
-
-    def widths(self) -> list[int]:
-        return list(self.features) if self.features else list(PRESETS[self.preset])
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        known = {f.name for f in fields(cls)}
-        args = {k: v for k, v in d.items() if k in known and k != "train"}
-        if args.get("labels"):
-            args["labels"] = {int(k): v for k, v in args["labels"].items()}
-        return cls(**args, train=TrainConfig(**d.get("train", {})))
-
-
-def save_config(cfg: RunConfig, run_dir: Path) -> None:
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def load_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise InputError(path, "not a run folder (config.yaml missing)")
-    try:
-        return RunConfig.from_dict(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, TypeError, ValueError) as exc:
-        raise InputError(path, f"invalid run config ({exc})") from None
-
-
-def labelled_subset(ids: list[str], fraction: float, seed: int) -> list[str]:
-    """The first ``ceil(fraction·N)`` ids of a seeded permutation: nested across fractions for one seed."""
-    n = max(1, math.ceil(fraction * len(ids) - 1e-9))
-    order = np.random.default_rng(seed).permutation(len(ids))
-    return [ids[i] for i in sorted(order[:n])]
 
 
 class _VolumeSet:
@@ -159,17 +71,6 @@ def remap_labels(label: np.ndarray, keep: dict[int, str] | None) -> np.ndarray:
     for new, src in enumerate(sorted(keep), start=1):
         out[label == src] = new
     return out
-
-
-def class_names(cfg: RunConfig, ds: CatalogDataset) -> dict[int, str]:
-    """Output index → name for the run's segmentation classes (background included)."""
-    if cfg.task == "liver-tumor":
-        from aemia.train.liver_tumor import TUMOR_CLASS
-
-        return {0: "background", 1: "liver", 2: TUMOR_CLASS}
-    if cfg.labels:
-        return {0: "background", **{i: cfg.labels[src] for i, src in enumerate(sorted(cfg.labels), start=1)}}
-    return dict(ds.labels)
 
 
 def _load_volume(ds: CatalogDataset, case: Any, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +117,7 @@ def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torc
     aug = AugmentConfig()
     task = resolve_task(cfg, ds)
     if task == "liver-tumor":
-        from aemia.train.liver_tumor import build_liver_tumor
+        from aemia.recipes.liver_tumor import build_liver_tumor
 
         return build_liver_tumor(cfg, ds, labelled)
     if cfg.synthetic_tumors:
@@ -263,11 +164,12 @@ def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torc
 def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras: Any = None) -> dict[str, Any]:
     """Train (or resume) and evaluate; returns the metrics written to ``metrics.json``.
 
-    ``extras`` is passed to :func:`aemia.train.report.evaluate_run` (extra analyses in the report)."""
+    ``extras`` is passed to :func:`aemia.recipes.report.evaluate_run` (extra analyses in the report)."""
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     if resume:
-        cfg = load_config(run_dir)
-    elif (run_dir / "checkpoints" / "last.safetensors").exists():
+        cfg = folder.config()
+    elif folder.has_checkpoint("last"):
         raise InputError(run_dir, "run folder already holds a training run: pass --resume to continue it, or choose a new --run")
     make_semi = semi_method(cfg.semi) if cfg.semi else None
     ds = get_dataset(cfg.dataset)
@@ -281,17 +183,16 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
         semi = make_semi(cfg, ds, labelled, task, n_classes)
         hooks.append(semi.hook)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
-    write_json_atomic(run_dir / "splits.json", {**ds.split_manifest(), "labelled": labelled,
-                                                  "label_fraction": cfg.label_fraction})
+    folder.save_config(cfg)
+    folder.save_splits({**ds.split_manifest(), "labelled": labelled, "label_fraction": cfg.label_fraction})
     trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, hooks=hooks, task=task)
     result = trainer.fit(resume=resume)
     if not trainer.is_main:
         return {}
-    from aemia.train.report import evaluate_run
+    from aemia.recipes.report import evaluate_run
 
     if cfg.task == "liver-tumor":
-        from aemia.train.liver_tumor import evaluate_liver_tumor
+        from aemia.recipes.liver_tumor import evaluate_liver_tumor
 
         return evaluate_liver_tumor(run_dir, cfg, ds, result["history"], labelled)
     if semi is None:

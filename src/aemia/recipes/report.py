@@ -59,7 +59,7 @@ def evaluate_run(run_dir: str | Path, cfg: Any, ds: CatalogDataset, history: lis
     recipe = _recipe(cfg, labelled, history)
     split = cfg.eval_split
     title = f"aemia run: {cfg.model} on {cfg.dataset} ({cfg.label_fraction:.0%} of training labels)"
-    from aemia.train.run import resolve_task
+    from aemia.recipes.run import resolve_task
 
     if resolve_task(cfg, ds) == "classification":
         return _evaluate_classification(run_dir, predictor, ds, split, recipe, history, title, extras)
@@ -72,14 +72,14 @@ def evaluate_run(run_dir: str | Path, cfg: Any, ds: CatalogDataset, history: lis
             display = np.moveaxis(img[:3], 0, -1) if img.shape[0] >= 3 else img[0]
             cases.append(EvalCase(case.id, pred, s.label.astype(np.int64), s.image.spacing, display))
     else:
-        from aemia.train.run import remap_labels
+        from aemia.recipes.run import remap_labels
 
         for case in ds.splits[split]:
             s = ds.load(case)
             pred = predictor.predict(s.image)
             cases.append(EvalCase(case.id, pred, remap_labels(s.label, cfg.labels), s.image.spacing,
                                   s.image.array[0]))
-    from aemia.train.run import class_names
+    from aemia.runs.config import class_names
 
     classes = class_names(cfg, ds)
     more, figures = extras(run_dir, cases) if extras is not None else ({}, [])
@@ -102,7 +102,7 @@ def _evaluate_classification(run_dir: Path, predictor: Predictor, ds: CatalogDat
     probs = []
     with torch.no_grad():
         for start in range(0, len(x), 256):
-            from aemia.infer.predict import predict_probs
+            from aemia.nets.predict import predict_probs
 
             probs.append(predict_probs(predictor.model, torch.from_numpy(x[start:start + 256]), tta=predictor.tta).cpu().numpy())
     p = np.concatenate(probs)

@@ -13,7 +13,7 @@ from typing import Any
 
 from aemia.errors import InputError
 
-#: CLI option (parameter name) → where its value lives in a :class:`aemia.train.run.RunConfig`.
+#: CLI option (parameter name) → where its value lives in a :class:`aemia.runs.config.RunConfig`.
 TRAIN_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "loss", "deep_supervision",
                 "early_stopping", "seed", "amp", "device")
 
@@ -36,11 +36,12 @@ def resume_conflicts(saved: Any, requested: Any, given: Iterable[str]) -> list[s
 
 def check_resume(run_dir: str | Path, requested: Any, given: Iterable[str]) -> None:
     """Raise :class:`InputError` naming every option that would change a run being resumed."""
-    from aemia.train.run import load_config
+    from aemia.runs.folder import RunFolder
 
-    if not (Path(run_dir) / "config.yaml").exists():
+    folder = RunFolder(run_dir)
+    if not folder.config_path.exists():
         return  # nothing to resume yet: train_run starts the run
-    conflicts = resume_conflicts(load_config(run_dir), requested, given)
+    conflicts = resume_conflicts(folder.config(), requested, given)
     if conflicts:
         raise InputError(run_dir, "--resume keeps the run's settings, but these differ: " + "; ".join(conflicts)
                          + ". Drop them to resume, or start a new --run")

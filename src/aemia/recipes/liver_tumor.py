@@ -42,20 +42,20 @@ from aemia.data.catalog import CatalogDataset
 from aemia.data.normalise import ct_window as window
 from aemia.data.transforms import resample_to_spacing
 from aemia.errors import InputError
+from aemia.runs.config import TUMOR_CLASS
 from aemia.synth.transform import RandTumorSynthesisd
 from aemia.synth.tumor import TumorConfig, synthesize_validation_tumors
 from aemia.train.data import AugmentConfig, EpochDataset, augment, sample_rng
 from aemia.utils.io import write_text_atomic
 
 if TYPE_CHECKING:
-    from aemia.train.run import RunConfig
+    from aemia.runs.config import RunConfig
 
 #: The paper's intensity window for liver tumors (ScaleIntensityRanged a_min=-21, a_max=189).
 LIVER_TUMOR_WINDOW: tuple[float, float] = (-21.0, 189.0)
 #: CPU defaults for the task (the paper: 1 mm, 96³ patches).
 DEFAULT_SPACING: tuple[float, float, float] = (2.0, 2.0, 2.0)
 DEFAULT_PATCH: tuple[int, int, int] = (64, 64, 48)
-TUMOR_CLASS = "liver tumor"
 
 
 def organ_label(ds: CatalogDataset, name: str = "liver") -> int:
@@ -256,7 +256,7 @@ def evaluate_liver_tumor(run_dir: str | Path, cfg: "RunConfig", ds: CatalogDatas
     from aemia.evaluate.evaluate import EvalCase, evaluate_cases
     from aemia.infer.predictor import Predictor
     from aemia.data.image import Image
-    from aemia.train.report import _curves, _recipe
+    from aemia.recipes.report import _curves, _recipe
 
     run_dir = Path(run_dir)
     organ = organ_label(ds)

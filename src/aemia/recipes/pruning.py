@@ -19,7 +19,7 @@ from aemia.infer.predictor import Predictor
 
 
 def pruning_extras(run_dir: Path, cases: list[Any]) -> tuple[dict[str, Any], list[Any]]:
-    """``extras`` for :func:`aemia.train.run.train_run`: the pruning table on the evaluated cases + its figure."""
+    """``extras`` for :func:`aemia.recipes.run.train_run`: the pruning table on the evaluated cases + its figure."""
     from aemia.data.image import Image
 
     images = [Image(np.moveaxis(c.image, -1, 0) if c.image.ndim == 3 else c.image[None], c.spacing) for c in cases]

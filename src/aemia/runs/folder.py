@@ -1,0 +1,128 @@
+"""The run folder: one type that knows where everything of a run lives and reads/writes its config.
+
+::
+
+    runs/<name>/config.yaml     the full recipe (RunConfig + TrainConfig), the seed included
+    runs/<name>/splits.json     the data set's split and the labelled subset actually used
+    runs/<name>/log.jsonl       one line per epoch (written by aemia.train.Trainer)
+    runs/<name>/checkpoints/    last.safetensors (resumable), best.safetensors + best.json
+    runs/<name>/metrics.json    evaluation metrics with bootstrap 95% CIs
+    runs/<name>/per_case.csv, figures/, report.html
+
+``RunFolder("runs/kv10").config()`` is the :class:`~aemia.runs.config.RunConfig`; ``.checkpoint("best")`` the
+checkpoint stem :func:`aemia.nets.load_checkpoint` reads. The :class:`~aemia.train.Trainer` writes ``log.jsonl``
+and ``checkpoints/`` under the same names itself (``train`` sits below ``runs``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aemia.errors import InputError
+from aemia.runs.config import RunConfig
+from aemia.utils.io import write_json_atomic, write_text_atomic
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    # -- where things are -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def splits_path(self) -> Path:
+        return self.path / "splits.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.jsonl"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def per_case_path(self) -> Path:
+        return self.path / "per_case.csv"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def checkpoint(self, name: str = "best") -> Path:
+        """The stem of checkpoint ``name`` (``best`` or ``last``): ``<stem>.safetensors`` + ``<stem>.json``."""
+        return self.checkpoints / name
+
+    def has_checkpoint(self, name: str = "best") -> bool:
+        return self.checkpoint(name).with_suffix(".safetensors").is_file()
+
+    def is_run(self) -> bool:
+        """A run folder has a ``config.yaml``."""
+        return self.config_path.is_file()
+
+    # -- config -----------------------------------------------------------------------------------------
+    def config(self) -> RunConfig:
+        """The run's :class:`RunConfig`; InputError when ``config.yaml`` is missing or invalid."""
+        path = self.config_path
+        if not path.exists():
+            raise InputError(path, "not a run folder (config.yaml missing)")
+        try:
+            return RunConfig.from_dict(yaml.safe_load(path.read_text()))
+        except (yaml.YAMLError, TypeError, ValueError) as exc:
+            raise InputError(path, f"invalid run config ({exc})") from None
+
+    def save_config(self, cfg: RunConfig | dict[str, Any]) -> Path:
+        """Write ``config.yaml`` atomically: a :class:`RunConfig`, or a plain mapping for runs written by other
+        loops (active rounds) that record a subset of its fields plus their own."""
+        data = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+        write_text_atomic(self.config_path, yaml.safe_dump(data, sort_keys=False))
+        return self.config_path
+
+    # -- other records ----------------------------------------------------------------------------------
+    def save_splits(self, splits: dict[str, Any]) -> Path:
+        write_json_atomic(self.splits_path, splits)
+        return self.splits_path
+
+    def splits(self) -> dict[str, Any]:
+        return self._json(self.splits_path)
+
+    def save_metrics(self, metrics: dict[str, Any]) -> Path:
+        write_json_atomic(self.metrics_path, metrics)
+        return self.metrics_path
+
+    def metrics(self) -> dict[str, Any]:
+        return self._json(self.metrics_path)
+
+    def log(self) -> list[dict[str, Any]]:
+        """The epoch log (one dict per line of ``log.jsonl``); empty before the first epoch."""
+        if not self.log_path.is_file():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+
+    @staticmethod
+    def _json(path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            raise InputError(path, "missing: the run has not written it yet")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"invalid JSON ({exc})") from None
