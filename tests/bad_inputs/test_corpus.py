@@ -160,3 +160,41 @@ def test_malformed_config_yaml_is_one_line(tmp_path: Path) -> None:
     picture(tmp_path / "in" / "a.png")
     res = run_cli(["predict", "--run", run, "--input", tmp_path / "in", "--out", tmp_path / "out"], tmp_path)
     assert res.ok and "config.yaml" in res.err_lines[0], res
+
+
+@pytest.mark.parametrize("method", ["genesis", "transvw"])
+def test_pretrain_lists_every_bad_image_of_a_folder_before_writing(method: str, corpus: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    folder = tmp_path / "unlabelled"
+    picture(folder / "good.png")
+    bad = ["text.png", "empty.nii.gz", "nan.nii.gz"]
+    for name in bad:
+        (folder / name).write_bytes(corpus[name].read_bytes())
+    res = run_cli(["pretrain", method, "--data", folder, "--out", tmp_path / "out", "--epochs", "1"], tmp_path)
+    assert res.ok, res
+    assert not (tmp_path / "out").exists()
+    assert all(name in res.out for name in bad)  # every problem, not the first
+    assert "expected 2D images" in res.out  # the NIfTI volumes in a --dims 2 pretraining
+    check = run_cli(["data", "check", folder], tmp_path)  # the same checks (data check has no --dims)
+    assert check.ok and all(name in check.out for name in bad), check
+
+
+def test_pretrain_3d_refuses_pictures(tmp_path: Path) -> None:
+    volume(tmp_path / "in" / "a.nii.gz")
+    picture(tmp_path / "in" / "sub" / "b.png")  # folders are searched recursively, as data check does
+    res = run_cli(["pretrain", "genesis", "--dims", "3", "--data", tmp_path / "in", "--out", tmp_path / "out"],
+                  tmp_path)
+    assert res.ok and "b.png: is a 2D picture" in res.err_lines[0], res
+
+
+def test_pretraining_images_agrees_with_the_folder_pretrain_reads(tmp_path: Path) -> None:
+    from aemia.data.preflight import pretraining_images
+    from aemia.pretrain.restore import _images
+
+    picture(tmp_path / "a.png")
+    picture(tmp_path / "sub" / "b.png")
+    (tmp_path / "notes.txt").write_text("metadata is skipped")
+    assert pretraining_images(str(tmp_path), 2) == []
+    images, _, _ = _images(str(tmp_path))
+    assert sorted(Path(i.path).name for i in images) == ["a.png", "b.png"]
+    assert pretraining_images("kvasir", 3, ["kvasir"]) == []  # bundled data sets are trusted

@@ -8,6 +8,9 @@ list of problems (stdout) and one error line (stderr, exit 2). ``aemia data chec
 * :func:`training_data` — ``train --dataset FOLDER``: the whole MSD / nnU-Net folder (readability, header sanity,
   3D volumes with the channels ``dataset.json`` lists, image/label shape and spacing agreement, label values
   against ``dataset.json``, NaN/inf). Bundled data sets are trusted.
+* :func:`pretraining_images` — ``pretrain genesis|transvw --data FOLDER``: every image of the folder (readability,
+  header sanity, NaN/inf, one 3D volume per NIfTI/NRRD) with the ``--dims`` the pretraining needs. Bundled data sets
+  are trusted.
 * :func:`model_inputs` — ``predict``: every input is read once and matched against the model (dimensionality
   first, then channels), NaN/inf refused.
 * :func:`mask_pairs` — ``evaluate``: each prediction is one label map (not 4D), finite, integer, on the ground
@@ -53,6 +56,13 @@ def training_data(dataset: str, bundled: Iterable[str] = ()) -> list[Problem]:
         return [Problem(str(root), "is a folder without dataset.json: training needs an MSD / nnU-Net folder "
                                    "(imagesTr, labelsTr, dataset.json) or a bundled data set name")]
     return Checker(root).run()
+
+
+def pretraining_images(data: str, dims: int, bundled: Iterable[str] = ()) -> list[Problem]:
+    """Problems of an unlabelled image folder (or file) for ``dims``-D pretraining; a bundled name gives none."""
+    if data in set(bundled):
+        return []
+    return Checker(Path(data), spatial_dims=dims, purpose=f"this is a {dims}D pretraining: --dims {dims}").run()
 
 
 def model_inputs(paths: Sequence[Path], spatial_dims: int, in_channels: int) -> list[Problem]:
