@@ -198,3 +198,19 @@ def test_pretraining_images_agrees_with_the_folder_pretrain_reads(tmp_path: Path
     images, _, _ = _images(str(tmp_path))
     assert sorted(Path(i.path).name for i in images) == ["a.png", "b.png"]
     assert pretraining_images("kvasir", 3, ["kvasir"]) == []  # bundled data sets are trusted
+
+
+def test_active_init_lists_every_bad_picture_before_writing(corpus: dict[str, Path], tmp_path: Path) -> None:
+    images = tmp_path / "pool"
+    picture(images / "a.png")
+    picture(images / "a.jpg")  # the same case id twice
+    picture(images / "b.png")
+    for name in ("text.png", "truncated.png", "empty.nii.gz"):
+        (images / name).write_bytes(corpus[name].read_bytes())
+    res = run_cli(["active", "init", "--images", images, "--project", tmp_path / "P", "--size", "32"], tmp_path)
+    assert res.ok, res
+    assert not (tmp_path / "P").exists()
+    lines = res.out.splitlines()
+    assert len(lines) == 4, lines  # one problem per line
+    assert all(any(name in ln for ln in lines) for name in ("a.png", "text.png", "truncated.png", "empty.nii.gz"))
+    assert "4 problems" in res.err_lines[0]

@@ -11,6 +11,7 @@ list of problems (stdout) and one error line (stderr, exit 2). ``aemia data chec
 * :func:`pretraining_images` — ``pretrain genesis|transvw --data FOLDER``: every image of the folder (readability,
   header sanity, NaN/inf, one 3D volume per NIfTI/NRRD) with the ``--dims`` the pretraining needs. Bundled data sets
   are trusted.
+* :func:`pool_pictures` — ``active init``: every pool picture readable, one grey or RGB 2D picture, finite.
 * :func:`model_inputs` — ``predict``: every input is read once and matched against the model (dimensionality
   first, then channels), NaN/inf refused.
 * :func:`mask_pairs` — ``evaluate``: each prediction is one label map (not 4D), finite, integer, on the ground
@@ -20,7 +21,7 @@ list of problems (stdout) and one error line (stderr, exit 2). ``aemia data chec
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,26 @@ def pretraining_images(data: str, dims: int, bundled: Iterable[str] = ()) -> lis
     if data in set(bundled):
         return []
     return Checker(Path(data), spatial_dims=dims, purpose=f"this is a {dims}D pretraining: --dims {dims}").run()
+
+
+def pool_pictures(paths: Sequence[Path], on_picture: Callable[[Path], None] | None = None
+                  ) -> tuple[list[Problem], dict[Path, int]]:
+    """Read every picture of an active-learning pool: (problems, channels of each good picture); ``on_picture``
+    is called after each (progress)."""
+    found: list[Problem] = []
+    channels: dict[Path, int] = {}
+    for path in paths:
+        before = len(found)
+        img = _read(Path(path), found)
+        if img is not None:
+            if img.spatial_dims != 2 or img.channels not in (1, 3):
+                found.append(Problem(str(path), f"expected a grey or RGB picture, got array shape {img.array.shape}"))
+            _check_finite(img, Path(path), found)
+            if len(found) == before:
+                channels[Path(path)] = img.channels
+        if on_picture is not None:
+            on_picture(Path(path))
+    return found, channels
 
 
 def model_inputs(paths: Sequence[Path], spatial_dims: int, in_channels: int) -> list[Problem]:
