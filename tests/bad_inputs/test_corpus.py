@@ -214,3 +214,25 @@ def test_active_init_lists_every_bad_picture_before_writing(corpus: dict[str, Pa
     assert len(lines) == 4, lines  # one problem per line
     assert all(any(name in ln for ln in lines) for name in ("a.png", "text.png", "truncated.png", "empty.nii.gz"))
     assert "4 problems" in res.err_lines[0]
+
+
+@pytest.mark.parametrize("defect", ["nan", "fraction", "4d"])
+def test_synth_refuses_an_organ_mask_that_is_not_a_label_map(defect: str, tmp_path: Path) -> None:
+    ct, _ = _ct_and_mask(tmp_path)
+    mask = volume(tmp_path / "m.nii.gz", shape=(24, 24, 16), value=0.5 if defect == "fraction" else 5.0,
+                  nan=defect == "nan", channels=2 if defect == "4d" else 1, spacing=(1.0, 1.5, 2.0))
+    res = run_cli(["synth", "tumors", "--ct", ct, "--organ-mask", mask, "--organ-label", "5", "--n", "1",
+                   "--out", tmp_path / "out"], tmp_path)
+    words = {"nan": "NaN", "fraction": "non-integer", "4d": "is 4D"}[defect]
+    assert res.ok and words in res.err_lines[0], res
+
+
+@pytest.mark.parametrize("verb", [["predict", "--run", "{run}", "--input", "{in}", "--device", "cpu"],
+                                  ["train", "--dataset", "kvasir", "--epochs", "1"],
+                                  ["pretrain", "genesis", "--data", "kvasir"]])
+def test_an_output_folder_that_cannot_be_created_is_refused_at_parse_time(verb: list[str], run2d: Path,
+                                                                          tmp_path: Path) -> None:
+    picture(tmp_path / "in" / "a.png")
+    argv = [a.replace("{run}", str(run2d)).replace("{in}", str(tmp_path / "in")) for a in verb]
+    res = run_cli([*argv, "--out" if verb[0] != "train" else "--run", "/proc/aemia_cannot_write/run"], tmp_path)
+    assert res.ok and "not writable" in res.err_lines[0], res  # root passes os.access: the check must try

@@ -16,7 +16,8 @@ list of problems (stdout) and one error line (stderr, exit 2). ``aemia data chec
   first, then channels), NaN/inf refused.
 * :func:`mask_pairs` — ``evaluate``: each prediction is one label map (not 4D), finite, integer, on the ground
   truth's grid (shape and spacing).
-* :func:`ct_volume` — ``synth``: a finite single-channel 3D CT.
+* :func:`ct_volume` — ``synth``: a finite single-channel 3D CT; :func:`label_map` — its organ and vessel masks
+  (and each of ``evaluate``'s label maps): not 4D, finite, integer.
 """
 
 from __future__ import annotations
@@ -118,17 +119,22 @@ def mask_pairs(pairs: Iterable[tuple[Path, Path]]) -> list[Problem]:
         before = len(found)
         pred, gt = _read(Path(pred_path), found), _read(Path(gt_path), found)
         for img, path in ((pred, pred_path), (gt, gt_path)):
-            if img is None:
-                continue
-            if img.channels != 1 and img.spatial_dims == 3:
-                found.append(Problem(str(path), f"is 4D ({img.channels} volumes): a label map is one 3D volume"))
-            _check_finite(img, Path(path), found)
-            arr = img.array
-            if np.issubdtype(arr.dtype, np.floating) and len(found) == before:
-                if not np.array_equal(arr, np.round(arr)):
-                    found.append(Problem(str(path), "label map has non-integer values"))
+            if img is not None:
+                found.extend(label_map(Path(path), img))
         if pred is not None and gt is not None and len(found) == before and pred.spatial_dims == 3:
             _check_geometry(pred, gt, Path(pred_path), "prediction", found)
+    return found
+
+
+def label_map(path: Path, img: Image) -> list[Problem]:
+    """A label map: one volume or picture (not 4D), every value finite and an integer."""
+    found: list[Problem] = []
+    if img.channels != 1 and img.spatial_dims == 3:
+        found.append(Problem(str(path), f"is 4D ({img.channels} volumes): a label map is one 3D volume"))
+    _check_finite(img, Path(path), found)
+    arr = img.array
+    if not found and np.issubdtype(arr.dtype, np.floating) and not np.array_equal(arr, np.round(arr)):
+        found.append(Problem(str(path), "label map has non-integer values"))
     return found
 
 
