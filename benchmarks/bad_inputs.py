@@ -6,7 +6,7 @@ exit code 2, exactly one error line on stderr, no traceback, nothing written. Th
 check`` on the worst header case (a 67-byte .nii.gz claiming 32767³ float32 voxels) is measured in a fresh
 subprocess started before this script imports torch: VmHWM of the child (Linux) and its ``ru_maxrss``.
 
-Writes ``benchmarks/results/bad_inputs.json``. Takes about a minute on 2 cores.
+Writes ``benchmarks/results/bad_inputs.json`` (temp paths as ``<tmp>``). Takes about 15 s on 2 cores.
 
     python benchmarks/bad_inputs.py
 """
@@ -91,6 +91,44 @@ def cases(tmp: Path) -> list[tuple[str, list, Path]]:
     mask = C.label_map(tmp / "synth" / "mask.nii.gz", shape=(24, 24, 16))
     out.append(("synth NaN CT", ["synth", "tumors", "--ct", ct, "--organ-mask", mask, "--n", "1", "--out",
                                  tmp / "synth" / "out"], tmp))
+    for kind in ("nan", "fraction", "4d"):
+        m = C.volume(tmp / "synth" / f"mask_{kind}.nii.gz", shape=(24, 24, 16), nan=kind == "nan",
+                     value=0.5 if kind == "fraction" else 1.0, channels=2 if kind == "4d" else 1)
+        good_ct = C.volume(tmp / "synth" / "good_ct.nii.gz", shape=(24, 24, 16), value=40.0)
+        out.append((f"synth {kind} organ mask", ["synth", "tumors", "--ct", good_ct, "--organ-mask", m, "--n", "1",
+                                                 "--out", tmp / "synth" / f"out_{kind}"], tmp))
+    unlabelled = tmp / "unlabelled"
+    C.picture(unlabelled / "good.png")
+    for name in ("text.png", "empty.nii.gz", "nan.nii.gz"):
+        (unlabelled / name).write_bytes(bad[name].read_bytes())
+    for method in ("genesis", "transvw"):
+        out.append((f"pretrain {method} folder with 3 bad of 4", ["pretrain", method, "--data", unlabelled, "--out",
+                                                                  tmp / f"pre_{method}", "--epochs", "1"], tmp))
+    C.picture(tmp / "pictures3d" / "a.png")
+    out.append(("pretrain genesis --dims 3 on pictures", ["pretrain", "genesis", "--dims", "3", "--data",
+                                                          tmp / "pictures3d", "--out", tmp / "pre_3d"], tmp))
+    pool = tmp / "pool"
+    for name in ("a.png", "a.jpg", "b.png"):
+        C.picture(pool / name)
+    for name in ("text.png", "truncated.png", "4d.nii.gz"):
+        (pool / name).write_bytes(bad[name].read_bytes())
+    out.append(("active init pool with 4 bad", ["active", "init", "--images", pool, "--project", tmp / "P",
+                                                "--size", "32"], tmp))
+    good_pool, project, labels = tmp / "good_pool", tmp / "P_good", tmp / "bad_labels"
+    for i in range(3):
+        C.picture(good_pool / f"c{i}.png")
+    from aemia.cli.main import main as cli
+
+    assert cli(["active", "init", "--images", str(good_pool), "--project", str(project), "--size", "32",
+                "--features", "4,8"]) == 0
+    assert cli(["active", "query", "--project", str(project), "--strategy", "random", "--k", "3"]) == 0
+    C.picture(labels / "c0.png", size=20, rgb=False)
+    (labels / "c1.png").write_bytes(bad["text.png"].read_bytes())
+    C.picture(labels / "zz.png", rgb=False)
+    out.append(("active import 3 bad labels", ["active", "import", "--project", project, "--labels", labels], tmp))
+    for verb in (["predict", "--run", run, "--input", tmp / "pictures3d", "--out"], ["train", "--dataset", "kvasir",
+                 "--run"], ["pretrain", "genesis", "--data", "kvasir", "--out"]):
+        out.append((f"{' '.join(verb[:2])} output under /proc", [*verb, "/proc/aemia_cannot_write/run"], tmp))
     inp = tmp / "opt_in"
     inp.mkdir()
     (inp / "notes.txt").write_text("not a checkpoint")
@@ -128,7 +166,7 @@ def main() -> None:
            "kill_tests": "not part of this benchmark (see the report: import staging is tested with simulated "
                          "leftovers, not kill -9)", "cases": results}
     target = ROOT / "benchmarks" / "results" / "bad_inputs.json"
-    target.write_text(json.dumps(doc, indent=2) + "\n")
+    target.write_text(json.dumps(doc, indent=2).replace(str(tmp), "<tmp>") + "\n")  # no machine-specific paths
     print(json.dumps({"summary": summary, "worst_header_memory": memory}, indent=2))
     import shutil
 

@@ -28,11 +28,13 @@ class ProblemsError(InputError):
     """Every problem a pre-flight check found (``problems``: ``"PATH: problem"`` lines).
 
     One problem is reported as that line; several are listed by the CLI (stdout) before one summary line.
+    ``outcome`` (say, "nothing imported") replaces "nothing was started or written" and ends a single line too.
     """
 
-    def __init__(self, path: str | Path | None, problems: list[str]) -> None:
+    def __init__(self, path: str | Path | None, problems: list[str], outcome: str | None = None) -> None:
         self.problems = list(problems)
         if len(self.problems) == 1:
-            super().__init__(None, self.problems[0])
+            super().__init__(None, self.problems[0] + (f"; {outcome}" if outcome else ""))
         else:
-            super().__init__(path, f"{len(self.problems)} problems (listed above); nothing was started or written")
+            super().__init__(path, f"{len(self.problems)} problems (listed above); "
+                                   f"{outcome or 'nothing was started or written'}")

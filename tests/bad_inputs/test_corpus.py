@@ -160,3 +160,79 @@ def test_malformed_config_yaml_is_one_line(tmp_path: Path) -> None:
     picture(tmp_path / "in" / "a.png")
     res = run_cli(["predict", "--run", run, "--input", tmp_path / "in", "--out", tmp_path / "out"], tmp_path)
     assert res.ok and "config.yaml" in res.err_lines[0], res
+
+
+@pytest.mark.parametrize("method", ["genesis", "transvw"])
+def test_pretrain_lists_every_bad_image_of_a_folder_before_writing(method: str, corpus: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    folder = tmp_path / "unlabelled"
+    picture(folder / "good.png")
+    bad = ["text.png", "empty.nii.gz", "nan.nii.gz"]
+    for name in bad:
+        (folder / name).write_bytes(corpus[name].read_bytes())
+    res = run_cli(["pretrain", method, "--data", folder, "--out", tmp_path / "out", "--epochs", "1"], tmp_path)
+    assert res.ok, res
+    assert not (tmp_path / "out").exists()
+    assert all(name in res.out for name in bad)  # every problem, not the first
+    assert "expected 2D images" in res.out  # the NIfTI volumes in a --dims 2 pretraining
+    check = run_cli(["data", "check", folder], tmp_path)  # the same checks (data check has no --dims)
+    assert check.ok and all(name in check.out for name in bad), check
+
+
+def test_pretrain_3d_refuses_pictures(tmp_path: Path) -> None:
+    volume(tmp_path / "in" / "a.nii.gz")
+    picture(tmp_path / "in" / "sub" / "b.png")  # folders are searched recursively, as data check does
+    res = run_cli(["pretrain", "genesis", "--dims", "3", "--data", tmp_path / "in", "--out", tmp_path / "out"],
+                  tmp_path)
+    assert res.ok and "b.png: is a 2D picture" in res.err_lines[0], res
+
+
+def test_pretraining_images_agrees_with_the_folder_pretrain_reads(tmp_path: Path) -> None:
+    from aemia.data.preflight import pretraining_images
+    from aemia.pretrain.restore import _images
+
+    picture(tmp_path / "a.png")
+    picture(tmp_path / "sub" / "b.png")
+    (tmp_path / "notes.txt").write_text("metadata is skipped")
+    assert pretraining_images(str(tmp_path), 2) == []
+    images, _, _ = _images(str(tmp_path))
+    assert sorted(Path(i.path).name for i in images) == ["a.png", "b.png"]
+    assert pretraining_images("kvasir", 3, ["kvasir"]) == []  # bundled data sets are trusted
+
+
+def test_active_init_lists_every_bad_picture_before_writing(corpus: dict[str, Path], tmp_path: Path) -> None:
+    images = tmp_path / "pool"
+    picture(images / "a.png")
+    picture(images / "a.jpg")  # the same case id twice
+    picture(images / "b.png")
+    for name in ("text.png", "truncated.png", "empty.nii.gz"):
+        (images / name).write_bytes(corpus[name].read_bytes())
+    res = run_cli(["active", "init", "--images", images, "--project", tmp_path / "P", "--size", "32"], tmp_path)
+    assert res.ok, res
+    assert not (tmp_path / "P").exists()
+    lines = res.out.splitlines()
+    assert len(lines) == 4, lines  # one problem per line
+    assert all(any(name in ln for ln in lines) for name in ("a.png", "text.png", "truncated.png", "empty.nii.gz"))
+    assert "4 problems" in res.err_lines[0]
+
+
+@pytest.mark.parametrize("defect", ["nan", "fraction", "4d"])
+def test_synth_refuses_an_organ_mask_that_is_not_a_label_map(defect: str, tmp_path: Path) -> None:
+    ct, _ = _ct_and_mask(tmp_path)
+    mask = volume(tmp_path / "m.nii.gz", shape=(24, 24, 16), value=0.5 if defect == "fraction" else 5.0,
+                  nan=defect == "nan", channels=2 if defect == "4d" else 1, spacing=(1.0, 1.5, 2.0))
+    res = run_cli(["synth", "tumors", "--ct", ct, "--organ-mask", mask, "--organ-label", "5", "--n", "1",
+                   "--out", tmp_path / "out"], tmp_path)
+    words = {"nan": "NaN", "fraction": "non-integer", "4d": "is 4D"}[defect]
+    assert res.ok and words in res.err_lines[0], res
+
+
+@pytest.mark.parametrize("verb", [["predict", "--run", "{run}", "--input", "{in}", "--device", "cpu"],
+                                  ["train", "--dataset", "kvasir", "--epochs", "1"],
+                                  ["pretrain", "genesis", "--data", "kvasir"]])
+def test_an_output_folder_that_cannot_be_created_is_refused_at_parse_time(verb: list[str], run2d: Path,
+                                                                          tmp_path: Path) -> None:
+    picture(tmp_path / "in" / "a.png")
+    argv = [a.replace("{run}", str(run2d)).replace("{in}", str(tmp_path / "in")) for a in verb]
+    res = run_cli([*argv, "--out" if verb[0] != "train" else "--run", "/proc/aemia_cannot_write/run"], tmp_path)
+    assert res.ok and "not writable" in res.err_lines[0], res  # root passes os.access: the check must try

@@ -115,3 +115,18 @@ def test_kill_9_during_import_then_a_clean_reimport(project: dict) -> None:
     assert len(res.cleaned) >= 3
     labels_dir = project["proj"] / "labels"
     assert len(list(labels_dir.iterdir())) == 3 and clean_orphans(project["proj"]) == []
+
+
+def test_every_rejected_label_is_listed_on_its_own_line(project: dict, tmp_path: Path) -> None:
+    from corpus import run_cli
+
+    labels, cases = project["labels"], project["cases"]
+    write_png(np.zeros((20, 24), np.uint8), labels / f"{cases[0]}.png")  # wrong size
+    (labels / f"{cases[1]}.png").write_bytes(b"not a picture")
+    (labels / "no_such_case.png").write_bytes((labels / f"{cases[2]}.png").read_bytes())
+    res = run_cli(["active", "import", "--project", project["proj"], "--labels", labels], project["proj"])
+    assert res.ok, res
+    lines = res.out.splitlines()
+    assert len(lines) == 3 and all(str(labels) in ln for ln in lines), lines
+    assert "cannot identify image file)" in res.out and "file file" not in res.out  # the reader's text, cleaned
+    assert "3 problems" in res.err_lines[0] and "nothing imported (of 4 labels)" in res.err_lines[0]

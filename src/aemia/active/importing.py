@@ -22,7 +22,7 @@ from typing import Any
 from aemia.active.ledger import LedgerItem, file_sha256
 from aemia.active.pictures import LOSSY, case_id_of, list_pictures, decode_mask
 from aemia.active.project import Project, open_project
-from aemia.errors import InputError
+from aemia.errors import InputError, ProblemsError
 
 __all__ = [
     "ImportResult",
@@ -100,7 +100,7 @@ def import_labels(
             for cid, value, line in entries:
                 where = f"case {cid!r} (line {line})"
                 if cid in seen:
-                    problems.append(f"{where}: appears twice")
+                    problems.append(f"{csv_path}: {where}: appears twice")
                     continue
                 seen.add(cid)
                 problem = _case_problem(known, cid)
@@ -113,7 +113,7 @@ def import_labels(
                         problem = _hash_problem(known[cid], _sha(content), replace)
                         accepted.append((cid, ".txt", content))
                 if problem:
-                    problems.append(f"{where}: {problem}")
+                    problems.append(f"{csv_path}: {where}: {problem}")
         else:
             if not labels.is_dir():
                 raise InputError(labels, "--labels must be a folder of masks named like the images (<case>.png)")
@@ -128,7 +128,7 @@ def import_labels(
                 for cid, fs in by_case.items():
                     bar.advance()
                     if len(fs) > 1:
-                        problems.append(f"case {cid!r}: several label files ({', '.join(f.name for f in fs)})")
+                        problems.append(f"{labels}: case {cid!r}: several label files ({', '.join(f.name for f in fs)})")
                         continue
                     f = fs[0]
                     problem = _case_problem(known, cid)
@@ -140,13 +140,12 @@ def import_labels(
                             same_content.append(cid)  # e.g. the same mask saved as 0/1 instead of 0/255
                             continue
                     if problem:
-                        problems.append(f"case {cid!r} ({f.name}): {problem}")
+                        problems.append(f"{f}: case {cid!r}: {problem}")
                     else:
                         accepted.append((cid, f.suffix.lower(), f))
-        if problems:
-            total = len(problems) + len(accepted)
-            shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
-            raise InputError(labels, f"{len(problems)} of {total} labels rejected, nothing imported: {shown}")
+        if problems:  # every rejected label on its own line, then one error line; nothing imported
+            raise ProblemsError(labels, problems, outcome=f"nothing imported (of {len(problems) + len(accepted)} "
+                                                          f"labels)")
         results = _commit(proj, led, accepted, annotator, replace)
     out = ImportResult(unchanged=list(same_content), cleaned=cleaned)
     for res in results:

@@ -242,7 +242,9 @@ def init_project(
     image has been checked. ``classes`` default: ``background,foreground`` (segmentation) or ``0,1``
     (classification). ``model`` default ``unet`` / ``resnet``; ``features`` default ``16,32,64,128``.
     """
-    from aemia.data.io import image_kind, read_image
+    from aemia.data.check import Problem
+    from aemia.data.io import image_kind
+    from aemia.data.preflight import pool_pictures, require
     from aemia.utils.progress import Bar
 
     root, images = Path(project), Path(images)
@@ -255,12 +257,11 @@ def init_project(
     if not images.is_dir():
         raise InputError(images, "not a folder of images")
     entries = sorted(images.iterdir())
-    three_d = [p for p in entries if image_kind(p) in ("nifti", "itk", "dicom")]
-    if three_d:
-        raise InputError(three_d[0], THREE_D_UNSUPPORTED)
+    found = [Problem(str(p), THREE_D_UNSUPPORTED) for p in entries if image_kind(p) in ("nifti", "itk", "dicom")]
     paths = list_pictures(images)
     if not paths:
-        raise InputError(images, f"no pictures found ({' '.join(PICTURES)})")
+        raise InputError(*(found[0].path, found[0].problem) if found else
+                         (images, f"no pictures found ({' '.join(PICTURES)})"))
     classes = list(classes) if classes else (["background", "foreground"] if task == "segmentation" else ["0", "1"])
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise InputError(None, f"--classes needs at least two distinct names, got {classes}")
@@ -280,16 +281,18 @@ def init_project(
         raise InputError(None, f"--size must be at least 8, got {size}")
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(None, f"validation fraction must be in [0, 1), got {val_fraction}")
-    channels = 1
-    items: list[PoolItem] = []
     with Bar("checking images", total=len(paths), enabled=progress) as bar:
-        for p in paths:
-            arr = read_image(p).array
-            if arr.ndim != 3 or arr.shape[0] not in (1, 3):
-                raise InputError(p, f"expected a grey or RGB picture, got array shape {arr.shape}")
-            channels = max(channels, arr.shape[0])
-            items.append(PoolItem(case_id_of(p), str(p.resolve())))
-            bar.advance()
+        problems, per_picture = pool_pictures(paths, lambda _: bar.advance())  # every picture read once
+    found += problems
+    first_of: dict[str, Path] = {}
+    for p in paths:  # a.png and a.jpg would be one case
+        cid = case_id_of(p)
+        if cid in first_of:
+            found.append(Problem(str(p), f"same case id {cid!r} as {first_of[cid].name}: rename one of them"))
+        first_of.setdefault(cid, p)
+    require(sorted(found, key=lambda q: q.path), images)  # nothing is written unless every picture is usable
+    channels = max(per_picture.values(), default=1)
+    items = [PoolItem(case_id_of(p), str(p.resolve())) for p in paths]
     cfg = ProjectConfig(task=task, size=int(size), classes=classes, in_channels=channels, model=model,
                         features=features, dropout=float(dropout), seed=int(seed), val_fraction=float(val_fraction),
                         images=str(images.resolve()), pretrained=str(Path(pretrained).resolve()) if pretrained else None,

@@ -25,6 +25,11 @@ def _common(method: str, data: str, out: Path, dims: int, model: str, preset: st
     from aemia.pretrain.restore import PretrainConfig, pretrain
     from aemia.train.trainer import TrainConfig
 
+    if not resume:  # a resumed run reads the data its config.yaml names
+        from aemia.data.catalog import list_datasets
+        from aemia.data.preflight import pretraining_images, require
+
+        require(pretraining_images(data, dims, list_datasets()), data)  # every problem listed, before any work
     sizes = parse_ints(size, "--size") or ([128, 128] if dims == 2 else [32, 32, 16])
     if optimizer == "adam" and method == "transvw":
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr or 1e-3, optimizer="adam", schedule="step",

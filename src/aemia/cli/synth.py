@@ -95,13 +95,14 @@ def _check_inputs(ct_path: Path, mask_path: Path, organ_label: int, vessel_path:
     from aemia.data.io import read_image
     from aemia.errors import InputError
 
-    from aemia.data.preflight import ct_volume, require
+    from aemia.data.preflight import ct_volume, label_map, require
 
     ct = read_image(ct_path)
     require(ct_volume(ct_path, ct), ct_path)  # 3D, one channel, no NaN/inf (they would be copied into the output)
 
     def load_mask(path: Path, what: str) -> np.ndarray:
         mask = read_image(path)
+        require(label_map(path, mask), path)  # not 4D, no NaN/inf, integer labels (rint would invent labels)
         if mask.channels != 1 or mask.spatial_shape != ct.spatial_shape:
             raise InputError(path, f"{what} geometry does not match the CT {ct_path}: shape {mask.spatial_shape} "
                                    f"vs {ct.spatial_shape}")

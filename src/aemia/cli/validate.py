@@ -145,6 +145,18 @@ def output_folder_problem(path: Path) -> Optional[str]:
         return f"cannot create a folder under the file {base}"
     if not os.access(base, os.W_OK | os.X_OK):
         return f"folder {base} is not writable"
+    return _probe_problem(base)
+
+
+def _probe_problem(folder: Path) -> Optional[str]:
+    """Create and remove an empty hidden folder in ``folder``: the only check that also holds for root (whom
+    ``os.access`` always allows), read-only mounts and pseudo file systems such as /proc."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".aemia_write_check_", dir=folder))
+    except OSError as exc:
+        return f"folder {folder} is not writable ({exc.strerror or type(exc).__name__})"
     return None
 
 

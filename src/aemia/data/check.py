@@ -53,10 +53,14 @@ class Checker:
     """Plan the checks for ``path`` (``cases`` + problems found while planning), then run them per case.
 
     ``check_path`` is the one-call form; the CLI uses this class to show progress over ``cases``.
+    ``spatial_dims`` (2 or 3), when given, also requires every image to have that many spatial dimensions
+    (``pretrain --dims``); ``purpose`` names the use in that message.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, spatial_dims: int | None = None, purpose: str = "") -> None:
         self.path = Path(path)
+        self.spatial_dims = spatial_dims
+        self.purpose = purpose
         self.problems: list[Problem] = []
         self.cases: list[CheckCase] = []
         self.allowed_labels: set[int] | None = None
@@ -150,7 +154,12 @@ class Checker:
             img = _read(f, found)
             if img is not None:
                 _check_finite(img, f, found)
-                _check_volume(img, Path(f), per_file, found)
+                if self.spatial_dims is not None and img.spatial_dims != self.spatial_dims:
+                    kind = "3D volume" if img.spatial_dims == 3 else "2D picture"
+                    found.append(Problem(str(f), f"is a {kind} {img.spatial_shape}; expected {self.spatial_dims}D "
+                                                 f"images{' (' + self.purpose + ')' if self.purpose else ''}"))
+                else:
+                    _check_volume(img, Path(f), per_file, found)
                 images.append(img)
         ref = images[0] if images else None
         for img, f in zip(images[1:], case.images[1:]):

@@ -417,6 +417,7 @@ def write_png(array: np.ndarray, path: str | Path, labels: bool = False) -> Path
 def _short(exc: BaseException, path: Path | None = None) -> str:
     """One-line, shortened exception text (without repeating the file path)."""
     text = " ".join(str(exc).split())
-    if path is not None:
-        text = text.replace(f'"{path}"', "file").replace(f"'{path}'", "file").replace(str(path), "file")
+    if path is not None:  # the error line names the file already ("cannot identify image file '/a/b.png'")
+        text = text.replace(f'"{path}"', "").replace(f"'{path}'", "").replace(str(path), "the file")
+        text = " ".join(text.split()).rstrip(" :")
     return text[:200] if text else type(exc).__name__

@@ -8,16 +8,21 @@ list of problems (stdout) and one error line (stderr, exit 2). ``aemia data chec
 * :func:`training_data` — ``train --dataset FOLDER``: the whole MSD / nnU-Net folder (readability, header sanity,
   3D volumes with the channels ``dataset.json`` lists, image/label shape and spacing agreement, label values
   against ``dataset.json``, NaN/inf). Bundled data sets are trusted.
+* :func:`pretraining_images` — ``pretrain genesis|transvw --data FOLDER``: every image of the folder (readability,
+  header sanity, NaN/inf, one 3D volume per NIfTI/NRRD) with the ``--dims`` the pretraining needs. Bundled data sets
+  are trusted.
+* :func:`pool_pictures` — ``active init``: every pool picture readable, one grey or RGB 2D picture, finite.
 * :func:`model_inputs` — ``predict``: every input is read once and matched against the model (dimensionality
   first, then channels), NaN/inf refused.
 * :func:`mask_pairs` — ``evaluate``: each prediction is one label map (not 4D), finite, integer, on the ground
   truth's grid (shape and spacing).
-* :func:`ct_volume` — ``synth``: a finite single-channel 3D CT.
+* :func:`ct_volume` — ``synth``: a finite single-channel 3D CT; :func:`label_map` — its organ and vessel masks
+  (and each of ``evaluate``'s label maps): not 4D, finite, integer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +60,33 @@ def training_data(dataset: str, bundled: Iterable[str] = ()) -> list[Problem]:
     return Checker(root).run()
 
 
+def pretraining_images(data: str, dims: int, bundled: Iterable[str] = ()) -> list[Problem]:
+    """Problems of an unlabelled image folder (or file) for ``dims``-D pretraining; a bundled name gives none."""
+    if data in set(bundled):
+        return []
+    return Checker(Path(data), spatial_dims=dims, purpose=f"this is a {dims}D pretraining: --dims {dims}").run()
+
+
+def pool_pictures(paths: Sequence[Path], on_picture: Callable[[Path], None] | None = None
+                  ) -> tuple[list[Problem], dict[Path, int]]:
+    """Read every picture of an active-learning pool: (problems, channels of each good picture); ``on_picture``
+    is called after each (progress)."""
+    found: list[Problem] = []
+    channels: dict[Path, int] = {}
+    for path in paths:
+        before = len(found)
+        img = _read(Path(path), found)
+        if img is not None:
+            if img.spatial_dims != 2 or img.channels not in (1, 3):
+                found.append(Problem(str(path), f"expected a grey or RGB picture, got array shape {img.array.shape}"))
+            _check_finite(img, Path(path), found)
+            if len(found) == before:
+                channels[Path(path)] = img.channels
+        if on_picture is not None:
+            on_picture(Path(path))
+    return found, channels
+
+
 def model_inputs(paths: Sequence[Path], spatial_dims: int, in_channels: int) -> list[Problem]:
     """Read every input and check it fits a model of ``spatial_dims`` D with ``in_channels`` channels."""
     found: list[Problem] = []
@@ -87,17 +119,22 @@ def mask_pairs(pairs: Iterable[tuple[Path, Path]]) -> list[Problem]:
         before = len(found)
         pred, gt = _read(Path(pred_path), found), _read(Path(gt_path), found)
         for img, path in ((pred, pred_path), (gt, gt_path)):
-            if img is None:
-                continue
-            if img.channels != 1 and img.spatial_dims == 3:
-                found.append(Problem(str(path), f"is 4D ({img.channels} volumes): a label map is one 3D volume"))
-            _check_finite(img, Path(path), found)
-            arr = img.array
-            if np.issubdtype(arr.dtype, np.floating) and len(found) == before:
-                if not np.array_equal(arr, np.round(arr)):
-                    found.append(Problem(str(path), "label map has non-integer values"))
+            if img is not None:
+                found.extend(label_map(Path(path), img))
         if pred is not None and gt is not None and len(found) == before and pred.spatial_dims == 3:
             _check_geometry(pred, gt, Path(pred_path), "prediction", found)
+    return found
+
+
+def label_map(path: Path, img: Image) -> list[Problem]:
+    """A label map: one volume or picture (not 4D), every value finite and an integer."""
+    found: list[Problem] = []
+    if img.channels != 1 and img.spatial_dims == 3:
+        found.append(Problem(str(path), f"is 4D ({img.channels} volumes): a label map is one 3D volume"))
+    _check_finite(img, Path(path), found)
+    arr = img.array
+    if not found and np.issubdtype(arr.dtype, np.floating) and not np.array_equal(arr, np.round(arr)):
+        found.append(Problem(str(path), "label map has non-integer values"))
     return found
 
 

@@ -8,7 +8,8 @@ every epoch draws fresh transformations from ``default_rng([seed, epoch, index])
 exactly (the trainer's checkpoints). Validation restores a held-out 10% of the pool under fixed
 transformations.
 
-Data: a catalog name (its training split, labels ignored) or any folder of NIfTI / DICOM / NRRD / PNG / JPEG.
+Data: a catalog name (its training split, labels ignored) or any folder of NIfTI / DICOM / NRRD / PNG / JPEG
+(searched recursively, as ``aemia data check`` does; an MSD folder gives its images).
 2D images are resized to ``size`` (whole images, the fine-tuning input) or cropped into ``size`` patches when
 ``patches_per_image > 0``; 3D volumes give Genesis cubes (``aemia.pretrain.cubes``, CPU preset 32×32×16).
 """
@@ -88,11 +89,19 @@ def _images(data: str) -> tuple[list[Image] | None, np.ndarray | None, str]:
         if ds.dims == 2:
             return None, None, data  # handled by arrays() for speed
         return [ds.load(c).image for c in ds.splits["train"]], None, data
-    from aemia.data.io import read_image
-    from aemia.infer.batch import collect_inputs
+    from dataclasses import replace
 
-    paths = collect_inputs(Path(data))
-    return [read_image(p) for p in paths], None, str(data)
+    from aemia.data.check import Checker
+    from aemia.data.io import read_image
+
+    # the images `aemia data check` (and the CLI's pre-flight) plan for this path: a plain folder searched
+    # recursively (DICOM series folders count as one image), or an MSD folder's images (channel files stacked)
+    images = []
+    for case in Checker(Path(data)).cases:
+        parts = [read_image(p) for p in case.images]
+        images.append(parts[0] if len(parts) == 1 else
+                      replace(parts[0], array=np.concatenate([part.array for part in parts])))
+    return images, None, str(data)
 
 
 def build_pool(cfg: PretrainConfig, progress: bool = True) -> np.ndarray:
