@@ -137,24 +137,22 @@ def _centre_prior(shape: tuple[int, int], semi_axis: float = 0.3) -> np.ndarray:
     return ((yy - (h - 1) / 2) / (semi_axis * h)) ** 2 + ((xx - (w - 1) / 2) / (semi_axis * w)) ** 2 <= 1.0
 
 
-def _mean_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Mean over seeds (last axis of ``s``) of the AUC; ``s`` is (n, S) binary or (n, K, S) multi-class."""
-    return float(np.mean([M.auc(y, s[..., j]) for j in range(s.shape[-1])]))
+def _per_seed(s: np.ndarray) -> list[np.ndarray]:
+    """The seeds' scores (last axis of ``s``: (n, S) binary or (n, K, S) multi-class) one array per seed."""
+    return [s[..., j] for j in range(s.shape[-1])]
 
 
 def _auc_block(y: np.ndarray, scores: dict[str, np.ndarray], n_resamples: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, s in scores.items():
-        ci = M.bootstrap_metric_ci(y, s, _mean_auc, n_resamples=n_resamples, seed=0)
+        ci = M.seed_mean_metric_ci(y, _per_seed(s), M.auc, n_resamples=n_resamples, seed=0)
         out[name] = {"auc": ci.point, "ci": [ci.lo, ci.hi],
                      "per_seed": [M.auc(y, s[..., j]) for j in range(s.shape[-1])]}
-    k = scores["resnet"].shape[-1]
     for name in scores:
         if name == "resnet":
             continue
-        both = np.concatenate([scores[name], scores["resnet"]], axis=-1)
-        diff = M.bootstrap_metric_ci(y, both, lambda yy, ss: _mean_auc(yy, ss[..., :k]) - _mean_auc(yy, ss[..., k:]),
-                                     n_resamples=n_resamples, seed=0)
+        diff = M.seed_mean_metric_ci(y, _per_seed(scores[name]), M.auc, n_resamples=n_resamples, seed=0,
+                                     minus=_per_seed(scores["resnet"]))
         out[f"difference_{name}_minus_resnet"] = {"auc": diff.point, "ci": [diff.lo, diff.hi]}
     return out
 

@@ -83,17 +83,6 @@ def _probs(run_dir: Path, classes: list[str]) -> tuple[np.ndarray, dict[str, np.
     return y, {m: np.array([[float(r[f"{m}_p_{c}"]) for c in classes] for r in rows]) for m in MODELS}
 
 
-def _seed_mean_ci(y: np.ndarray, stat: Any, n_boot: int) -> tuple[float, float]:
-    rng = np.random.default_rng(0)
-    boot = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if np.unique(y[idx]).size > 1:
-            boot.append(stat(idx))
-    lo, hi = np.quantile(np.array(boot), [0.025, 0.975])
-    return float(lo), float(hi)
-
-
 def _aggregate(runs: list[tuple[int, Path, dict[str, Any]]], n_boot: int) -> dict[str, Any]:
     """Seed-averaged AUC per model and of the SSAC − C-alone difference, with test-case bootstrap CIs."""
     classes = runs[0][2]["classes"]
@@ -101,21 +90,18 @@ def _aggregate(runs: list[tuple[int, Path, dict[str, Any]]], n_boot: int) -> dic
     y = cols[0][0]
     scores = {m: [class_scores(c[1][m]) for c in cols] for m in MODELS}
 
-    def mean_auc(model: str, idx: np.ndarray) -> float:
-        return float(np.mean([M.auc(y[idx], s[idx]) for s in scores[model]]))
-
     out: dict[str, Any] = {}
     for model in MODELS:
         per_seed = [{"seed": seed, "auc": m[model]["auc"]["mean"], "ci": m[model]["auc"]["ci"],
                      "accuracy": m[model]["accuracy"]["mean"]} for seed, _, m in runs]
         aucs = [p["auc"] for p in per_seed]
-        out[model] = {"auc": float(np.mean(aucs)),
-                      "ci": list(_seed_mean_ci(y, lambda idx, mo=model: mean_auc(mo, idx), n_boot)),
+        ci = M.seed_mean_metric_ci(y, scores[model], M.auc, n_resamples=n_boot, seed=0)
+        out[model] = {"auc": float(np.mean(aucs)), "ci": [ci.lo, ci.hi],
                       "accuracy": float(np.mean([p["accuracy"] for p in per_seed])), "per_seed": per_seed,
                       "seed_sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else None}
     diffs = [m["delta_auc"]["mean"] for _, _, m in runs]
-    delta_ci = _seed_mean_ci(y, lambda idx: mean_auc("ssac", idx) - mean_auc("classifier", idx), n_boot)
-    out["delta"] = {"auc": float(np.mean(diffs)), "ci": list(delta_ci),
+    delta = M.seed_mean_metric_ci(y, scores["ssac"], M.auc, n_resamples=n_boot, seed=0, minus=scores["classifier"])
+    out["delta"] = {"auc": float(np.mean(diffs)), "ci": [delta.lo, delta.hi],
                     "per_seed": [{"seed": s, "auc": m["delta_auc"]["mean"], "ci": m["delta_auc"]["ci"]}
                                  for s, _, m in runs],
                     "what": "SSAC minus classifier alone (paired over test cases)"}

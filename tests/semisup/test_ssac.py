@@ -210,17 +210,33 @@ def test_phase_2_killed_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) 
     assert not _same_weights(full.encoder, S.build_models(cfg, 1, 2)[0].encoder)  # fine-tuned
 
 
-def test_the_fine_tuned_encoder_steps_at_the_scaled_rate() -> None:
-    """ScaledAdam: Adam's first step moves each weight by ~lr; the encoder group's by lr × lr_scale."""
-    from aemia.semisup.ssac_training import ScaledAdam
+def test_the_fine_tuned_encoder_steps_at_the_scaled_rate(tmp_path: Path) -> None:
+    """Phase 2's first step (Adam) moves a weight by at most its rate, ~the rate where it has a gradient: lr_cls for
+    the classifier, lr_cls × scale for the encoder."""
+    x, t = _tiny_data(8)
+    cfg = S.SSACConfig(size=16, widths=[8, 16], aae_widths=[4, 8], epochs_cls=1, batch_cls=8, encoder="finetune",
+                       encoder_lr_scale=0.1, augment=False, progress=False, amp="none")
+    aae, fused, _ = S.build_models(cfg, 1, 2)
+    net = S.SSACNet(aae.encoder, fused, freeze_encoder=False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rates: list[list[float]] = []
+    after: dict[str, torch.Tensor] = {}
 
-    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
-    opt = ScaledAdam([{"params": [a]}, {"params": [b], "lr_scale": 0.1}], lr=1e-2)
-    (a.sum() + b.sum()).backward()
-    opt.step()
-    assert torch.allclose(a, torch.full((3,), -1e-2), atol=1e-6)
-    assert torch.allclose(b, torch.full((3,), -1e-3), atol=1e-7)
-    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-2]  # the Trainer's rate is left as it set it
+    class Rates(Hook):  # the raw weights right after the step (the model returned is their average)
+        def on_step_end(self, trainer, batch, outputs) -> None:  # noqa: ANN001
+            rates.append([g["lr"] for g in trainer.optimizer.param_groups])
+            after.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    S.train_classifier(net, x, t, cfg, tmp_path, hooks=[Rates()])
+    assert rates == [[cfg.lr_cls, cfg.lr_cls * 0.1]]  # one step, at the cosine schedule's first (full) rate
+
+    def largest_move(prefix: str) -> float:
+        moves = [(after[k] - before[k]).abs().max() for k in before
+                 if k.startswith(prefix) and k.endswith("weight") and before[k].is_floating_point()]
+        return float(max(moves))
+
+    assert largest_move("classifier.") == pytest.approx(cfg.lr_cls, rel=1e-3)
+    assert largest_move("encoder.") == pytest.approx(cfg.lr_cls * 0.1, rel=1e-3)
 
 
 @needs_pneumonia

@@ -18,7 +18,7 @@ least half compared with random selection".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +29,12 @@ from aemia.utils.io import save_figure
 __all__ = ["labels_to_reach", "plot_curves", "summarise_runs"]
 
 
-def _seed_mean_auc() -> Callable[[np.ndarray, np.ndarray], float]:
-    """Mean over seeds (axis 1 of ``s``) of each seed's AUC; NaN when a resample makes AUC undefined."""
-    from aemia.evaluate.metrics import auc
-
-    def fn(y: np.ndarray, s: np.ndarray) -> float:
-        vals = []
-        for j in range(s.shape[1]):
-            try:
-                vals.append(auc(y, s[:, j]))
-            except ValueError:
-                return float("nan")
-        return float(np.mean(vals))
-
-    return fn
-
-
 def summarise_runs(runs: Sequence[dict[str, Any]], y_test: np.ndarray | None = None, n_boot: int = 1000,
                    boot_seed: int = 0) -> dict[str, Any]:
     """Mean curve over the seeds of one strategy, with seed std and the pooled test-case bootstrap CI
     (module docstring). ``y_test`` (test class labels) is needed for AUC curves. Returns
     ``{"metric", "n_seeds", "seeds", "points": [{"n_labels", "mean", "std", "ci": [lo, hi], "per_seed"}]}``."""
-    from aemia.evaluate.metrics import bootstrap_ci, bootstrap_metric_ci
+    from aemia.evaluate.metrics import bootstrap_ci, seed_mean_metric_ci
 
     if not runs:
         return {"metric": None, "n_seeds": 0, "seeds": [], "points": []}
@@ -69,8 +53,7 @@ def summarise_runs(runs: Sequence[dict[str, Any]], y_test: np.ndarray | None = N
         else:
             if y_test is None:
                 raise ValueError("summarise_runs needs y_test for AUC curves")
-            s = np.stack([np.asarray(p["probs"], dtype=float) for p in pts], axis=1)  # (n, seeds[, K])
-            ci = bootstrap_metric_ci(y_test, s, metric_fn=_seed_mean_auc(), n_resamples=n_boot,
+            ci = seed_mean_metric_ci(y_test, [np.asarray(p["probs"], dtype=float) for p in pts], n_resamples=n_boot,
                                      seed=boot_seed)
         points.append({"round": pts[0]["round"], "n_labels": labels.pop(), "mean": float(np.nanmean(vals)),
                        "std": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0,

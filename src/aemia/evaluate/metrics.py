@@ -391,6 +391,43 @@ def bootstrap_metric_ci(
     return BootstrapCI(point, float(lo), float(hi), n, int((~ok).sum()))
 
 
+def seed_mean_metric_ci(
+    y_true: Sequence[int] | np.ndarray,
+    scores_per_seed: Sequence[np.ndarray],
+    metric_fn: Callable[[np.ndarray, np.ndarray], float] = auc,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    minus: Sequence[np.ndarray] | None = None,
+) -> BootstrapCI:
+    """The mean over training seeds of a dataset-level metric, with a test-case bootstrap interval.
+
+    ``scores_per_seed`` holds one score array per seed (``(n,)`` or ``(n, K)``, the same test cases in the same
+    order); each resample of cases scores every seed on it and averages, so the interval covers test-set
+    sampling of the seed mean. With ``minus`` (another model's per-seed scores on the same cases) the statistic
+    is the paired difference of the two seed means. A resample where the metric is undefined (``ValueError``,
+    e.g. a class missing) counts as non-finite and is dropped; single-class resamples are skipped and counted
+    in ``n_excluded`` (:func:`bootstrap_metric_ci`, whose resamples these are).
+    """
+    first = [np.asarray(s) for s in scores_per_seed]
+    second = [np.asarray(s) for s in (minus or [])]
+    k = len(first)
+    if k == 0:
+        raise ValueError("seed_mean_metric_ci needs the scores of at least one seed")
+
+    def seed_mean(y: np.ndarray, s: np.ndarray) -> float:
+        try:
+            value = float(np.mean([metric_fn(y, s[..., j]) for j in range(k)]))
+            if second:
+                value -= float(np.mean([metric_fn(y, s[..., j]) for j in range(k, s.shape[-1])]))
+        except ValueError:
+            return math.nan
+        return value
+
+    return bootstrap_metric_ci(y_true, np.stack(first + second, axis=-1), seed_mean, n_resamples=n_resamples,
+                               seed=seed, alpha=alpha)
+
+
 def bootstrap_ratio_ci(
     numerators: Sequence[float] | np.ndarray,
     denominators: Sequence[float] | np.ndarray,

@@ -1,18 +1,15 @@
 """What SSAC's two training phases (:mod:`aemia.semisup.ssac`) add to the one :class:`~aemia.train.trainer.Trainer`.
 
-* :class:`GroupTrainer`: the Trainer with an Adam optimiser over explicit parameter groups, each stepping at the
-  Trainer's scheduled rate × its ``lr_scale`` (phase 2 fine-tunes R's encoder at 0.1 × the classifier's rate;
-  phase 1 steps the encoder + decoder only, the discriminator having its own optimiser).
+* Both phases give the Trainer explicit parameter groups (``param_groups``), each stepping at the scheduled
+  rate × its ``lr_scale``: phase 2 fine-tunes R's encoder at 0.1 × the classifier's rate; phase 1 steps the
+  encoder + decoder only, the discriminator having its own optimiser.
 * :class:`TrainAccuracy`: a hook adding the training accuracy of each epoch to the log.
 * :func:`train_aae` (phase 1, with the :class:`AAERegularisation` hook) and :func:`train_classifier` (phase 2).
-* :func:`optimizer_tensors` / :func:`load_optimizer_tensors`: an extra optimiser's state as flat tensors, so a
-  hook that owns one (the AAE's discriminator and generator steps) resumes exactly through
-  :meth:`~aemia.train.hooks.Hook.state_tensors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +22,6 @@ from aemia.semisup.ssac_nets import AAE, SSACConfig, SSACNet, discriminator_loss
 from aemia.train.data import ArrayDataset, AugmentConfig
 from aemia.train.hooks import Hook
 from aemia.train.trainer import TrainConfig, Trainer
-
-
-class ScaledAdam(torch.optim.Adam):
-    """Adam whose parameter groups may carry ``lr_scale``: the Trainer sets one rate on every group before each
-    step, and each group steps at that rate × its scale."""
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        rates = [group["lr"] for group in self.param_groups]
-        for group in self.param_groups:
-            group["lr"] = group["lr"] * float(group.get("lr_scale", 1.0))
-        try:
-            return super().step(closure)
-        finally:
-            for group, rate in zip(self.param_groups, rates):
-                group["lr"] = rate
-
-
-class GroupTrainer(Trainer):
-    """:class:`Trainer` optimising ``groups`` (dicts with ``params`` and optionally ``lr_scale``) with
-    :class:`ScaledAdam` at the config's rate, schedule and weight decay, instead of Adam over all parameters."""
-
-    def __init__(self, *args: Any, groups: Iterable[dict[str, Any]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        wd = self.cfg.weight_decay
-        self.optimizer = ScaledAdam(list(groups), lr=self.cfg.lr, weight_decay=0.0 if wd is None else wd)
 
 
 class TrainAccuracy(Hook):
@@ -69,27 +41,6 @@ class TrainAccuracy(Hook):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         logs["train_acc"] = self.correct / max(self.seen, 1)
-
-
-def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """The per-parameter state of ``optimizer`` as ``{prefix}/{param index}/{key}`` tensors (the param groups'
-    settings are not stored: they come from the recipe)."""
-    out: dict[str, torch.Tensor] = {}
-    for pid, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"{prefix}/{pid}/{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return out
-
-
-def load_optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    """Restore what :func:`optimizer_tensors` stored under ``prefix`` (nothing stored: the state stays empty)."""
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith(prefix + "/"):
-            pid, key = name[len(prefix) + 1:].split("/", 1)
-            state.setdefault(int(pid), {})[key] = value
-    if state:
-        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -134,19 +85,13 @@ class AAERegularisation(Hook):
         self.opt_d = torch.optim.Adam(aae.discriminator.parameters(), lr=cfg.lr_disc, betas=(0.5, 0.999))
         self.opt_g = torch.optim.Adam(aae.encoder.parameters(), lr=cfg.lr_gen, betas=(0.5, 0.999))
         self.prior = torch.Generator().manual_seed(cfg.seed)
-        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sums = np.zeros(4)
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self.sums = np.zeros(4)
 
-    def on_loss(self, trainer: Trainer, batch: tuple[torch.Tensor, ...], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
-        self.batch = (batch[0].to(trainer.device), outputs[0].detach().float())
-        return loss
-
-    def on_batch_end(self, trainer: Trainer, step: int, loss: float) -> None:
-        assert self.batch is not None
-        x, z = self.batch
+    def on_step_end(self, trainer: Trainer, batch: tuple[torch.Tensor, ...], outputs: Any) -> None:
+        x, z = batch[0].to(trainer.device), outputs[0].detach().float()
         disc = self.aae.discriminator
         zp = (torch.randn(z.shape, generator=self.prior) * self.prior_std).to(z.device)
         dp, dc = disc(zp), disc(z)
@@ -161,21 +106,20 @@ class AAERegularisation(Hook):
         self.opt_g.step()
         d_acc = 0.5 * ((dp > 0).float().mean() + (dc <= 0).float().mean())
         self.sums += np.array([len(x), d_loss.item() * len(x), g_loss.item() * len(x), float(d_acc) * len(x)])
-        self.batch = None
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         n = max(self.sums[0], 1.0)
         logs.update(d_loss=float(self.sums[1] / n), g_loss=float(self.sums[2] / n), d_acc=float(self.sums[3] / n))
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"d": self.opt_d, "g": self.opt_g}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"prior_rng": self.prior.get_state(), **optimizer_tensors("d", self.opt_d),
-                **optimizer_tensors("g", self.opt_g)}
+        return {"prior_rng": self.prior.get_state()}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if "prior_rng" in tensors:
             self.prior.set_state(tensors["prior_rng"])
-        load_optimizer_tensors("d", self.opt_d, tensors)
-        load_optimizer_tensors("g", self.opt_g, tensors)
 
 
 def train_aae(aae: AAE, images: np.ndarray, cfg: SSACConfig, run_dir: str | Path, resume: bool = False,
@@ -189,9 +133,9 @@ def train_aae(aae: AAE, images: np.ndarray, cfg: SSACConfig, run_dir: str | Path
     if cfg.epochs_aae == 0:
         return []
     groups = [{"params": list(aae.encoder.parameters()) + list(aae.decoder.parameters())}]
-    trainer = GroupTrainer(aae, RestorationDataset(images, identity_pair, cfg.seed), None, _train_config(cfg, "aae"), run_dir,
+    trainer = Trainer(aae, RestorationDataset(images, identity_pair, cfg.seed), None, _train_config(cfg, "aae"), run_dir,
                            hooks=[AAERegularisation(aae, cfg), *hooks], task="restoration",
-                           loss=_Reconstruction(cfg.recon_loss), groups=groups)
+                           loss=_Reconstruction(cfg.recon_loss), param_groups=groups)
     history = trainer.fit(resume=resume)["history"]
     aae.eval()
     return [{"epoch": int(h["epoch"]) + 1, "recon": float(h["train_loss"]),
@@ -217,8 +161,8 @@ def train_classifier(model: nn.Module, images: np.ndarray, targets: np.ndarray, 
     aug = AugmentConfig(flip=True, rot90=False, intensity=0.1) if cfg.augment else None
     train_set = ArrayDataset(images, targets=targets, augment=aug, seed=cfg.seed)
     val_set = ArrayDataset(val[0], targets=val[1]) if val is not None else None
-    trainer = GroupTrainer(model, train_set, val_set, _train_config(cfg, "cls"), run_dir,
-                           hooks=[TrainAccuracy(), *hooks], task="classification", groups=groups)
+    trainer = Trainer(model, train_set, val_set, _train_config(cfg, "cls"), run_dir, hooks=[TrainAccuracy(), *hooks],
+                      task="classification", param_groups=groups)
     history = trainer.fit(resume=resume)["history"]
     model.eval()
     out = []
@@ -230,5 +174,4 @@ def train_classifier(model: nn.Module, images: np.ndarray, targets: np.ndarray, 
     return out
 
 
-__all__ = ["AAERegularisation", "GroupTrainer", "ScaledAdam", "TrainAccuracy", "load_optimizer_tensors",
-           "optimizer_tensors", "train_aae", "train_classifier"]
+__all__ = ["AAERegularisation", "TrainAccuracy", "train_aae", "train_classifier"]

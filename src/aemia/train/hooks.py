@@ -2,6 +2,11 @@
 
 A hook may read and change ``trainer`` (e.g. set ``trainer.should_stop``) and may add to the loss in
 ``on_loss``; semi-supervised, continual and self-supervised recipes are hooks, not new trainers.
+
+Order per run: ``on_fit_start`` → per epoch ``on_epoch_start`` → per batch ``on_loss`` → ``on_step_end``
+(only after an optimiser step that was taken, not a skipped non-finite one) → ``on_batch_end`` → after the
+epoch's validation ``on_epoch_end`` → ``on_fit_end``. A hook that takes optimiser steps of its own (an
+adversary's) returns its optimisers from :meth:`Hook.optimizers`; the Trainer checkpoints and restores them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ class Hook:
     def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
     def on_loss(self, trainer: "Trainer", batch: tuple[torch.Tensor, ...], outputs: Any, loss: torch.Tensor) -> torch.Tensor:
         return loss
+    def on_step_end(self, trainer: "Trainer", batch: tuple[torch.Tensor, ...], outputs: Any) -> None:
+        """After the Trainer's optimiser step on ``batch`` (and its weight average's update); ``outputs`` are the
+        network's outputs of that step's forward pass, in fp32, still attached to the graph."""
     def on_batch_end(self, trainer: "Trainer", step: int, loss: float) -> None: ...
     def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: dict[str, Any]) -> None: ...
     def on_fit_end(self, trainer: "Trainer") -> None: ...
@@ -31,6 +39,11 @@ class Hook:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore :meth:`state_tensors` (called by ``Trainer.load_state``, before ``on_fit_start``)."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers the hook owns, by name; ``Trainer.save_state`` stores their state with the checkpoint and
+        ``Trainer.load_state`` restores it (before ``on_fit_start``)."""
+        return {}
 
 
 class JsonlLogger(Hook):

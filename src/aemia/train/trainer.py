@@ -14,8 +14,11 @@
   weights (:mod:`aemia.train.averaging`); hooks that average weights themselves (mean teacher) turn it off.
 * Determinism: data order from ``seed + epoch``, augmentation from ``[seed, epoch, index]``, torch RNG saved
   in every checkpoint. Killing a run and resuming with ``resume=True`` reproduces an uninterrupted run.
+* Parameter groups: ``param_groups`` (dicts with ``params`` and optionally ``lr_scale``) replaces "all of the
+  model's parameters"; each group steps at the scheduled rate × its ``lr_scale``.
 * Checkpoints every epoch: ``checkpoints/last.safetensors`` holds the weights plus the optimiser state
-  (``optim/…``), RNG (``rng/…``) and the hooks' state (``hook/<i>/…``, :meth:`Hook.state_tensors`) in one
+  (``optim/…``), RNG (``rng/…``), the hooks' state (``hook/<i>/…``, :meth:`Hook.state_tensors`) and the
+  optimisers the hooks own (``hookopt/<i>/<name>/…``, :meth:`Hook.optimizers`) in one
   atomically renamed file, its training state in the safetensors metadata; ``last.json`` / ``best.json``
   hold the model config. ``best`` is the best validation epoch.
 * Distributed: under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on
@@ -28,7 +31,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +47,12 @@ from aemia.errors import CheckpointError
 from aemia.evaluate.metrics import auc, mean_class_dice
 from aemia.nets.predict import amp_dtype, autocast_context, memory_format, predict_probs, resolve_device
 from aemia.nets.checkpoint import save_checkpoint, unwrap
+from aemia.train.amp import as_float, check_amp
 from aemia.train.averaging import WeightEMA
 from aemia.train.data import EpochDataset
 from aemia.train.hooks import EarlyStopping, Hook, JsonlLogger
 from aemia.train.losses import DeepSupervisionLoss, get_loss
+from aemia.train.optim_state import load_optimizer_state, optimizer_state_tensors
 from aemia.utils.io import atomic_path, write_json_atomic
 from aemia.utils.progress import EpochProgress
 
@@ -132,31 +137,6 @@ def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
                            weight_decay=0.0 if wd is None else wd)
 
 
-def _as_float(obj: Any) -> Any:
-    """Network outputs in fp32 (tensors, or lists/tuples of them) for the loss."""
-    if torch.is_tensor(obj):
-        return obj.float() if obj.is_floating_point() else obj
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_as_float(o) for o in obj)
-    return obj
-
-
-def check_amp(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: Any, dtype: torch.dtype,
-              rtol: float = 0.05, atol: float = 0.02) -> tuple[bool, float, float]:
-    """Does one batch's loss under ``dtype`` autocast agree with fp32? Runs on a copy in training mode (so the
-    caller's batch-norm statistics are untouched). Returns (agrees, fp32 loss, low-precision loss)."""
-    import copy
-
-    probe = copy.deepcopy(model).train()
-    with torch.no_grad():
-        ref = float(loss_fn(_as_float(probe(x)), y))
-        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = probe(x)
-        low = float(loss_fn(_as_float(out), y))
-    agrees = math.isfinite(ref) and math.isfinite(low) and abs(low - ref) <= atol + rtol * abs(ref)
-    return agrees, ref, low
-
-
 @dataclass
 class History:
     epochs: list[dict[str, Any]] = field(default_factory=list)
@@ -168,7 +148,8 @@ class Trainer:
     ``task`` = ``segmentation`` (val metric: mean foreground Dice per case), ``classification``
     (val metric: AUC, macro one-vs-rest for more than two classes) or ``restoration`` (self-supervised
     targets are images: val metric = −MSE between sigmoid(output) and the target). ``val_set`` is a dataset of
-    (image, label) tensors; for 3D volumes larger than ``val_roi`` a sliding window is used.
+    (image, label) tensors; for 3D volumes larger than ``val_roi`` a sliding window is used. ``param_groups``:
+    optimise these groups (``params`` and optionally ``lr_scale``) instead of all of the model's parameters.
     """
 
     def __init__(
@@ -181,6 +162,7 @@ class Trainer:
         hooks: Sequence[Hook] = (),
         task: str = "segmentation",
         loss: nn.Module | None = None,
+        param_groups: Iterable[dict[str, Any]] | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -212,7 +194,7 @@ class Trainer:
         if self.world_size > 1:
             self.net = nn.parallel.DistributedDataParallel(self.net)
         self.loss_fn = DeepSupervisionLoss(base, config.ds_weights) if self.deep_supervision else base
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.optimizer = make_optimizer(config, self.model.parameters() if param_groups is None else list(param_groups))
         self.hooks: list[Hook] = list(hooks)
         self.amp = config.amp  # resolved to none/bf16/fp16 when fit starts (check_amp for "auto")
         self._amp_resolved = False
@@ -261,7 +243,7 @@ class Trainer:
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
         with self.autocast():
             out = self.net(x)  # all heads under deep supervision, else the logits
-        out = _as_float(out)
+        out = as_float(out)
         return self.loss_fn(out, y), out
 
     def _prepare(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Any]:
@@ -281,7 +263,7 @@ class Trainer:
         x, y = self._prepare(batch)
         lr = lr_at(self.cfg, self.global_step, total_steps, self.steps_per_epoch())
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.net.train()
         buffers = {k: v.clone() for k, v in unwrap(self.model).named_buffers()}  # batch-norm statistics
         loss, outputs = self.compute_loss(x, y)
@@ -301,6 +283,8 @@ class Trainer:
         self.bad_steps = 0
         if self.ema is not None:
             self.ema.update(self.model)
+        for hook in self.hooks:
+            hook.on_step_end(self, batch, outputs)
         return float(loss.detach())
 
     def _skip(self, what: str, buffers: dict[str, torch.Tensor]) -> float:
@@ -448,15 +432,12 @@ class Trainer:
         if not self.is_main:
             return
         tensors = {k: v.detach().contiguous().cpu() for k, v in unwrap(self.model).state_dict().items()}
-        opt = self.optimizer.state_dict()
-        opt_json: dict[str, Any] = {"param_groups": opt["param_groups"], "state": {}}
-        for pid, st in opt["state"].items():
-            opt_json["state"][str(pid)] = {}
-            for key, val in st.items():
-                if torch.is_tensor(val):
-                    tensors[f"optim/{pid}/{key}"] = val.detach().contiguous().cpu()
-                else:
-                    opt_json["state"][str(pid)][key] = val
+        opt_tensors, opt_json = optimizer_state_tensors(self.optimizer, "optim")
+        tensors.update(opt_tensors)
+        hook_opts: dict[str, Any] = {}
+        for prefix, optimizer in self._hook_optimizers():
+            opt_tensors, hook_opts[prefix] = optimizer_state_tensors(optimizer, prefix)
+            tensors.update(opt_tensors)
         tensors["rng/torch"] = torch.get_rng_state()
         if self.ema is not None:
             tensors.update(self.ema.state_tensors())
@@ -464,6 +445,8 @@ class Trainer:
             for name, val in hook.state_tensors().items():
                 tensors[f"hook/{i}/{name}"] = val.detach().cpu().contiguous().clone()
         meta = {"aemia_state": json.dumps(self._state_metadata(epoch)), "optimizer": json.dumps(opt_json)}
+        if hook_opts:
+            meta["hook_optimizers"] = json.dumps(hook_opts)
         last = self.ckpt_dir / "last.safetensors"
         with atomic_path(last, suffix=".safetensors") as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -487,14 +470,11 @@ class Trainer:
         missing, unexpected = unwrap(self.model).load_state_dict(model_state, strict=False)
         if missing or unexpected:
             raise CheckpointError(last, f"checkpoint does not fit the model: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
-        opt_state: dict[str, Any] = {"param_groups": opt_json["param_groups"], "state": {}}
-        for pid, st in opt_json["state"].items():
-            opt_state["state"][int(pid)] = dict(st)
-        for k, v in tensors.items():
-            if k.startswith("optim/"):
-                _, pid, key = k.split("/", 2)
-                opt_state["state"].setdefault(int(pid), {})[key] = v.to(self.device)
-        self.optimizer.load_state_dict(opt_state)
+        load_optimizer_state(self.optimizer, "optim", tensors, opt_json, self.device)
+        hook_opts = json.loads(meta.get("hook_optimizers", "{}"))
+        for prefix, optimizer in self._hook_optimizers():
+            if prefix in hook_opts:
+                load_optimizer_state(optimizer, prefix, tensors, hook_opts[prefix], self.device)
         torch.set_rng_state(tensors["rng/torch"])
         if self.ema is not None:
             self.ema.load_state_tensors(tensors)
@@ -510,6 +490,9 @@ class Trainer:
         self.history.epochs = list(state["history"])
         if any(h.get("early_stopped") for h in self.history.epochs):
             self.should_stop = True
+
+    def _hook_optimizers(self) -> list[tuple[str, torch.optim.Optimizer]]:
+        return [(f"hookopt/{i}/{name}", opt) for i, hook in enumerate(self.hooks) for name, opt in hook.optimizers().items()]
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
