@@ -28,6 +28,18 @@ from aemia.runs.config import RunConfig
 from aemia.utils.io import write_json_atomic, write_text_atomic
 
 
+class _Part:
+    """A file or folder of a run as a read-only attribute: ``RunFolder(p).config_path == p / "config.yaml"``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, folder: "RunFolder | None", owner: type | None = None) -> Path:
+        if folder is None:
+            raise AttributeError(self.name)
+        return folder.path / self.name
+
+
 @dataclass(frozen=True)
 class RunFolder:
     path: Path
@@ -36,37 +48,14 @@ class RunFolder:
         object.__setattr__(self, "path", Path(path))
 
     # -- where things are -------------------------------------------------------------------------------
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def splits_path(self) -> Path:
-        return self.path / "splits.json"
-
-    @property
-    def log_path(self) -> Path:
-        return self.path / "log.jsonl"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def per_case_path(self) -> Path:
-        return self.path / "per_case.csv"
-
-    @property
-    def report_path(self) -> Path:
-        return self.path / "report.html"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def figures(self) -> Path:
-        return self.path / "figures"
+    config_path = _Part("config.yaml")
+    splits_path = _Part("splits.json")
+    log_path = _Part("log.jsonl")
+    metrics_path = _Part("metrics.json")
+    per_case_path = _Part("per_case.csv")
+    report_path = _Part("report.html")
+    checkpoints = _Part("checkpoints")
+    figures = _Part("figures")
 
     def checkpoint(self, name: str = "best") -> Path:
         """The stem of checkpoint ``name`` (``best`` or ``last``): ``<stem>.safetensors`` + ``<stem>.json``."""
