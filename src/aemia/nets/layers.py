@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aemia.nets import fastconv
+
 NORMS = ("batch", "instance", "none")
 UPSAMPLE_MODES = ("deconv", "nearest", "linear")
 
 
 def conv_nd(dims: int) -> type[nn.Module]:
-    return {2: nn.Conv2d, 3: nn.Conv3d}[_check_dims(dims)]
+    """The convolution class: torch's, except that small batch-1 fp32 CPU maps stay on oneDNN (``fastconv``)."""
+    return {2: fastconv.Conv2d, 3: fastconv.Conv3d}[_check_dims(dims)]
 
 
 def conv_transpose_nd(dims: int) -> type[nn.Module]:
