@@ -79,3 +79,19 @@ def test_unetpp_with_routed_convs_equals_torch_convs(dims: int, size: int) -> No
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-3, atol=1e-4, msg=name)
     sd = model.state_dict()
     assert sd.keys() == ref.state_dict().keys()  # same parameters: checkpoints load either way
+
+
+def test_unetpp_2d_channels_last_working_layout_keeps_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aemia.nets import unetpp
+
+    torch.manual_seed(0)
+    model = create_model("unetpp", 2, 3, 2, features=(4, 8, 16, 32), top_features=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        fast = model(x)
+        heads = model.forward_heads(x)
+        monkeypatch.setattr(unetpp, "working_layout", lambda t: t)
+        ref = model(x)
+    assert fast.is_contiguous() and all(h.is_contiguous() for h in heads)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(heads[-1], fast, rtol=0, atol=0)
