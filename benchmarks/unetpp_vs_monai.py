@@ -39,13 +39,19 @@ and in the fastest mode on a real Kvasir-SEG image (first sorted file of
 of the softmax probabilities and the Dice between the two argmax masks. This is an arithmetic check of the
 bf16/channels-last path only, not a statement about segmentation quality (the weights are random).
 
-Ratios at the top level of the JSON: ``{train_step,forward}_ratio_{2d,3d}`` = ours_fastest / monai_fp32 and
-``*_fp32`` = ours_fp32 / monai_fp32 (lower is better); verdicts against the target 0.8 and the goal 0.5.
+Headline ratios at the top level of the JSON (same precision, lower is better):
+``{train_step,forward}_ratio_{2d,3d}_same_precision`` = ``{"fp32": ours_fp32 / monai_fp32, "bf16": ours_fastest /
+min(monai_bf16, monai_fastest)}`` where ``monai_bf16`` is MONAI under ``torch.autocast`` and ``monai_fastest`` MONAI
+in our fast mode (autocast + channels-last); verdicts against the target 0.8 and the goal 0.5. The former
+headline ``{train_step,forward}_ratio_{2d,3d}`` = ours_fastest / monai_fp32 compares different precisions and is
+kept under ``cross_precision``. ``train_step_throughput``: GFLOP/s of each train step (``FlopCounterMode``)
+against a timed 2048^2 ``torch.mm`` in fp32 and bf16 (``matmul_peak``).
 
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/unetpp_vs_monai.py                      # full run, 10 repeats
     .venv/bin/python benchmarks/unetpp_vs_monai.py --quick --out /tmp/q.json   # smoke run
+    .venv/bin/python benchmarks/unetpp_vs_monai.py --core-only --threads 1 --clock cpu   # machine busy with others
 """
 
 from __future__ import annotations
