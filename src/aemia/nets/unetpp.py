@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from aemia.nets.layers import ConvBlock, Up, conv_nd, global_average, max_pool_nd
+from aemia.nets.layers import ConvBlock, Up, conv_nd, global_average, max_pool_nd, working_layout
 
 HEAD_MODES = ("deepest", "mean")
 
@@ -112,7 +112,7 @@ class UNetPlusPlus(nn.Module):
     def _grid(self, x: torch.Tensor, d: int) -> dict[tuple[int, int], torch.Tensor]:
         """Every node X^{i,j} with i + j <= d."""
         grid: dict[tuple[int, int], torch.Tensor] = {}
-        h = x
+        h = working_layout(x)
         for i in range(d + 1):
             if i > 0:
                 h = self.pool(h)
@@ -150,13 +150,13 @@ class UNetPlusPlus(nn.Module):
     def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every head X^{0,1}, ..., X^{0,L} (shallowest first)."""
         feats = self.top_row(x)
-        return [head(f) for head, f in zip(self.heads, feats)]
+        return [head(f).contiguous() for head, f in zip(self.heads, feats)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.head_mode == "mean":
             heads = self.forward_heads(x)
             return torch.stack(heads, dim=0).mean(dim=0)
-        return self.heads[self.depth - 1](self.top_row(x)[-1])
+        return self.heads[self.depth - 1](self.top_row(x)[-1]).contiguous()
 
     # -- pruning -------------------------------------------------------------------------------------
     def prune(self, d: int) -> "UNetPlusPlus":
