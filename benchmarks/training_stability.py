@@ -70,14 +70,18 @@ def part_kvasir(args: argparse.Namespace, out: dict[str, Any]) -> None:
         for seed in args.seeds:
             epochs = _epochs("kvasir", fraction, 8, args)
             cfg = RunConfig(dataset="kvasir", model=args.model, preset="cpu", label_fraction=fraction, size=args.size,
+                            subset_seed=args.subset_seed,
                             train=TrainConfig(epochs=epochs, batch_size=8, lr=args.lr, amp=args.amp, seed=seed,
                                               channels_last=args.amp != "none"))
-            metrics, run_dir = _train(f"kvasir_{args.model}_{fraction}_s{seed}_{args.amp}", cfg, args.work)
+            sub = "" if args.subset_seed is None else f"_sub{args.subset_seed}"
+            metrics, run_dir = _train(f"kvasir_{args.model}_{fraction}_s{seed}{sub}_{args.amp}", cfg, args.work)
             dice = metrics["segmentation"]["polyp"]["dice"]
             rows.append({"seed": seed, "dice": dice["mean"], "ci": dice["ci"], "epochs": epochs,
                          "best_epoch": metrics["run"]["best_epoch"], "train_seconds": metrics["run"]["train_seconds"]})
-            res[str(fraction)] = {**_summary([r["dice"] for r in rows], "dice"), "runs": rows, "model": args.model,
-                                  "amp": args.amp}
+            key = str(fraction) if args.subset_seed is None else f"{fraction}_fixed_subset{args.subset_seed}"
+            res[key] = {**_summary([r["dice"] for r in rows], "dice"), "runs": rows, "model": args.model,
+                        "amp": args.amp, "labelled_subset": "seed of each run" if args.subset_seed is None
+                        else f"fixed (seed {args.subset_seed}): seeds vary initialisation, order and augmentation only"}
             _write(args, out)
 
 
@@ -141,6 +145,7 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.1,0.25,1.0")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--model", default="unetpp")
+    ap.add_argument("--subset-seed", type=int, default=None, help="kvasir: fix the labelled subset (default: each seed's own)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--min-steps", type=int, default=600)
     ap.add_argument("--size", type=int, default=128)

@@ -98,3 +98,15 @@ def test_run_config_vocabulary() -> None:
     assert class_names(RunConfig(dataset="x"), _Ds()) == _Ds.labels  # type: ignore[arg-type]
     assert class_names(RunConfig(dataset="x", labels={5: "kidney"}), _Ds()) == {0: "background", 1: "kidney"}  # type: ignore[arg-type]
     assert class_names(RunConfig(dataset="x", task="liver-tumor"), _Ds())[2] == "liver tumor"  # type: ignore[arg-type]
+
+
+def test_subset_seed_fixes_the_labelled_cases_while_the_training_seed_varies() -> None:
+    from aemia.runs import RunConfig
+    from aemia.train.trainer import TrainConfig
+
+    a = RunConfig(dataset="kvasir", label_fraction=0.1, subset_seed=0, train=TrainConfig(seed=3))
+    b = RunConfig(dataset="kvasir", label_fraction=0.1, train=TrainConfig(seed=3))
+    assert a.labelled_seed() == 0 and b.labelled_seed() == 3
+    ids = [f"c{i}" for i in range(50)]
+    assert labelled_subset(ids, 0.2, a.labelled_seed()) == labelled_subset(ids, 0.2, 0)
+    assert RunConfig.from_dict(a.to_dict()).subset_seed == 0

@@ -56,6 +56,8 @@ def train(
     semi_threshold: Optional[float] = typer.Option(
         None, callback=v.open_fraction, help="Pseudo-label confidence threshold (default: 0.95 classification, 0.9 per pixel segmentation)."),
     seed: Optional[int] = typer.Option(None, callback=v.non_negative, help="Seed for splits, subsets, augmentation and initialisation."),
+    subset_seed: Optional[int] = typer.Option(None, callback=v.non_negative, help="Seed that picks the labelled subset "
+                                              "(default: --seed). Fix it to vary only the training with --seed."),
     device: Optional[str] = typer.Option(None, callback=v.device, help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
 ) -> None:
@@ -73,7 +75,7 @@ def train(
                                      schedule=schedule, loss=loss, deep_supervision=deep_supervision,
                                      early_stopping=early_stopping, seed=seed, amp=amp, device=device))
         cfg = RunConfig(dataset=dataset, model=model, preset=preset, features=parse_ints(features, "--features"),
-                        label_fraction=label_fraction, size=size, patch=parse_ints(patch, "--patch"),
+                        label_fraction=label_fraction, subset_seed=subset_seed, size=size, patch=parse_ints(patch, "--patch"),
                         labels=parse_labels(labels), task=task, synthetic_tumors=synthetic_tumors,
                         spacing=[float(v) for v in spacing.split(",")] if spacing else None,
                         init=str(init) if init else None, semi=semi,

@@ -173,7 +173,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
         raise InputError(run_dir, "run folder already holds a training run: pass --resume to continue it, or choose a new --run")
     make_semi = semi_method(cfg.semi) if cfg.semi else None
     ds = get_dataset(cfg.dataset)
-    labelled = labelled_subset(ds.case_ids("train"), cfg.label_fraction, cfg.train.seed)
+    labelled = labelled_subset(ds.case_ids("train"), cfg.label_fraction, cfg.labelled_seed())
     model, train_set, val_set, task = build(cfg, ds, labelled)
     cfg.normaliser = cfg.normaliser or default_normaliser(ds.modality, ds.dims, cfg.window)  # recorded in config.yaml
     hooks: list[Any] = []

@@ -50,6 +50,7 @@ class RunConfig:
     preset: str = "cpu"
     features: list[int] | None = None
     label_fraction: float = 1.0
+    subset_seed: int | None = None  # which cases are labelled (None: the training seed); fixed → seeds vary training only
     size: int | None = None  # 2D: resize images to size x size
     patch: list[int] | None = None  # 3D: training patch / sliding-window size
     patches_per_volume: int = 16
@@ -81,6 +82,10 @@ class RunConfig:
             raise ValueError(f"semi weight must be ≥ 0, got {self.semi_weight}")
         if self.semi_threshold is not None and not 0.0 < self.semi_threshold <= 1.0:
             raise ValueError(f"semi threshold must be in (0, 1], got {self.semi_threshold}")
+
+    def labelled_seed(self) -> int:
+        """The seed that picks the labelled subset: ``subset_seed``, else the training seed."""
+        return self.train.seed if self.subset_seed is None else int(self.subset_seed)
 
     def widths(self) -> list[int]:
         return list(self.features) if self.features else list(PRESETS[self.preset])
