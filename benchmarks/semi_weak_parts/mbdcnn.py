@@ -29,14 +29,9 @@ from typing import Any
 import numpy as np
 
 from aemia.semisup.run_config import read_method_config
-from aemia.semisup.bootstrapping import (
-    MBDCNNConfig,
-    case_table,
-    read_per_case,
-    run_mbdcnn,
-    stratified_folds,
-    summarise_predictions,
-)
+from aemia.semisup.bootstrapping import MBDCNNConfig, run_mbdcnn
+from aemia.semisup.mbdcnn_data import case_table, stratified_folds
+from aemia.semisup.mbdcnn_report import read_per_case, summarise_predictions
 
 DATASET = "ph2"
 N_FOLDS = 5
