@@ -283,9 +283,9 @@ def test_tiny_end_to_end_run_on_ph2(tmp_path: Path) -> None:
     probs = np.array([[r[f"p_mask_guided_9crop_{c}"] for c in range(3)] for r in metrics["per_case"]])
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
     assert (run / "figures" / "mbdcnn.png").stat().st_size > 0
-    from aemia.semisup.run_config import read_method_config
+    from aemia.runs.folder import RunFolder
 
-    assert not (run / "config.json").exists() and read_method_config(run)["method"] == "MB-DCNN"  # the run contract
+    assert not (run / "config.json").exists() and RunFolder(run).config_dict()["method"] == "MB-DCNN"  # run contract
     for stage in ("coarse", "plain_cls", "mask_cn", "enhanced"):
         assert (run / stage / "checkpoints" / "best.safetensors").is_file()
         assert json.loads((run / stage / "checkpoints" / "best.json").read_text())["model"]["name"]

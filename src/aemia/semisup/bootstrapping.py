@@ -69,14 +69,14 @@ from torch import nn
 from aemia.errors import InputError
 from aemia.nets.cam_unet import resize_map
 from aemia.nets.registry import create_model
+from aemia.runs.folder import RunFolder
 from aemia.semisup.mbdcnn_data import GuidedArrayDataset, load_cases
 from aemia.semisup.mbdcnn_nets import (HybridSegLoss, class_activation_map, expand_input_channels, init_from_coarse,
                                        nine_crop_probs)
 from aemia.semisup.mbdcnn_report import csv_text, figure, headline, per_case_rows, summarise_predictions
-from aemia.semisup.run_config import write_method_config
 from aemia.train.data import ArrayDataset, AugmentConfig, EpochDataset
 from aemia.train.trainer import TrainConfig, Trainer
-from aemia.utils.io import write_json_atomic, write_text_atomic
+from aemia.utils.io import write_text_atomic
 
 __all__ = ["STAGES", "MBDCNNConfig", "run_mbdcnn"]
 
@@ -232,20 +232,21 @@ def run_mbdcnn(cfg: MBDCNNConfig, run_dir: str | Path, train_ids: Sequence[str],
     stages are reused and an interrupted one continues from its last epoch.
     """
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     train_ids, test_ids = [str(i) for i in train_ids], [str(i) for i in test_ids]
     if not train_ids or not test_ids:
         raise InputError(run_dir, "MB-DCNN needs training and test cases")
     if set(train_ids) & set(test_ids):
         raise InputError(run_dir, "training and test cases overlap")
-    if not resume and (run_dir / "metrics.json").exists():
+    if not resume and folder.metrics_path.exists():
         raise InputError(run_dir, "run folder already holds an MB-DCNN run: pass --resume, or choose a new --run")
     tr = load_cases(cfg.dataset, cfg.size, train_ids)
     te = load_cases(cfg.dataset, cfg.size, test_ids)
     pos = _positive_index(tr.classes, cfg.positive_class)
     n_classes = len(tr.classes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_method_config(run_dir, {"method": "MB-DCNN", **asdict(cfg)})
-    write_json_atomic(run_dir / "splits.json", {"dataset": cfg.dataset, "train": train_ids, "test": test_ids})
+    folder.save_config({"method": "MB-DCNN", **asdict(cfg)})
+    folder.save_splits({"dataset": cfg.dataset, "train": train_ids, "test": test_ids})
     stages = _Stage(run_dir, resume)
     aug = AugmentConfig()
     seg_loss = cfg.hybrid_loss()
@@ -310,10 +311,10 @@ def run_mbdcnn(cfg: MBDCNNConfig, run_dir: str | Path, train_ids: Sequence[str],
                "checkpoints": {s: f"{s}/checkpoints/best.safetensors" for s in stages.seconds}}
     metrics["headline"] = headline(metrics)
     rows = per_case_rows(te.ids, te.t, tr.classes, jac, probs)
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    write_text_atomic(run_dir / "per_case.csv", csv_text(rows))
+    folder.save_metrics(metrics)
+    write_text_atomic(folder.per_case_path, csv_text(rows))
     if cfg.figure_cases > 0:
-        figure(run_dir / "figures" / "mbdcnn.png", te, seg, te_masks, te_cams, jac, probs["mask_guided"], pos,
+        figure(folder.figures / "mbdcnn.png", te, seg, te_masks, te_cams, jac, probs["mask_guided"], pos,
                 cfg.figure_cases)
     return {**metrics, "per_case": rows}
 
