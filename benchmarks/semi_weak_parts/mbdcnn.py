@@ -28,15 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from aemia.semisup.run_config import read_method_config
-from aemia.semisup.bootstrapping import (
-    MBDCNNConfig,
-    case_table,
-    read_per_case,
-    run_mbdcnn,
-    stratified_folds,
-    summarise_predictions,
-)
+from aemia.runs.folder import RunFolder
+from aemia.semisup.bootstrapping import MBDCNNConfig, run_mbdcnn
+from aemia.semisup.mbdcnn_data import case_table, stratified_folds
+from aemia.semisup.mbdcnn_report import read_per_case, summarise_predictions
 
 DATASET = "ph2"
 N_FOLDS = 5
@@ -54,13 +49,13 @@ def config(quick: bool, seed: int) -> MBDCNNConfig:
 
 def _fold(cfg: MBDCNNConfig, run_dir: Path, train_ids: list[str], test_ids: list[str]) -> list[dict[str, Any]]:
     """Per-case rows of one fold, trained now or read back from a finished run with the same recipe."""
-    done = run_dir / "metrics.json"
-    if done.exists():
-        saved = read_method_config(run_dir)  # config.yaml (config.json in runs written before it)
+    folder = RunFolder(run_dir)
+    if folder.metrics_path.exists():
+        saved = folder.config_dict()  # config.yaml (config.json in runs written before it)
         saved.pop("method", None)
         if saved != json.loads(json.dumps(asdict(cfg))):
             raise RuntimeError(f"{run_dir} was run with another recipe; delete it to rerun")
-        return read_per_case(run_dir / "per_case.csv")
+        return read_per_case(folder.per_case_path)
     return run_mbdcnn(cfg, run_dir, train_ids, test_ids, resume=True)["per_case"]
 
 

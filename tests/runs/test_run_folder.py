@@ -110,3 +110,37 @@ def test_subset_seed_fixes_the_labelled_cases_while_the_training_seed_varies() -
     ids = [f"c{i}" for i in range(50)]
     assert labelled_subset(ids, 0.2, a.labelled_seed()) == labelled_subset(ids, 0.2, 0)
     assert RunConfig.from_dict(a.to_dict()).subset_seed == 0
+
+
+def test_a_mapping_is_written_as_plain_yaml_and_read_back(tmp_path: Path) -> None:
+    """SSAC, MB-DCNN and pretraining runs save a dataclass's ``asdict``: the bytes are ``yaml.safe_dump`` of its
+    JSON-plain form in field order (tuples as lists), exactly what those methods wrote before RunFolder did it."""
+    data = {"method": "MB-DCNN", "size": 64, "widths": (8, 16), "lr": 1e-4, "positive_class": None,
+            "train": {"epochs": 2, "amp": "none"}}
+    run = RunFolder(tmp_path / "m")
+    run.save_config(data)
+    plain = {**data, "widths": [8, 16]}
+    assert run.config_path.read_text() == yaml.safe_dump(plain, sort_keys=False)
+    assert run.config_dict() == plain
+
+
+def test_config_dict_reads_a_legacy_config_json_and_names_the_file_on_errors(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path)
+    with pytest.raises(InputError, match="config.yaml missing"):
+        run.config_dict()
+    (tmp_path / "config.json").write_text('{"dataset": "busi", "seed": 3}')
+    assert run.config_dict() == {"dataset": "busi", "seed": 3}
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="invalid run config") as exc:
+        run.config_dict()
+    assert exc.value.path == str(tmp_path / "config.json")
+    run.config_path.write_text("- a list\n")  # config.yaml wins over config.json
+    with pytest.raises(InputError, match="not a mapping"):
+        run.config_dict()
+
+
+def test_run_folder_and_trainer_agree_on_names(tmp_path: Path) -> None:
+    from aemia.train.trainer import CHECKPOINTS_DIR, LOG_FILE
+
+    run = RunFolder(tmp_path)
+    assert run.checkpoints == tmp_path / CHECKPOINTS_DIR and run.log_path == tmp_path / LOG_FILE

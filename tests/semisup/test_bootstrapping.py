@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from aemia.nets.registry import create_model
-from aemia.semisup.bootstrapping import (
-    CamGuidedUNet,
-    GuidedArrayDataset,
+from aemia.nets.cam_unet import CamGuidedUNet
+from aemia.semisup.bootstrapping import MBDCNNConfig
+from aemia.semisup.mbdcnn_data import GuidedArrayDataset, stratified_folds
+from aemia.semisup.mbdcnn_nets import (
     HybridSegLoss,
-    MBDCNNConfig,
     class_activation_map,
     expand_input_channels,
     init_from_coarse,
@@ -24,7 +24,6 @@ from aemia.semisup.bootstrapping import (
     nine_crop_probs,
     rank_loss,
     rank_top_k,
-    stratified_folds,
 )
 from aemia.train.data import AugmentConfig
 
@@ -259,7 +258,8 @@ def test_config_checks() -> None:
 @needs_ph2
 def test_tiny_end_to_end_run_on_ph2(tmp_path: Path) -> None:
     from aemia.cli.main import main
-    from aemia.semisup.bootstrapping import case_table, run_mbdcnn
+    from aemia.semisup.bootstrapping import run_mbdcnn
+    from aemia.semisup.mbdcnn_data import case_table
 
     ids, targets, classes, _ = case_table("ph2")
     by_class = {c: [i for i, t in zip(ids, targets) if t == c] for c in range(3)}
@@ -283,9 +283,9 @@ def test_tiny_end_to_end_run_on_ph2(tmp_path: Path) -> None:
     probs = np.array([[r[f"p_mask_guided_9crop_{c}"] for c in range(3)] for r in metrics["per_case"]])
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
     assert (run / "figures" / "mbdcnn.png").stat().st_size > 0
-    from aemia.semisup.run_config import read_method_config
+    from aemia.runs.folder import RunFolder
 
-    assert not (run / "config.json").exists() and read_method_config(run)["method"] == "MB-DCNN"  # the run contract
+    assert not (run / "config.json").exists() and RunFolder(run).config_dict()["method"] == "MB-DCNN"  # run contract
     for stage in ("coarse", "plain_cls", "mask_cn", "enhanced"):
         assert (run / stage / "checkpoints" / "best.safetensors").is_file()
         assert json.loads((run / stage / "checkpoints" / "best.json").read_text())["model"]["name"]

@@ -299,18 +299,17 @@ def test_a_pretrained_aae_is_reused_only_when_it_matches(tmp_path: Path) -> None
 
 
 def test_run_config_is_yaml_and_old_json_runs_still_read(tmp_path: Path) -> None:
-    from aemia.semisup.run_config import read_method_config, write_method_config
+    from aemia.runs.folder import RunFolder
 
     cfg = S.SSACConfig(dataset="busi", widths=[8, 16], seed=3)
-    (tmp_path / "new").mkdir()
-    write_method_config(tmp_path / "new", asdict(cfg))
+    RunFolder(tmp_path / "new").save_config(asdict(cfg))
     assert S.load_ssac_config(tmp_path / "new") == cfg
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text(json.dumps({"dataset": "busi", "seed": 3}))
     assert S.load_ssac_config(tmp_path / "old") == S.SSACConfig(dataset="busi", seed=3)
-    assert read_method_config(tmp_path / "old")["seed"] == 3
+    assert RunFolder(tmp_path / "old").config_dict()["seed"] == 3
     with pytest.raises(InputError, match="config.yaml missing"):
-        read_method_config(tmp_path / "none")
+        RunFolder(tmp_path / "none").config_dict()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.yaml").write_text("dataset: busi\nnot_a_field: 1\n")
     with pytest.raises(InputError, match="not an SSAC run config"):

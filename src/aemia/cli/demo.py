@@ -44,6 +44,7 @@ def demo(
     from aemia.recipes.pruning import pruning_extras
     from aemia.recipes.run import train_run
     from aemia.runs.config import RunConfig
+    from aemia.runs.folder import RunFolder
     from aemia.train.trainer import TrainConfig
 
     t0 = time.perf_counter()
@@ -64,7 +65,7 @@ def demo(
         pcfg = PretrainConfig(data="kvasir", dims=2, method=pretrain, preset="cpu", size=[size, size],
                               train=TrainConfig(epochs=pretrain_epochs, batch_size=8, lr=2e-3, optimizer="adam",
                                                 schedule="cosine", deep_supervision=False, device=device))
-        done = (pre_dir / "metrics.json").exists()
+        done = RunFolder(pre_dir).metrics_path.exists()
         summary = run_pretraining(pcfg, pre_dir, resume=resume and not done) if not done else None
         if summary:
             console.print(f"  restoration MSE {summary['first_val_mse']:.4f} → {summary['best_val_mse']:.4f}")

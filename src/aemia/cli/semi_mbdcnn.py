@@ -53,7 +53,8 @@ def mbdcnn_cmd(
 ) -> None:
     from aemia.cli.common import console
     from aemia.errors import InputError
-    from aemia.semisup.bootstrapping import MBDCNNConfig, case_table, run_mbdcnn, stratified_folds
+    from aemia.semisup.bootstrapping import MBDCNNConfig, run_mbdcnn
+    from aemia.semisup.mbdcnn_data import case_table, stratified_folds
 
     if preset not in ("cpu", "paper"):
         raise InputError(None, f"--preset must be cpu or paper, got {preset!r}")

@@ -7,7 +7,7 @@ For a network ending in global average pooling and one linear layer (weights w, 
 
 with f the last feature maps (``forward_features(x)["bottleneck"]``), so that logit_c = mean_u CAM_c(u) + b_c.
 Only tensors are needed, so both weak localisation (:mod:`aemia.weak.cam`) and MB-DCNN's CAM-guided segmentation
-(:mod:`aemia.semisup.bootstrapping`) build on this module.
+(:mod:`aemia.semisup.mbdcnn_nets`) build on this module.
 """
 
 from __future__ import annotations

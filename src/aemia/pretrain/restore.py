@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from aemia.data.image import Image
 from aemia.errors import InputError
 from aemia.nets import create_model
 from aemia.pretrain.genesis import GenesisTransform
+from aemia.runs.folder import RunFolder
 from aemia.train.data import EpochDataset, sample_rng
 from aemia.train.trainer import TrainConfig, Trainer
-from aemia.utils.io import save_figure, write_json_atomic, write_text_atomic
+from aemia.utils.io import save_figure, write_json_atomic
 
 
 @dataclass
@@ -154,9 +154,10 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, pro
     if cfg.method not in METHODS:
         raise InputError(None, f"unknown pretraining method {cfg.method!r}; available: {', '.join(METHODS)}")
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     if resume:
         cfg = load_pretrain_config(run_dir)
-    elif (run_dir / "checkpoints" / "last.safetensors").exists():
+    elif folder.has_checkpoint("last"):
         raise InputError(run_dir, "run folder already holds a pretraining run: pass --resume or choose a new --out")
     pool = build_pool(cfg, progress) if cfg.method == "genesis" else None
     images = whole_images(cfg) if cfg.method == "transvw" else None
@@ -164,7 +165,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, pro
     channels = pool.shape[1] if pool is not None else images[0].shape[0]
     backbone = create_model(cfg.model, cfg.dims, channels, channels, features=cfg.widths())
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    folder.save_config(asdict(cfg))
     cfg.train.seed = cfg.seed
     extra: dict[str, Any] = {}
     if cfg.method == "genesis":
@@ -200,7 +201,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, pro
         extra = {"visual_words": len(words.words), "instances": int(len(clean)), "chance_class_acc": 1 / len(words.words)}
     trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, task="restoration", loss=loss)
     # a run killed during self-discovery has no checkpoint of its own yet: it starts here
-    result = trainer.fit(resume=resume and (run_dir / "checkpoints" / "last.safetensors").exists())
+    result = trainer.fit(resume=resume and folder.has_checkpoint("last"))
     history = result["history"]
     summary = {"method": cfg.method, "data": cfg.data, "dims": cfg.dims,
                "patches": {"train": len(train_idx), "val": len(val_idx), "shape": list(clean.shape[1:])},
@@ -211,10 +212,10 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, resume: bool = False, pro
     if trainer.is_main:
         from aemia.nets import load_weights
 
-        load_weights(model, run_dir / "checkpoints" / "best", strict=True)
+        load_weights(model, folder.checkpoint("best"), strict=True)
         summary["figure"] = str(restoration_figure(model, clean[val_idx[:6]], transform, cfg.seed,
-                                                   run_dir / "figures" / "restoration.png"))
-        write_json_atomic(run_dir / "metrics.json", summary)
+                                                   folder.figures / "restoration.png"))
+        folder.save_metrics(summary)
     return summary
 
 
@@ -266,10 +267,10 @@ def _discover_words(images: list[np.ndarray], vw: Any, seed: int, progress: bool
 
 
 def load_pretrain_config(run_dir: str | Path) -> PretrainConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise InputError(path, "not a pretraining run folder (config.yaml missing)")
-    d = yaml.safe_load(path.read_text())
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
+        raise InputError(folder.config_path, "not a pretraining run folder (config.yaml missing)")
+    d = folder.config_dict()
     train = TrainConfig(**d.pop("train", {}))
     return PretrainConfig(**d, train=train)
 

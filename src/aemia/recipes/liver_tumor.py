@@ -43,6 +43,7 @@ from aemia.data.normalise import ct_window as window
 from aemia.data.transforms import resample_to_spacing
 from aemia.errors import InputError
 from aemia.runs.config import TUMOR_CLASS
+from aemia.runs.folder import RunFolder
 from aemia.synth.transform import RandTumorSynthesisd
 from aemia.synth.tumor import TumorConfig, synthesize_validation_tumors
 from aemia.train.data import AugmentConfig, EpochDataset, augment, sample_rng
@@ -298,9 +299,7 @@ def evaluate_liver_tumor(run_dir: str | Path, cfg: "RunConfig", ds: CatalogDatas
     summary["headline"] = (f"synthetic validation tumors: tumor Dice {tumor['mean']:.3f}, lesion sensitivity "
                            f"{_fmt(sens)}, {_fmt(fp)} false positives per case; liver Dice "
                            f"{summary['segmentation']['liver']['dice']['mean']:.3f}")
-    from aemia.utils.io import write_json_atomic
-
-    write_json_atomic(run_dir / "metrics.json", {k: v for k, v in summary.items() if k != "outputs"})
+    RunFolder(run_dir).save_metrics({k: v for k, v in summary.items() if k != "outputs"})
     return summary
 
 

@@ -16,7 +16,8 @@ from aemia.evaluate import metrics as M
 from aemia.evaluate.evaluate import EvalCase, evaluate_cases
 from aemia.evaluate.report import Figure, write_report
 from aemia.infer.predictor import Predictor
-from aemia.utils.io import write_json_atomic, write_text_atomic
+from aemia.runs.folder import RunFolder
+from aemia.utils.io import write_text_atomic
 
 
 #: ``extras(run_dir, cases) -> (metrics, figures)``
@@ -91,7 +92,7 @@ def evaluate_run(run_dir: str | Path, cfg: Any, ds: CatalogDataset, history: lis
     first = summary["segmentation"][fg[0]]["dice"]
     summary["headline"] = (f"test Dice {dice_mean:.3f}" + (f" (95% CI {first['ci'][0]:.3f}-{first['ci'][1]:.3f})"
                                                             if len(fg) == 1 else " (mean over classes)"))
-    write_json_atomic(run_dir / "metrics.json", {k: v for k, v in summary.items() if k != "outputs"})
+    RunFolder(run_dir).save_metrics({k: v for k, v in summary.items() if k != "outputs"})
     return summary
 
 
@@ -123,11 +124,12 @@ def _evaluate_classification(run_dir: Path, predictor: Predictor, ds: CatalogDat
     w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    write_text_atomic(run_dir / "per_case.csv", buf.getvalue())
+    folder = RunFolder(run_dir)
+    write_text_atomic(folder.per_case_path, buf.getvalue())
     more, figures = extras(run_dir, []) if extras is not None else ({}, [])  # no per-case images to pass
     summary = {"n_cases": len(y), "run": recipe, "classes": ds.classes, "classification": cls, **more,
                "headline": f"test AUC {auc.point:.3f} (95% CI {auc.lo:.3f}-{auc.hi:.3f})"}
     write_report(run_dir, summary, rows, [f if isinstance(f, Figure) else Figure(Path(f)) for f in figures] or None,
                  _curves(history), title)
-    write_json_atomic(run_dir / "metrics.json", summary)
+    folder.save_metrics(summary)
     return summary

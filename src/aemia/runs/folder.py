@@ -11,7 +11,11 @@
 
 ``RunFolder("runs/kv10").config()`` is the :class:`~aemia.runs.config.RunConfig`; ``.checkpoint("best")`` the
 checkpoint stem :func:`aemia.nets.load_checkpoint` reads. The :class:`~aemia.train.Trainer` writes ``log.jsonl``
-and ``checkpoints/`` under the same names itself (``train`` sits below ``runs``).
+and ``checkpoints/`` itself (``train`` sits below ``runs``), under the names both take from
+:mod:`aemia.train.trainer` (``LOG_FILE``, ``CHECKPOINTS_DIR``).
+
+Runs whose recipe is not a :class:`RunConfig` (SSAC, MB-DCNN, pretraining, active rounds) write and read their
+``config.yaml`` as a plain mapping: :meth:`RunFolder.save_config` with a mapping, :meth:`RunFolder.config_dict`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import yaml
 
 from aemia.errors import InputError
 from aemia.runs.config import RunConfig
+from aemia.train.trainer import CHECKPOINTS_DIR, LOG_FILE
 from aemia.utils.io import write_json_atomic, write_text_atomic
 
 
@@ -50,11 +55,11 @@ class RunFolder:
     # -- where things are -------------------------------------------------------------------------------
     config_path = _Part("config.yaml")
     splits_path = _Part("splits.json")
-    log_path = _Part("log.jsonl")
+    log_path = _Part(LOG_FILE)
     metrics_path = _Part("metrics.json")
     per_case_path = _Part("per_case.csv")
     report_path = _Part("report.html")
-    checkpoints = _Part("checkpoints")
+    checkpoints = _Part(CHECKPOINTS_DIR)
     figures = _Part("figures")
 
     def checkpoint(self, name: str = "best") -> Path:
@@ -75,14 +80,33 @@ class RunFolder:
         if not path.exists():
             raise InputError(path, "not a run folder (config.yaml missing)")
         try:
-            return RunConfig.from_dict(yaml.safe_load(path.read_text()))
-        except (yaml.YAMLError, TypeError, ValueError) as exc:
+            return RunConfig.from_dict(self.config_dict())
+        except (TypeError, ValueError) as exc:
             raise InputError(path, f"invalid run config ({exc})") from None
 
+    def config_dict(self) -> dict[str, Any]:
+        """``config.yaml`` as a plain mapping, or a legacy ``config.json`` when there is no ``config.yaml`` (SSAC and
+        MB-DCNN runs written before the run contract); InputError if neither is there or readable."""
+        path, legacy = self.config_path, self.path / "config.json"
+        try:
+            if path.exists():
+                data = yaml.safe_load(path.read_text())
+            elif legacy.exists():
+                path = legacy
+                data = json.loads(legacy.read_text())
+            else:
+                raise InputError(path, "not a run folder (config.yaml missing)")
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"invalid run config ({exc})") from None
+        if not isinstance(data, dict):
+            raise InputError(path, "invalid run config (not a mapping)")
+        return data
+
     def save_config(self, cfg: RunConfig | dict[str, Any]) -> Path:
-        """Write ``config.yaml`` atomically: a :class:`RunConfig`, or a plain mapping for runs written by other
-        loops (active rounds) that record a subset of its fields plus their own."""
-        data = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+        """Write ``config.yaml`` atomically: a :class:`RunConfig`, or a mapping for runs whose recipe is another
+        dataclass (SSAC, MB-DCNN, pretraining) or a subset of its fields (active rounds). A mapping is written as
+        plain JSON data (tuples become lists)."""
+        data = cfg.to_dict() if isinstance(cfg, RunConfig) else json.loads(json.dumps(dict(cfg)))
         write_text_atomic(self.config_path, yaml.safe_dump(data, sort_keys=False))
         return self.config_path
 

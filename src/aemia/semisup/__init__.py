@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from aemia.runs.config import SEMI_METHODS, check_method
+from aemia.runs.folder import RunFolder
 from aemia.utils.io import save_figure
 from aemia.semisup.mean_teacher import (
     MeanTeacherConfig,
@@ -177,14 +178,12 @@ def semi_extras(settings: SemiSettings, figure: Path,
 def record_semi(run_dir: str | Path, summary: dict[str, Any], settings: SemiSettings) -> dict[str, Any]:
     """Add the settings to the summary's ``run`` recipe (``semi``, ``semi_weight``, ``semi_threshold``, …) and
     rewrite ``metrics.json``."""
-    from aemia.utils.io import write_json_atomic
-
     recipe = dict(summary.get("run", {}))
     recipe.update({"semi": settings.method, "semi_weight": settings.weight, "semi_threshold": settings.threshold,
                    "semi_rampup_epochs": settings.rampup_epochs, "semi_unlabelled_cases": settings.unlabelled_cases,
                    "semi_evaluated_with": settings.evaluated_with})
     summary = {**summary, "run": recipe}
-    write_json_atomic(Path(run_dir) / "metrics.json", {k: v for k, v in summary.items() if k != "outputs"})
+    RunFolder(run_dir).save_metrics({k: v for k, v in summary.items() if k != "outputs"})
     return summary
 
 

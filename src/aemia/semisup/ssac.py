@@ -73,7 +73,7 @@ from torch import nn
 from aemia.errors import InputError
 from aemia.evaluate import metrics as M
 from aemia.nets.checkpoint import read_config, read_state, save_checkpoint
-from aemia.semisup.run_config import read_method_config, write_method_config
+from aemia.runs.folder import RunFolder
 from aemia.semisup.ssac_nets import (
     AAE,
     AMP_MODES,
@@ -92,7 +92,7 @@ from aemia.semisup.ssac_nets import (
     reconstruction_loss,
 )
 from aemia.semisup.ssac_training import AAERegularisation, train_aae, train_classifier
-from aemia.utils.io import write_json_atomic, write_text_atomic, write_with
+from aemia.utils.io import write_text_atomic, write_with
 
 
 def predict_proba(model: nn.Module, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -293,11 +293,12 @@ def build_models(cfg: SSACConfig, in_channels: int, n_classes: int) -> tuple[AAE
 
 def load_ssac_config(run_dir: str | Path) -> SSACConfig:
     """The recipe of an SSAC run folder (``config.yaml``; runs written before it hold ``config.json``)."""
-    data = read_method_config(run_dir)
+    folder = RunFolder(run_dir)
+    data = folder.config_dict()
     try:
         return SSACConfig(**data)
     except (TypeError, ValueError) as exc:
-        raise InputError(Path(run_dir) / "config.yaml", f"not an SSAC run config ({exc})") from None
+        raise InputError(folder.config_path, f"not an SSAC run config ({exc})") from None
 
 
 def _phase(run_dir: Path, name: str, model: nn.Module, cfg: SSACConfig, resume: bool,
@@ -339,10 +340,10 @@ def run_ssac(cfg: SSACConfig | None, run_dir: str | Path, resume: bool = False) 
     aae, fused, alone = build_models(cfg, in_ch, n_classes)
     pretrained = _load_pretrained_aae(aae, cfg) if cfg.pretrained_aae else None  # checked before writing anything
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_method_config(run_dir, asdict(cfg))
-    write_json_atomic(run_dir / "splits.json", {**ds.split_manifest(), "labelled": data["labelled"],
-                                                 "unlabelled_used": data["unlabelled"],
-                                                 "label_fraction": cfg.label_fraction})
+    folder = RunFolder(run_dir)
+    folder.save_config(asdict(cfg))
+    folder.save_splits({**ds.split_manifest(), "labelled": data["labelled"], "unlabelled_used": data["unlabelled"],
+                        "label_fraction": cfg.label_fraction})
     seconds: dict[str, float] = {"data": time.monotonic() - t0}
     history: dict[str, list[dict[str, float]]] = {}
 
@@ -377,7 +378,7 @@ def run_ssac(cfg: SSACConfig | None, run_dir: str | Path, resume: bool = False) 
                 f" vs classifier alone {c['mean']:.3f} ({c['ci'][0]:.3f}-{c['ci'][1]:.3f});"
                 f" difference {delta['mean']:+.3f} ({delta['ci'][0]:+.3f} to {delta['ci'][1]:+.3f})")
 
-    plot_ssac(run_dir / "figures" / "ssac.png", data["x_test"][pick], recons, z, y, ds.classes, cfg.prior_std,
+    plot_ssac(folder.figures / "ssac.png", data["x_test"][pick], recons, z, y, ds.classes, cfg.prior_std,
               history, headline)
     seconds["total"] = time.monotonic() - t0
     metrics = {
@@ -391,8 +392,8 @@ def run_ssac(cfg: SSACConfig | None, run_dir: str | Path, resume: bool = False) 
                 "pretrained_from": cfg.pretrained_aae},
         "headline": headline, "history": history, "seconds": seconds, "config": asdict(cfg),
     }
-    _write_per_case(run_dir / "per_case.csv", ds.case_ids("test"), y, probs, ds.classes)
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    _write_per_case(folder.per_case_path, ds.case_ids("test"), y, probs, ds.classes)
+    folder.save_metrics(metrics)
     return metrics
 
 
@@ -412,7 +413,7 @@ def _write_per_case(path: Path, ids: Sequence[str], y: np.ndarray, probs: dict[s
 
 def load_ssac(run_dir: str | Path) -> tuple[AAE, SSACNet, FusionClassifier]:
     """Rebuild the AAE, the SSAC classifier and the baseline of a finished run from its checkpoints."""
-    ckpt = Path(run_dir) / "checkpoints"
+    ckpt = RunFolder(run_dir).checkpoints
     ac = read_config(ckpt / "aae")["model"]
     aae = AAE(ac["in_channels"], ac["size"], ac["widths"], ac["latent_dim"], ac["disc_hidden"])
     aae.load_state_dict(read_state(ckpt / "aae"))

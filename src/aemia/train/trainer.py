@@ -60,6 +60,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "constant", "step")
 TASKS = ("segmentation", "classification", "restoration")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+#: Names of what the Trainer writes into its run folder; :class:`aemia.runs.RunFolder` uses the same constants.
+CHECKPOINTS_DIR = "checkpoints"
+LOG_FILE = "log.jsonl"
 
 
 @dataclass
@@ -168,7 +171,7 @@ class Trainer:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.cfg = config
         self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / CHECKPOINTS_DIR
         self.task = task
         self.train_set = train_set
         self.val_set = val_set
@@ -205,7 +208,7 @@ class Trainer:
         if config.early_stopping > 0:
             self.hooks.append(EarlyStopping(config.early_stopping))
         # the logger goes last, so each epoch's line holds what the other hooks added to the logs
-        self.hooks.append(JsonlLogger(self.run_dir / "log.jsonl"))
+        self.hooks.append(JsonlLogger(self.run_dir / LOG_FILE))
         self.start_epoch = 0
         self.global_step = 0
         self.best_metric: float | None = None
