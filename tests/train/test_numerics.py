@@ -158,3 +158,15 @@ def test_aemia_amp_env_overrides_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     assert amp_dtype("auto", cpu) is None and amp_dtype("bf16", cpu) is torch.bfloat16
     monkeypatch.setenv("AEMIA_AMP", "bf16")
     assert amp_dtype("auto", cpu) is torch.bfloat16 and amp_dtype("none", cpu) is None
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path: Path) -> None:
+    t = _trainer(tmp_path / "r", epochs=10, early_stopping=2)
+    scores = iter([0.5, 0.6, 0.55, 0.58, 0.59, 0.9, 0.9, 0.9, 0.9, 0.9])  # best at epoch 1, then 2 epochs worse
+    t.validate = lambda: {"val_metric": next(scores)}  # type: ignore[method-assign]
+    result = t.fit()
+    epochs = [h["epoch"] for h in result["history"]]
+    assert epochs == [0, 1, 2, 3] and result["best_epoch"] == 1
+    assert result["history"][-1]["early_stopped"] is True
+    resumed = _trainer(tmp_path / "r", epochs=10, early_stopping=2)
+    assert resumed.fit(resume=True)["history"] == result["history"]  # a stopped run stays stopped on resume
