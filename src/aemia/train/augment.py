@@ -15,6 +15,7 @@ MB-DCNN guided datasets rely on to transform an image and its guide identically.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -57,8 +58,10 @@ class AugmentConfig:
         return replace(self, intensity=0.0, gamma=0.0)
 
 
-def _transforms(spatial: int, cfg: AugmentConfig, has_label: bool, square: bool) -> list[tuple[bool, object]]:
-    """Every candidate transform as (enabled, transform), always in the same order (spatial ones first)."""
+@functools.lru_cache(maxsize=32)
+def _transforms(spatial: int, cfg: AugmentConfig, has_label: bool, square: bool) -> tuple[tuple[bool, object], ...]:
+    """Every candidate transform as (enabled, transform), always in the same order (spatial ones first); built once
+    per setting (each call re-seeds them, so sharing them between samples changes no draw)."""
     keys = ["image", "label"] if has_label else ["image"]
     modes = ["bilinear", "nearest"] if has_label else ["bilinear"]
     out: list[tuple[bool, object]] = []
@@ -76,7 +79,7 @@ def _transforms(spatial: int, cfg: AugmentConfig, has_label: bool, square: bool)
     out.append((cfg.intensity > 0, RandScaleIntensityd("image", factors=cfg.intensity, prob=1.0)))
     out.append((cfg.intensity > 0, RandStdShiftIntensityd("image", factors=cfg.intensity, prob=1.0)))
     out.append((cfg.gamma > 0, RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=cfg.gamma)))
-    return out
+    return tuple(out)
 
 
 def augment(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
