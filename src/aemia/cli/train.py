@@ -55,6 +55,9 @@ def train(
         None, callback=v.non_negative, help="Max weight of the unlabelled loss after the ramp-up (default: mean-teacher 10 classification / 0.1 segmentation, pseudo-label 1)."),
     semi_threshold: Optional[float] = typer.Option(
         None, callback=v.open_fraction, help="Pseudo-label confidence threshold (default: 0.95 classification, 0.9 per pixel segmentation)."),
+    augment: str = typer.Option("strong", callback=v.choice(("strong", "light", "none")),
+                                help="Training augmentation: strong (flips, 90° turns, rotation, scaling, brightness/"
+                                     "contrast, gamma), light (flips, 90° turns, brightness/contrast) or none."),
     seed: Optional[int] = typer.Option(None, callback=v.non_negative, help="Seed for splits, subsets, augmentation and initialisation."),
     subset_seed: Optional[int] = typer.Option(None, callback=v.non_negative, help="Seed that picks the labelled subset "
                                               "(default: --seed). Fix it to vary only the training with --seed."),
@@ -78,7 +81,7 @@ def train(
                         label_fraction=label_fraction, subset_seed=subset_seed, size=size, patch=parse_ints(patch, "--patch"),
                         labels=parse_labels(labels), task=task, synthetic_tumors=synthetic_tumors,
                         spacing=[float(v) for v in spacing.split(",")] if spacing else None,
-                        init=str(init) if init else None, semi=semi,
+                        init=str(init) if init else None, semi=semi, augment=augment,
                         semi_weight=semi_weight, semi_threshold=semi_threshold, train=tcfg)
     except ValueError as exc:  # a bad option value: one-line error, exit 2
         from aemia.errors import InputError

@@ -19,6 +19,7 @@ never imports ``semisup``: the methods register themselves in :data:`aemia.train
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from aemia.nets import create_model, load_weights
 from aemia.nets.registry import model_task
 from aemia.runs.config import RunConfig, class_names, labelled_subset
 from aemia.runs.folder import RunFolder
-from aemia.train.data import ArrayDataset, AugmentConfig, PatchDataset
+from aemia.train.augment import augment_preset
+from aemia.train.data import ArrayDataset, PatchDataset
 from aemia.train.extensions import semi_method
 from aemia.train.trainer import Trainer
 
@@ -114,7 +116,7 @@ def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torc
     if cfg.semi and ds.dims != 2:
         raise InputError(None, f"--semi is for 2D data sets; '{ds.name}' is {ds.dims}D")
     torch.manual_seed(seed)  # model initialisation is part of the seeded recipe
-    aug = AugmentConfig()
+    aug = augment_preset(cfg.augment)
     task = resolve_task(cfg, ds)
     if task == "liver-tumor":
         from aemia.recipes.liver_tumor import build_liver_tumor
@@ -148,7 +150,8 @@ def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torc
             spacings = np.array([read_image(c.images[0]).spacing for c in cases])
             cfg.spacing = [float(v) for v in np.median(spacings, axis=0)]
         vols = [_load_volume(ds, c, cfg) for c in cases]
-        train_set = PatchDataset(vols, patch, cfg.patches_per_volume, augment=AugmentConfig(rot90=False), seed=seed)
+        train_set = PatchDataset(vols, patch, cfg.patches_per_volume, augment=None if aug is None else replace(aug, rot90=False),
+                                 seed=seed)
         val_set = _VolumeSet([_load_volume(ds, c, cfg) for c in ds.splits.get("val", [])]) or None
         cfg.train.val_roi = list(patch)
         in_ch = vols[0][0].shape[0]

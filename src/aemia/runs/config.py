@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from aemia.data.catalog import CatalogDataset
+from aemia.train.augment import augment_preset
 from aemia.train.trainer import TrainConfig
 
 #: Width presets. ``paper`` is the UNet++ / U-Net papers' recipe (GPU); ``cpu`` fits 2 cores.
@@ -64,6 +65,7 @@ class RunConfig:
     synthetic_tumors: bool = False  # liver-tumor: train on synthetic tumors in healthy livers (no tumor labels)
     window: list[float] | None = None  # CT: HU window to [0, 1] (default: abdominal; liver-tumor: -21..189)
     normaliser: str | None = None  # aemia.data.normalise spec (None: default_normaliser, resolved at build time)
+    augment: str = "strong"  # aemia.train.augment.AUGMENT_PRESETS: strong | light | none
     semi: str | None = None  # 2D: mean-teacher | pseudo-label on the unlabelled rest of the training split
     semi_weight: float | None = None  # max weight of the unlabelled term (None: the method's default)
     semi_threshold: float | None = None  # pseudo-label confidence (None: 0.95 classification, 0.9 segmentation)
@@ -76,6 +78,7 @@ class RunConfig:
             raise ValueError(f"unknown task {self.task!r}; choose one of {RUN_TASKS}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        augment_preset(self.augment)  # ValueError naming the choices
         if self.semi is not None:
             self.semi = check_method(self.semi)
         if self.semi_weight is not None and self.semi_weight < 0:

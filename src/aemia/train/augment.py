@@ -58,6 +58,22 @@ class AugmentConfig:
         return replace(self, intensity=0.0, gamma=0.0)
 
 
+#: Named recipes (``RunConfig.augment``, ``aemia train --augment``): ``strong`` is the default small-data recipe,
+#: ``light`` the pre-wave-2 one (flips, 90° turns, brightness/contrast), ``none`` trains on the images as they are.
+AUGMENT_PRESETS: dict[str, AugmentConfig | None] = {
+    "strong": AugmentConfig(),
+    "light": AugmentConfig.light(),
+    "none": None,
+}
+
+
+def augment_preset(name: str) -> AugmentConfig | None:
+    """The :class:`AugmentConfig` of a named recipe (None: no augmentation); ValueError naming the choices."""
+    if name not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+    return AUGMENT_PRESETS[name]
+
+
 @functools.lru_cache(maxsize=32)
 def _transforms(spatial: int, cfg: AugmentConfig, has_label: bool, square: bool) -> tuple[tuple[bool, object], ...]:
     """Every candidate transform as (enabled, transform), always in the same order (spatial ones first); built once
