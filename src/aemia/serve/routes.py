@@ -7,6 +7,10 @@ from __future__ import annotations
 import mimetypes
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
 from aemia.active.ledger_effort import StaleVersionError
 from aemia.errors import InputError
 from aemia.serve.masks import MAX_UPLOAD_BYTES
@@ -15,12 +19,8 @@ from aemia.serve.security import TOKEN_COOKIE, request_problem
 __all__ = ["build_app"]
 
 
-def build_app(served: Any, token: str | None) -> Any:
+def build_app(served: Any, token: str | None) -> FastAPI:
     """The FastAPI app over ``served`` (an :class:`aemia.serve.app.ServedProject`)."""
-    from fastapi import FastAPI, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse, Response
-
     from aemia.serve.app import STATIC
 
     app = FastAPI(title="aemia review", docs_url=None, redoc_url=None, openapi_url=None)
