@@ -67,7 +67,8 @@ def make_3d_project(root: Path, n: int = 3, shape: tuple[int, int, int] = (40, 3
         vol[organ] = 120
         nib.save(nib.Nifti1Image(vol, affine), images / f"{c}.nii.gz")
         nib.save(nib.Nifti1Image(organ.astype(np.uint8), affine), proj / "predictions" / f"{c}.nii.gz")
-        heat = (255 * _disc(shape, (shape[0] / 2 + 9, shape[1] / 2, shape[2] / 2), 3)).astype(np.uint8)
+        heat = np.zeros(shape, np.uint8)  # a 5-voxel cube crossing the middle slice of every view
+        heat[tuple(slice(s // 2 - 2, s // 2 + 3) for s in shape)] = 255
         nib.save(nib.Nifti1Image(heat, affine), proj / "attention" / f"{c}_heat.nii.gz")
     cfg = ProjectConfig(task="segmentation", size=32, classes=["background", "liver"], in_channels=1,
                         images=str(images), created_at=utc_now())
