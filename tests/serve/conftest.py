@@ -49,7 +49,7 @@ def make_2d_project(root: Path, n: int = 4) -> Path:
 def make_3d_project(root: Path, n: int = 3, shape: tuple[int, int, int] = (40, 32, 24)) -> Path:
     """``n`` small CT-like NIfTI volumes (HU, spacing 1×1×2 mm) in a project written through ProjectConfig and the
     ledger (``aemia active init`` takes 3D volumes only once issue 15 part 5 lands), all queried in round 0,
-    with AI labels in P/predictions/, heat maps in P/attention/ and a priority.csv ranking them in reverse order."""
+    with AI labels in P/predictions/ (ct1 stored in LPS voxel order, the others RAS), heat maps in P/attention/ and a priority.csv ranking them in reverse order."""
     import nibabel as nib
 
     images = root / "vols"
@@ -57,9 +57,9 @@ def make_3d_project(root: Path, n: int = 3, shape: tuple[int, int, int] = (40, 3
     proj = root / "proj3d"
     (proj / "predictions").mkdir(parents=True)
     (proj / "attention").mkdir()
-    affine = np.diag([1.0, 1.0, 2.0, 1.0])
     cases = [f"ct{i}" for i in range(n)]
     for i, c in enumerate(cases):
+        affine = np.diag([-1.0, -1.0, 2.0, 1.0] if i == 1 else [1.0, 1.0, 2.0, 1.0])  # ct1 stored LPS, the rest RAS
         vol = np.full(shape, -1000, np.int16)
         body = _disc(shape, tuple(s / 2 for s in shape), min(shape) / 2 - 1)
         vol[body] = 40

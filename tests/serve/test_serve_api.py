@@ -197,6 +197,21 @@ def test_3d_save_writes_nifti_in_the_image_geometry(project_3d: Path) -> None:
     assert data[:, :2, 0].all() and data[:20, 2, 0].all()
 
 
+def test_3d_label_goes_back_to_the_stored_voxel_order(project_3d: Path) -> None:
+    import nibabel as nib
+
+    c = _client(project_3d)
+    start, v = _mask(c, "ct1", "start")  # ct1 is stored LPS: the app shows it RAS, the label must be LPS again
+    r = _save(c, "ct1", start, v)
+    assert r.status_code == 200 and r.json()["changed_pixels"] == 0
+    with Ledger.open(project_3d) as led:
+        label = nib.load(led.item("ct1").label_path)
+    pred = nib.load(project_3d / "predictions" / "ct1.nii.gz")
+    assert np.array_equal(np.asarray(label.dataobj), np.asarray(pred.dataobj)) and np.allclose(label.affine, pred.affine)
+    again, _ = _mask(c, "ct1")
+    assert np.array_equal(again, start)
+
+
 def test_refuses_missing_or_corrupt_project(tmp_path: Path, project_2d: Path) -> None:
     from aemia.cli.main import main
 

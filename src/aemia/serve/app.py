@@ -80,7 +80,9 @@ class ServedProject:
         case = load_case(case_id, item.image_path)
         prio_dir = None if self.priority is None else self.priority.parent
         case.start, case.start_source = masks.starting_mask(self.project, case, prio_dir)
-        case.heat = masks.heat_map(self.project, case, prio_dir)
+        case.start_gz = masks.gzip_bytes(flat_bytes(case.start, case.is3d))
+        heat = masks.heat_map(self.project, case, prio_dir)
+        case.heat_gz = None if heat is None else masks.gzip_bytes(flat_bytes(heat, case.is3d))
         return case
 
     def worklist(self) -> list[dict[str, Any]]:
@@ -103,7 +105,7 @@ class ServedProject:
                 "window": case.default_window(), "version": version, "state": effort.state,
                 "status": item.status, "annotator": effort.annotator, "seconds": effort.seconds,
                 "changed_pixels": effort.changed_pixels, "comment": effort.comment,
-                "start_source": case.start_source, "has_heat": case.heat is not None,
+                "start_source": case.start_source, "has_heat": case.heat_gz is not None,
                 "classes": self.project.config.classes, "position": pos + 1, "next": nxt,
                 "previous": order[pos - 1] if pos > 0 else None}
 
@@ -111,13 +113,13 @@ class ServedProject:
         case = self.cache.get(case_id)
         with self.ledger() as led:
             item, version = self.item(led, case_id), led.case_version(case_id)
-        assert case.start is not None
-        arr = case.start if which == "start" else masks.current_mask(self.project, item, case, case.start)
-        return masks.gzip_bytes(flat_bytes(arr, case.is3d)), version
+        assert case.start is not None and case.start_gz is not None
+        if which == "start" or not item.label_path:
+            return case.start_gz, version
+        return masks.gzip_bytes(flat_bytes(masks.current_mask(self.project, item, case, case.start), case.is3d)), version
 
     def heat(self, case_id: str) -> bytes | None:
-        case = self.cache.get(case_id)
-        return None if case.heat is None else masks.gzip_bytes(flat_bytes(case.heat, case.is3d))
+        return self.cache.get(case_id).heat_gz
 
     def save(self, case_id: str, body: bytes, *, action: str, base_version: int, annotator: str, seconds: float,
              started_at: str | None, encoding: str) -> dict[str, Any]:

@@ -60,13 +60,14 @@ class CaseImage:
 
     case_id: str
     image: Image  # as read (RAS for 3D), kept to write labels back in the image's own geometry
-    volume: np.ndarray  # 3D: (X, Y, Z) float32; 2D: (H, W, 3) uint8 display picture
+    volume: np.ndarray  # 3D: (X, Y, Z) int16 (integer images such as CT in HU) or float32; 2D: (H, W, 3) uint8
     is3d: bool
     auto_window: tuple[float, float]  # (lo, hi) of the "auto" preset
     ct_like: bool
     start: np.ndarray | None = None  # the starting mask (the prediction), set by the app (:mod:`aemia.serve.masks`)
     start_source: str = ""
-    heat: np.ndarray | None = None  # attention/uncertainty 0..255, or None
+    start_gz: bytes | None = None  # the starting mask as sent to the browser (made once, when the case is read)
+    heat_gz: bytes | None = None  # attention/uncertainty 0..255 as sent to the browser, or None
 
     @property
     def dims(self) -> list[int]:
@@ -108,7 +109,7 @@ class CaseImage:
             if view != "2d":
                 raise InputError(None, f"a 2D case has one view '2d', not {view!r}")
             return png_bytes(self.volume)
-        plane = view_slice(self.volume, view, index)
+        plane = view_slice(self.volume, view, index).astype(np.float32)
         lo, hi = self.window_range(window)
         scaled = (np.clip(plane, lo, hi) - lo) * (255.0 / max(hi - lo, 1e-6))
         return png_bytes(scaled.astype(np.uint8))
@@ -138,27 +139,26 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def flat_bytes(mask: np.ndarray, is3d: bool) -> bytes:
-    """A ``(X, Y, Z)`` or ``(H, W)`` uint8 array as flat bytes in the browser's index order."""
-    a = np.asarray(mask, dtype=np.uint8)
-    return (a.transpose(2, 1, 0) if is3d else a).tobytes()
+    """A ``(X, Y, Z)`` or ``(H, W)`` uint8 array as flat bytes in the browser's index order (for a volume that is
+    NIfTI's own Fortran order, so a volume read from NIfTI is copied without transposing)."""
+    return np.asarray(mask, dtype=np.uint8).tobytes(order="F" if is3d else "C")
 
 
 def from_flat(data: bytes, shape: tuple[int, ...], is3d: bool) -> np.ndarray:
     """Inverse of :func:`flat_bytes` (``len(data)`` must equal the number of voxels)."""
-    a = np.frombuffer(data, dtype=np.uint8)
-    if is3d:
-        return np.ascontiguousarray(a.reshape(shape[2], shape[1], shape[0]).transpose(2, 1, 0))
-    return a.reshape(shape).copy()
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape, order="F" if is3d else "C")
 
 
 def load_case(case_id: str, path: str | Path) -> CaseImage:
     """Read one pool image (any format :func:`aemia.data.io.read_image` reads) for display."""
     from aemia.data.io import read_image, to_uint8
 
-    img = read_image(path)
+    img = read_image(path, copy=False)  # a RAS view of the stored voxels: no transposing copy of the volume
     arr = np.asarray(img.array)
     if img.spatial_dims == 3:
-        vol = np.ascontiguousarray(arr[0], dtype=np.float32) if arr.shape[0] == 1 else arr.mean(0).astype(np.float32)
+        vol = arr[0] if arr.shape[0] == 1 else arr.mean(0)
+        small_ints = np.issubdtype(vol.dtype, np.integer) and vol.min() >= -32768 and vol.max() <= 32767
+        vol = np.asarray(vol, dtype=np.int16 if small_ints else np.float32)  # CT in HU: half the memory of float32
         sample = vol[::4, ::4, ::2]
         lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
         return CaseImage(case_id, img, vol, True, (lo, hi if hi > lo else lo + 1.0), float(sample.min()) < -500.0)

@@ -53,7 +53,7 @@ def read_mask(path: str | Path, case: CaseImage, n_classes: int) -> np.ndarray:
     """A label/prediction file as a uint8 mask of the case's shape; ``InputError`` if it does not fit."""
     from aemia.data.io import read_image
 
-    arr = np.asarray(read_image(path).array)
+    arr = np.asarray(read_image(path, copy=False).array)
     if case.is3d:
         mask = arr[0]
         if mask.shape != case.mask_shape:
@@ -134,7 +134,7 @@ def heat_map(proj: Project, case: CaseImage, priority_dir: Path | None = None) -
         found = None if cached is None else cached[1]
     if found is None:
         return None
-    arr = np.asarray(read_image(found).array)[0]
+    arr = np.asarray(read_image(found, copy=False).array)[0]
     if arr.shape != case.mask_shape:
         raise InputError(found, f"heat map shape {arr.shape} differs from the image {case.mask_shape}")
     return np.clip(arr, 0, 255).astype(np.uint8)
@@ -174,12 +174,12 @@ def write_label(proj: Project, case: CaseImage, mask: np.ndarray) -> Path:
     from aemia.data.io import write_nifti
     from aemia.data.orientation import to_source
 
-    digest = hashlib.sha256(np.ascontiguousarray(mask).tobytes() + str(mask.shape).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(mask.tobytes(order="F") + str(mask.shape).encode()).hexdigest()[:12]
     proj.labels_dir.mkdir(parents=True, exist_ok=True)
     if case.is3d:
         dest = proj.labels_dir / f"{case.case_id}.{digest}.nii.gz"
         if not dest.exists():
-            write_nifti(to_source(case.image.with_array(mask[None])), dest)
+            write_nifti(to_source(case.image.with_array(mask[None]), copy=False), dest)
         return dest
     dest = proj.labels_dir / f"{case.case_id}.{digest}.png"
     if not dest.exists():
