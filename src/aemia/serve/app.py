@@ -83,6 +83,7 @@ class ServedProject:
         case.start_gz = masks.gzip_bytes(flat_bytes(case.start, case.is3d))
         heat = masks.heat_map(self.project, case, prio_dir)
         case.heat_gz = None if heat is None else masks.gzip_bytes(flat_bytes(heat, case.is3d))
+        case.first_views()
         return case
 
     def worklist(self) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ __all__ = [
 VIEWS_3D = ("axial", "coronal", "sagittal")
 VIEWS_2D = ("2d",)
 #: name → (width, level) in HU.
+PNG_CACHE = 96  # slices kept per case (~100-200 kB each for a 512×512 CT)
 WINDOWS: dict[str, tuple[float, float]] = {"abdomen": (400.0, 40.0), "liver": (150.0, 60.0), "lung": (1500.0, -600.0)}
 
 
@@ -68,6 +69,8 @@ class CaseImage:
     start_source: str = ""
     start_gz: bytes | None = None  # the starting mask as sent to the browser (made once, when the case is read)
     heat_gz: bytes | None = None  # attention/uncertainty 0..255 as sent to the browser, or None
+    pngs: OrderedDict[tuple[str, int, str], bytes] = field(default_factory=OrderedDict)  # recent slices made
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def dims(self) -> list[int]:
@@ -104,7 +107,25 @@ class CaseImage:
         return level - width / 2, level + width / 2
 
     def render(self, view: str, index: int, window: str) -> bytes:
-        """The PNG of one view's slice (grey for volumes, the picture itself in 2D)."""
+        """The PNG of one view's slice (grey for volumes, the picture itself in 2D); the last
+        :data:`PNG_CACHE` slices made are kept (scrolling back and forth, the first paint after a prefetch)."""
+        key = (view, int(index), window)
+        with self._lock:
+            png = self.pngs.get(key)
+        if png is None:
+            png = self._render(view, int(index), window)
+            with self._lock:
+                self.pngs[key] = png
+                while len(self.pngs) > PNG_CACHE:
+                    self.pngs.popitem(last=False)
+        return png
+
+    def first_views(self) -> None:
+        """Make the PNGs the browser asks for first: every view's middle slice in the default window."""
+        for view, info in self.views().items():
+            self.render(view, int(info["slices"]) // 2, self.default_window())
+
+    def _render(self, view: str, index: int, window: str) -> bytes:
         if not self.is3d:
             if view != "2d":
                 raise InputError(None, f"a 2D case has one view '2d', not {view!r}")
