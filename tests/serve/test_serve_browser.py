@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from aemia.active.ledger import Ledger
+from aemia.active.ledger import Ledger, PoolItem
 from aemia.serve.app import ServeConfig, create_app
 
 pytestmark = pytest.mark.browser
@@ -150,4 +151,61 @@ def test_token_and_traversal_in_the_browser(browser, project_2d: Path, live_serv
             resp = page.request.get(srv.url + path, headers={"X-Aemia-Token": token})
             assert resp.status in (400, 404), path
             assert b"SQLite" not in resp.body() and b"root:" not in resp.body()
+        page.close()
+
+
+@pytest.mark.needs_data("kvasir_seg_256", "totalsegmentator_example_ct")
+def test_screenshots_on_real_images(browser, tmp_path: Path, live_server) -> None:
+    """README screenshots on real images: three Kvasir-SEG polyps (the AI label is the ground truth dilated by
+    4 px, an over-segmenting model) and the TotalSegmentator example CT (upper abdomen, 30 slices) with five organs
+    of its segmentation as the AI label; its heat map is a 2-voxel band around the label's edges (a stand-in for the
+    attention map `aemia review prioritize` writes)."""
+    from PIL import Image as PILImage
+    from scipy import ndimage
+
+    from aemia.active.project import PROJECT_FILE, ProjectConfig, init_project, utc_now
+    from aemia.active.query import query_round
+    from aemia.data.catalog import data_root
+    from aemia.utils.io import write_json_atomic
+
+    src = data_root() / "kvasir_seg_256"
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    names = sorted(p.name for p in (src / "images").iterdir())[:3]
+    for name in names:
+        shutil.copyfile(src / "images" / name, pics / name)
+    proj2 = init_project(tmp_path / "polyps", pics, size=64, progress=False)
+    query_round(proj2, "random", k=3, progress=False)
+    (proj2.root / "predictions").mkdir()
+    for name in names:
+        gt = np.asarray(PILImage.open(src / "masks" / name).convert("L")) > 127
+        ai = ndimage.binary_dilation(gt, iterations=4).astype(np.uint8) * 255
+        PILImage.fromarray(ai).save(proj2.root / "predictions" / f"{Path(name).stem}.png")
+    with live_server(create_app(ServeConfig(project=proj2.root))) as srv:
+        page = _page(browser, srv.url + "/")
+        _opened(page)
+        page.click("#tool-eraser")
+        _stroke(page, "view-2d", [(0.3, 0.3), (0.35, 0.6)])
+        page.screenshot(path=str(FIGURES / "review_app_polyp.png"))
+        page.close()
+
+    ct_dir = data_root() / "totalsegmentator_example_ct"
+    proj3 = tmp_path / "abdomen"
+    (proj3 / "predictions").mkdir(parents=True)
+    (proj3 / "attention").mkdir()
+    seg = nib.load(ct_dir / "example_seg.nii.gz")
+    lab = np.asarray(seg.dataobj).astype(np.uint8)
+    lab[lab > 5] = 0
+    nib.save(nib.Nifti1Image(lab, seg.affine), proj3 / "predictions" / "example_ct.nii.gz")
+    edge = ndimage.binary_dilation(lab > 0, iterations=2) & ~ndimage.binary_erosion(lab > 0, iterations=2)
+    nib.save(nib.Nifti1Image((edge * 200).astype(np.uint8), seg.affine), proj3 / "attention" / "example_ct_heat.nii.gz")
+    cfg = ProjectConfig(task="segmentation", classes=["background", "spleen", "kidney_right", "kidney_left",
+                                                      "gallbladder", "liver"], in_channels=1, created_at=utc_now())
+    write_json_atomic(proj3 / PROJECT_FILE, asdict(cfg))
+    with Ledger.create(proj3 / "ledger.sqlite", [PoolItem("example_ct", str(ct_dir / "example_ct_sm.nii.gz"))]) as led:
+        led.query(["example_ct"], 0)
+    with live_server(create_app(ServeConfig(project=proj3))) as srv:
+        page = _page(browser, srv.url + "/")
+        _opened(page, "example_ct")
+        page.screenshot(path=str(FIGURES / "review_app_ct.png"))
         page.close()

@@ -88,9 +88,11 @@ async function openCase(caseId) {
   S.busy = true;
   try {
     const meta = await (await api(`/api/cases/${enc(caseId)}/meta`)).json();
+    const t1 = performance.now();
     const maskResp = await api(`/api/cases/${enc(caseId)}/mask`);
     const mask = new Uint8Array(await maskResp.arrayBuffer());
     const heat = meta.has_heat ? await bytes(`/api/cases/${enc(caseId)}/heat`) : null;
+    const t2 = performance.now();
     Object.assign(S, { caseId, meta, mask, heat, undo: [], redo: [], views: {} });
     S.meta.version = parseInt(maskResp.headers.get("X-Case-Version"), 10);
     S.window = meta.window;
@@ -106,6 +108,7 @@ async function openCase(caseId) {
     renderWorklist();
     const paint = performance.now() - t0;
     window.aemiaFirstPaint = paint;
+    window.aemiaTimings = { meta_ms: t1 - t0, masks_ms: t2 - t1, views_ms: performance.now() - t2 };
     document.body.dataset.rendered = caseId;
     say(`opened ${caseId} in ${paint.toFixed(0)} ms · starting mask: ${meta.start_source}`);
   } catch (e) {
@@ -162,15 +165,20 @@ async function loadSlice(name) {
   v.img = img;
   draw(v);
 }
+// Index of the voxel at canvas (0, row) and the index step per canvas column: voxelOf() without a call per pixel.
+function rowStart(view, row, index) { return voxelOf(view, 0, row, index); }
+function columnStep(view) {
+  const nx = S.meta.dims[0];
+  return view === "2d" ? 1 : view === "sagittal" ? -nx : -1;
+}
 function draw(v) {
   if (!v.img) return;
   const { ctx, w, h, name, index } = v;
   ctx.drawImage(v.img, 0, 0);
   const data = ctx.getImageData(0, 0, w, h), px = data.data;
-  const mask = S.mask, heat = S.showHeat ? S.heat : null;
+  const mask = S.mask, heat = S.showHeat ? S.heat : null, step = columnStep(name);
   for (let row = 0, p = 0; row < h; row++) {
-    for (let u = 0; u < w; u++, p += 4) {
-      const i = voxelOf(name, u, row, index);
+    for (let u = 0, i = rowStart(name, row, index); u < w; u++, p += 4, i += step) {
       if (heat) {
         const a = heat[i] / 255 * 0.55;
         if (a > 0.02) { px[p] += (255 - px[p]) * a; px[p + 1] += (heat[i] - px[p + 1]) * a; px[p + 2] *= 1 - a; }
