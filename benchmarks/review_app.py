@@ -185,7 +185,8 @@ def main() -> None:
     result: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
                                f"(shared with other jobs)", "command": "python " + " ".join(sys.argv),
-                    "browser": "Debian chromium via Playwright (headless)"}
+                    "browser": "Debian chromium via Playwright (headless)",
+                    "load_average_at_start": [round(x, 1) for x in os.getloadavg()]}
     try:
         kvasir = _kvasir_project(work, args.session)
         ct, lab = _ct_volume(work)
@@ -262,6 +263,7 @@ def main() -> None:
             browser.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    result["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -238,3 +238,33 @@ def test_effort_report_in_status(project_2d: Path) -> None:
     assert eff["rounds"][0]["labels"] == 1 and eff["rounds"][0]["seconds"] == 42.0
     assert eff["cases"][0]["case"] == case and eff["cases"][0]["changed_pixels"] > 0
     assert c.get("/api/effort").json()["total_seconds"] == 42.0
+
+
+def test_model_prediction_is_the_starting_mask_when_there_is_no_ai_label(project_2d: Path, tmp_path: Path) -> None:
+    """A project with a trained model: a case without an AI label starts from the model's prediction, cached
+    under P/predictions/model_round_NN/ with its uncertainty (entropy) heat map."""
+    from PIL import Image as PILImage
+
+    from aemia.active.continual import train_round
+    from aemia.active.importing import import_labels
+    from aemia.active.query import query_round
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    with Ledger.open(project_2d) as led:
+        queried = [it for it in led.items("queried")]
+    for it in queried:
+        img = np.asarray(PILImage.open(it.image_path))
+        PILImage.fromarray(((img > 128) * 255).astype(np.uint8)).save(labels / f"{it.case_id}.png")
+    import_labels(project_2d, labels, progress=False)
+    train_round(project_2d, epochs=1, progress=False)
+    case = query_round(project_2d, "random", k=1, progress=False).cases[0]
+    c = _client(project_2d)
+    meta = c.get(f"/api/cases/{case}/meta").json()
+    assert meta["start_source"] == "prediction of model_round_00" and meta["has_heat"]
+    cached = project_2d / "predictions" / "model_round_00"
+    assert (cached / f"{case}.png").is_file() and (cached / f"{case}_heat.png").is_file()
+    start, _ = _mask(c, case, "start")
+    assert start.size == 64 * 48 and start.max() <= 1
+    heat = np.frombuffer(c.get(f"/api/cases/{case}/heat").content, np.uint8)
+    assert heat.size == 64 * 48 and heat.max() > 0  # an untrained-ish model is uncertain somewhere

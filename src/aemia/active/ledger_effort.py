@@ -128,6 +128,11 @@ class EffortLedgerMixin:
         """The case's version (event-log rows + effort rows); ``InputError`` for an unknown case."""
         return _version(self._con, str(case_id), self.path)
 
+    def check_version(self, case_id: str, base_version: int) -> None:
+        """:class:`StaleVersionError` unless the case is still at ``base_version`` (a cheap early check; the
+        authoritative one runs inside :meth:`record_effort`'s transaction)."""
+        _check_version(self._con, str(case_id), int(base_version), self.path)
+
     def record_effort(
         self,
         case_id: str,
@@ -165,11 +170,7 @@ class EffortLedgerMixin:
             label, digest = str(Path(label_path).resolve()), file_sha256(label_path)
         now = _now()
         with self._transaction() as con:
-            current = _version(con, cid, self.path)
-            if current != int(base_version):
-                last = con.execute("SELECT annotator FROM efforts WHERE case_id = ? ORDER BY seq DESC LIMIT 1",
-                                   (cid,)).fetchone()
-                raise StaleVersionError(cid, int(base_version), current, last[0] if last else None)
+            _check_version(con, cid, int(base_version), self.path)
             if label is not None:
                 row = con.execute("SELECT status FROM items WHERE case_id = ?", (cid,)).fetchone()
                 if row["status"] == "unlabelled":
@@ -211,6 +212,14 @@ class EffortLedgerMixin:
         return {r["case_id"]: CaseEffort(r["case_id"], review_state(r["status"], r["last_action"]),
                                          r["last_by"] or r["item_annotator"], float(r["seconds"]),
                                          int(r["changed"] or 0), int(r["n"]), r["comment"]) for r in rows}
+
+
+def _check_version(con: sqlite3.Connection, case_id: str, base_version: int, where: Path) -> None:
+    current = _version(con, case_id, where)
+    if current != base_version:
+        last = con.execute("SELECT annotator FROM efforts WHERE case_id = ? ORDER BY seq DESC LIMIT 1",
+                           (case_id,)).fetchone()
+        raise StaleVersionError(case_id, base_version, current, last[0] if last else None)
 
 
 def _version(con: sqlite3.Connection, case_id: str, where: Path) -> int:

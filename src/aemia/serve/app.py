@@ -129,6 +129,7 @@ class ServedProject:
         case = self.cache.get(case_id)
         with self.ledger() as led:
             self.item(led, case_id)
+            led.check_version(case_id, base_version)  # refused before any file is written (checked again on write)
         mask = masks.decode_upload(body, case, self.project.n_classes, encoding)  # before anything is written
         assert case.start is not None
         changed = int(np.count_nonzero(mask != case.start))
