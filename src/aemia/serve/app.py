@@ -45,6 +45,7 @@ class ServeConfig:
     priority: Path | None = None  # default: P/priority.csv when present
     cache_cases: int = 3  # case images held in memory (the open one, the next one, one more)
     annotator: str | None = None  # the name the app proposes (default: the login name)
+    warm: bool = True  # start reading the first worklist case at start-up
 
 
 class ServedProject:
@@ -64,6 +65,9 @@ class ServedProject:
             raise InputError(config.priority, "priority list not found")
         self.annotator = config.annotator or _user()
         self.cache = CaseCache(self._load, size=config.cache_cases)
+        first = self.worklist()[:1]
+        if first and config.warm:  # read the first case while the annotator opens the URL
+            self.cache.prefetch(first[0]["case"])
 
     def ledger(self) -> Ledger:
         return self.project.ledger()
