@@ -162,6 +162,7 @@ def _stroke(page, canvas: str, pts: list[tuple[float, float]]) -> None:
 
 
 def _save(page, case: str) -> float:
+    page.evaluate("document.body.dataset.saved = ''")
     page.click("#save")
     page.wait_for_function(f"(document.body.dataset.saved || '').startsWith('{case}:')", timeout=120000)
     return float(page.evaluate("window.aemiaLastSave"))
