@@ -106,7 +106,7 @@ class LiveServer:
         import uvicorn
 
         self.port = free_port()
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"http://127.0.0.1:{self.port}"  # also when bound to every interface (0.0.0.0)
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -224,7 +224,7 @@ def test_refuses_missing_or_corrupt_project(tmp_path: Path, project_2d: Path) ->
     assert main(["serve", "--project", str(project_2d), "--host", "0.0.0.0"]) == 2  # no --token
 
 
-def test_effort_report_in_status(project_2d: Path) -> None:
+def test_effort_report_in_status(project_2d: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from aemia.active.status import project_status
 
     c = _client(project_2d)
@@ -238,6 +238,11 @@ def test_effort_report_in_status(project_2d: Path) -> None:
     assert eff["rounds"][0]["labels"] == 1 and eff["rounds"][0]["seconds"] == 42.0
     assert eff["cases"][0]["case"] == case and eff["cases"][0]["changed_pixels"] > 0
     assert c.get("/api/effort").json()["total_seconds"] == 42.0
+    from aemia.cli.main import main
+
+    assert main(["active", "status", "--project", str(project_2d)]) == 0
+    out = capsys.readouterr().out
+    assert "human effort per round" in out and "human effort per case" in out and case in out
 
 
 def test_model_prediction_is_the_starting_mask_when_there_is_no_ai_label(project_2d: Path, tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ def test_3d_case_shows_three_views_with_overlay(browser, project_3d: Path, live_
 
 def test_token_and_traversal_in_the_browser(browser, project_2d: Path, live_server) -> None:
     token = "0123456789abcdef-token"
-    with live_server(create_app(ServeConfig(project=project_2d, token=token))) as srv:
+    with live_server(create_app(ServeConfig(project=project_2d, token=token)), host="0.0.0.0") as srv:
         page = browser.new_page()
         r = page.goto(srv.url + "/")
         assert r.status == 401 and "access token" in page.content()

@@ -177,7 +177,7 @@ def load_case(case_id: str, path: str | Path) -> CaseImage:
     img = read_image(path, copy=False)  # a RAS view of the stored voxels: no transposing copy of the volume
     arr = np.asarray(img.array)
     if img.spatial_dims == 3:
-        vol = arr[0] if arr.shape[0] == 1 else arr.mean(0)
+        vol = arr[0]  # the first channel (modality) of a multi-channel volume
         small_ints = np.issubdtype(vol.dtype, np.integer) and vol.min() >= -32768 and vol.max() <= 32767
         vol = np.asarray(vol, dtype=np.int16 if small_ints else np.float32)  # CT in HU: half the memory of float32
         sample = vol[::4, ::4, ::2]
