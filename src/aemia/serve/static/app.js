@@ -39,8 +39,17 @@ async function loadWorklist() {
   S.worklist = await (await api("/api/worklist")).json();
   renderWorklist();
   const eff = await (await api("/api/effort")).json();
-  $("effort").textContent = `human effort: ${eff.n_timed} case(s) timed, ${Math.round(eff.total_seconds)} s, ` +
-    `${eff.total_changed} pixels/voxels changed against the predictions`;
+  const lines = [`human effort: ${eff.n_timed} case(s) timed, ${Math.round(eff.total_seconds)} s, ` +
+    `${eff.total_changed} pixels/voxels changed against the predictions`];
+  for (const r of eff.rounds) {
+    lines.push(`round ${r.round}: ${r.labels}/${r.queried} labelled, ${Math.round(r.seconds)} s, ${r.changed_pixels} changed` +
+      (r.untimed ? `, ${r.untimed} imported untimed` : ""));
+  }
+  for (const c of eff.curve) {
+    if (c.value !== null) lines.push(`model round ${c.round}: ${c.metric} ${c.value.toFixed(3)} after ` +
+      `${(c.human_seconds / 60).toFixed(1)} human min (${c.n_train_labels} labels)`);
+  }
+  $("effort").innerText = lines.join("\n");
 }
 function visibleCases() {
   const f = $("filter").value, q = $("search").value.trim().toLowerCase();
@@ -55,7 +64,7 @@ function renderWorklist() {
     if (w.case === S.caseId) tr.className = "current";
     const score = w.score === null ? "–" : (Math.abs(w.score) >= 100 ? w.score.toFixed(0) : w.score.toPrecision(3));
     for (const [text, cls] of [[w.position], [w.case], [w.state, "state-" + w.state.replace(" ", "-")], [score],
-      [w.annotator || "–"], [Math.round(w.seconds)]]) {
+      [w.annotator || "–"], [Math.round(w.seconds)], [w.changed_pixels]]) {
       const td = tr.insertCell(); td.textContent = text; if (cls) td.className = cls;
     }
     tr.title = w.score_name + (w.comment ? ` · ${w.comment}` : "");
