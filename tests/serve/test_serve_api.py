@@ -273,3 +273,30 @@ def test_model_prediction_is_the_starting_mask_when_there_is_no_ai_label(project
     assert start.size == 64 * 48 and start.max() <= 1
     heat = np.frombuffer(c.get(f"/api/cases/{case}/heat").content, np.uint8)
     assert heat.size == 64 * 48 and heat.max() > 0  # an untrained-ish model is uncertain somewhere
+
+
+def _diff(index: list[int], values: list[int], count: int | None = None) -> bytes:
+    n = len(index) if count is None else count
+    return gzip.compress(np.array([n], "<u4").tobytes() + np.array(index, "<u4").tobytes() +
+                         np.array(values, np.uint8).tobytes())
+
+
+def test_diff_uploads_apply_to_the_mask_the_browser_loaded(project_3d: Path) -> None:
+    c = _client(project_3d)
+    start, v = _mask(c, "ct0", "start")
+    post = lambda body, version: c.post("/api/cases/ct0/save", content=body, headers=CLIENT,  # noqa: E731
+                                        params={"base_version": version, "annotator": "a", "encoding": "diff"})
+    first = post(_diff([0, 5, 40 * 32 * 24 - 1], [1, 1, 1]), v)
+    assert first.status_code == 200 and first.json()["changed_pixels"] == 3
+    second = post(_diff([5], [0]), first.json()["version"])  # applied to the first save's mask, not the start
+    assert second.status_code == 200 and second.json()["changed_pixels"] == 2
+    now, _ = _mask(c, "ct0")
+    expected = start.copy()
+    expected[[0, 40 * 32 * 24 - 1]] = 1
+    assert np.array_equal(now, expected)
+    version = second.json()["version"]
+    for body, problem in [(_diff([40 * 32 * 24], [1]), "outside the mask"), (_diff([1], [9]), "not a class"),
+                          (_diff([1, 2], [1, 1], count=3), "does not hold"), (b"junk", "not valid gzip")]:
+        r = post(body, version)
+        assert r.status_code == 400 and problem in r.json()["detail"]
+    assert post(_diff([1], [1]), v).status_code == 409  # made against an old version

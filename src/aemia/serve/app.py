@@ -132,16 +132,21 @@ class ServedProject:
             raise InputError(None, f"a save is 'saved' or 'accepted', not {action!r}")
         case = self.cache.get(case_id)
         with self.ledger() as led:
-            self.item(led, case_id)
+            item = self.item(led, case_id)
             led.check_version(case_id, base_version)  # refused before any file is written (checked again on write)
-        mask = masks.decode_upload(body, case, self.project.n_classes, encoding)  # before anything is written
         assert case.start is not None
+        base = None
+        if encoding == "diff":  # the mask the browser loaded at base_version
+            base = case.saved[1] if case.saved and case.saved[0] == base_version else \
+                masks.current_mask(self.project, item, case, case.start)
+        mask = masks.decode_upload(body, case, self.project.n_classes, encoding, base)  # before anything is written
         changed = int(np.count_nonzero(mask != case.start))
         label = masks.write_label(self.project, case, mask)
         with self.ledger() as led:
             e = led.record_effort(case_id, action, annotator, base_version=base_version, seconds=seconds,  # type: ignore[arg-type]
                                   started_at=started_at, label_path=label, changed_pixels=changed,
                                   total_pixels=int(mask.size))
+        case.saved = (e.version, mask)  # the next diff upload of this case applies to it
         return {"case": case_id, "version": e.version, "changed_pixels": changed, "total_pixels": int(mask.size),
                 "seconds": e.seconds, "saved_at": e.saved_at, "annotator": e.annotator, "action": e.action}
 

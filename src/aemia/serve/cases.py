@@ -69,6 +69,7 @@ class CaseImage:
     start_source: str = ""
     start_gz: bytes | None = None  # the starting mask as sent to the browser (made once, when the case is read)
     heat_gz: bytes | None = None  # attention/uncertainty 0..255 as sent to the browser, or None
+    saved: tuple[int, np.ndarray] | None = None  # (version, mask) of the last save made through the app
     pngs: OrderedDict[tuple[str, int, str], bytes] = field(default_factory=OrderedDict)  # recent slices made
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -23,7 +23,7 @@ from aemia.active.ledger import LedgerItem
 from aemia.active.pictures import LOSSY, decode_mask
 from aemia.active.project import Project
 from aemia.errors import InputError
-from aemia.serve.cases import CaseImage, from_flat
+from aemia.serve.cases import CaseImage, flat_bytes, from_flat
 from aemia.utils.io import atomic_path
 
 __all__ = [
@@ -140,24 +140,48 @@ def heat_map(proj: Project, case: CaseImage, priority_dir: Path | None = None) -
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def decode_upload(body: bytes, case: CaseImage, n_classes: int, encoding: str) -> np.ndarray:
-    """An uploaded mask (flat uint8, optionally gzip) → array of the case's shape, validated before anything
-    is written: compressed and decompressed size, the exact number of voxels, values ``0..n_classes-1``."""
+def _gunzip(body: bytes, limit: int) -> bytes:
+    try:  # never inflate more than ``limit`` bytes: a zip bomb stops there
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, limit)
+    except zlib.error as exc:
+        raise InputError(None, f"upload is not valid gzip ({exc})") from None
+
+
+def decode_upload(body: bytes, case: CaseImage, n_classes: int, encoding: str,
+                  base: np.ndarray | None = None) -> np.ndarray:
+    """An uploaded mask → array of the case's shape, validated before anything is written: compressed and
+    decompressed size, the exact number of voxels, values ``0..n_classes-1``.
+
+    Encodings: ``raw`` / ``gzip`` — the whole mask as flat uint8 (:func:`aemia.serve.cases.flat_bytes` order);
+    ``diff`` — gzip of ``uint32 count, count × uint32 flat index, count × uint8 value`` (little-endian): the
+    voxels that differ from ``base``, the mask the browser loaded (the caller has checked that the case has not
+    changed since). A stroke on a 512×512×130 CT is a few kB instead of a 34 MB mask to compress.
+    """
     n = int(np.prod(case.mask_shape))
     if len(body) > MAX_UPLOAD_BYTES:
         raise InputError(None, f"upload of {len(body)} bytes is over the {MAX_UPLOAD_BYTES} byte limit")
     if n > MAX_VOXELS:
         raise InputError(None, f"mask of {n} voxels is over the limit of {MAX_VOXELS}")
-    if encoding == "gzip":
-        try:  # never inflate more than the mask needs plus one byte: a zip bomb stops there
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            data = d.decompress(body, n + 1)
-        except zlib.error as exc:
-            raise InputError(None, f"upload is not valid gzip ({exc})") from None
+    if encoding == "diff":
+        if base is None:
+            raise InputError(None, "a diff upload needs the mask it was made against")
+        data = _gunzip(body, 4 + 5 * n + 1)
+        count = int(np.frombuffer(data[:4], "<u4")[0]) if len(data) >= 4 else -1
+        if count < 0 or count > n or len(data) != 4 + 5 * count:
+            raise InputError(None, f"diff upload of {len(data)} bytes does not hold the {count} changes it declares")
+        index = np.frombuffer(data, "<u4", count, 4)
+        values = np.frombuffer(data, np.uint8, count, 4 + 4 * count)
+        if count and int(index.max()) >= n:
+            raise InputError(None, f"diff index {int(index.max())} is outside the mask ({n} voxels)")
+        flat = np.frombuffer(flat_bytes(base, case.is3d), np.uint8).copy()
+        flat[index] = values
+        data = flat.tobytes()
+    elif encoding == "gzip":
+        data = _gunzip(body, n + 1)
     elif encoding == "raw":
         data = body
     else:
-        raise InputError(None, f"unknown upload encoding {encoding!r} (raw or gzip)")
+        raise InputError(None, f"unknown upload encoding {encoding!r} (raw, gzip or diff)")
     if len(data) != n:
         raise InputError(None, f"mask has {len(data)}{'+' if len(data) > n else ''} values, the case needs "
                                f"{n} ({' x '.join(str(s) for s in case.mask_shape)})")

@@ -102,7 +102,7 @@ async function openCase(caseId) {
     const mask = new Uint8Array(await maskResp.arrayBuffer());
     const heat = meta.has_heat ? await bytes(`/api/cases/${enc(caseId)}/heat`) : null;
     const t2 = performance.now();
-    Object.assign(S, { caseId, meta, mask, heat, undo: [], redo: [], views: {} });
+    Object.assign(S, { caseId, meta, mask, base: mask.slice(), heat, undo: [], redo: [], views: {} });
     S.meta.version = parseInt(maskResp.headers.get("X-Case-Version"), 10);
     S.window = meta.window;
     const ws = $("window"); ws.innerHTML = "";
@@ -274,6 +274,18 @@ function setSize(n) { S.size = Math.max(1, Math.min(40, n)); $("size").value = S
 
 // ------------------------------------------------------------------------------------------ saving
 function seconds() { return Math.max(0, (performance.now() - S.opened - S.hidden) / 1000); }
+// The voxels that differ from the mask as loaded (or last saved): uint32 count, uint32 indices, uint8 values; null
+// when so many changed that the whole mask is smaller.
+function diffBody() {
+  const mask = S.mask, base = S.base, idx = [];
+  for (let i = 0; i < mask.length; i++) {
+    if (mask[i] !== base[i]) { idx.push(i); if (idx.length * 5 > mask.length / 8) return null; }
+  }
+  const buf = new ArrayBuffer(4 + 5 * idx.length), dv = new DataView(buf), vals = new Uint8Array(buf, 4 + 4 * idx.length);
+  dv.setUint32(0, idx.length, true);
+  idx.forEach((i, k) => { dv.setUint32(4 + 4 * k, i, true); vals[k] = mask[i]; });
+  return new Uint8Array(buf);
+}
 async function gzip(u8) {
   const stream = new Blob([u8]).stream().pipeThrough(new CompressionStream("gzip"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
@@ -289,11 +301,12 @@ async function save(action) {
   S.busy = true;
   const t0 = performance.now();
   try {
-    const body = await gzip(S.mask);
+    const diff = diffBody(), snapshot = S.mask.slice();
+    const body = await gzip(diff || S.mask);
     const r = await (await api(`/api/cases/${enc(S.caseId)}/save`, { action, base_version: S.meta.version,
-      annotator: who, seconds: seconds().toFixed(1), started_at: S.startedAt, encoding: "gzip" },
+      annotator: who, seconds: seconds().toFixed(1), started_at: S.startedAt, encoding: diff ? "diff" : "gzip" },
     { method: "POST", body, headers: headers({ "Content-Type": "application/octet-stream" }) })).json();
-    S.meta.version = r.version; S.meta.state = action === "accepted" ? "accepted" : "in review";
+    S.meta.version = r.version; S.meta.state = action === "accepted" ? "accepted" : "in review"; S.base = snapshot;
     S.meta.annotator = r.annotator; S.meta.changed_pixels = r.changed_pixels;
     S.opened = performance.now(); S.startedAt = new Date().toISOString(); S.hidden = 0;
     window.aemiaLastSave = performance.now() - t0;
