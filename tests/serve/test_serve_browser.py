@@ -183,8 +183,14 @@ def test_screenshots_on_real_images(browser, tmp_path: Path, live_server) -> Non
         PILImage.fromarray(ai).save(proj2.root / "predictions" / f"{Path(name).stem}.png")
     with live_server(create_app(ServeConfig(project=proj2.root))) as srv:
         page = _page(browser, srv.url + "/")
-        _opened(page)
+        first = _opened(page)
         page.click("#tool-eraser")
+        _stroke(page, "view-2d", [(0.2, 0.2), (0.25, 0.6)])
+        page.click("#save")
+        page.wait_for_function("(document.body.dataset.saved || '').startsWith(" + repr(first + ":") + ")")
+        rows = [r.get_attribute("data-case") for r in page.locator("#worklist tbody tr").all()]
+        page.keyboard.press("n")
+        _opened(page, rows[1])
         _stroke(page, "view-2d", [(0.3, 0.3), (0.35, 0.6)])
         page.screenshot(path=str(FIGURES / "review_app_polyp.png"))
         page.close()

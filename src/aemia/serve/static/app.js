@@ -67,7 +67,7 @@ function renderWorklist() {
       [w.annotator || "–"], [Math.round(w.seconds)], [w.changed_pixels]]) {
       const td = tr.insertCell(); td.textContent = text; if (cls) td.className = cls;
     }
-    tr.title = w.score_name + (w.comment ? ` · ${w.comment}` : "");
+    tr.title = `${w.case} · ${w.score_name}` + (w.comment ? ` · ${w.comment}` : "");
     tr.onclick = () => openCase(w.case);
   }
 }
