@@ -98,3 +98,13 @@ def test_version_1_ledger_is_migrated_on_open(tmp_path: Path) -> None:
         assert led.efforts() == [] and led.case_efforts()["a"].state == "to annotate"
     con = sqlite3.connect(db)
     assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+
+
+def test_effort_curve_plots_quality_against_human_time(tmp_path: Path) -> None:
+    from aemia.active.effort import plot_effort_curve
+
+    curve = [{"round": 0, "human_seconds": 0.0, "value": 0.4, "metric": "dice"},
+             {"round": 1, "human_seconds": 600.0, "value": 0.6, "metric": "dice"}]
+    assert plot_effort_curve(curve[:1], tmp_path / "none.png", "t") is None  # no timed labels: no figure
+    out = plot_effort_curve(curve, tmp_path / "effort.png", "t")
+    assert out is not None and out.stat().st_size > 1000
