@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("infer",),
     ("pretrain", "active", "synth", "semisup", "weak"),
     ("recipes",),
+    ("serve",),  # the review app (aemia serve): over the active ledger, under the CLI
     ("cli",),
     ("aemia",),  # the package's own __init__
 ]

@@ -43,9 +43,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+from aemia.active.ledger_effort import EFFORT_SCHEMA, EffortLedgerMixin
 from aemia.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the ``efforts`` table (:mod:`aemia.active.ledger_effort`); version 1 is migrated on open
 LEDGER_FILENAME = "ledger.sqlite"
 STATUSES: tuple[str, ...] = ("unlabelled", "queried", "annotated")
 
@@ -209,6 +210,20 @@ def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     return con
 
 
+def _migrate_v1(con: sqlite3.Connection) -> None:
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        if con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1":
+            for statement in EFFORT_SCHEMA.strip().split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def _is_initialised(con: sqlite3.Connection) -> bool:
     row = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
     return row is not None
@@ -217,8 +232,11 @@ def _is_initialised(con: sqlite3.Connection) -> bool:
 # ------------------------------------------------------------------------------------------ ledger
 
 
-class Ledger:
+class Ledger(EffortLedgerMixin):
     """The SQLite annotation ledger of one project (see the module docstring for the guarantees).
+
+    Human effort and review decisions of the review app (:meth:`record_effort`, :meth:`case_efforts`, the
+    per-case version that refuses stale saves) come from :class:`~aemia.active.ledger_effort.EffortLedgerMixin`.
 
     Open with :meth:`create` or :meth:`open`; use as a context manager or call :meth:`close`.
     """
@@ -254,7 +272,7 @@ class Ledger:
             with ledger._transaction():
                 if _is_initialised(con):
                     raise InputError(path, "a ledger already exists here; open it instead of creating it")
-                for statement in _SCHEMA.strip().split(";"):
+                for statement in (_SCHEMA + EFFORT_SCHEMA).strip().split(";"):
                     if statement.strip():
                         con.execute(statement)
                 ledger._step("schema")
@@ -289,6 +307,9 @@ class Ledger:
             con.close()
             raise InputError(path, "the ledger was never initialised (was its creation interrupted?); create it again")
         version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if version is not None and int(version[0]) == 1:  # add the efforts table, in one transaction
+            _migrate_v1(con)
+            version = (str(SCHEMA_VERSION),)
         if version is None or int(version[0]) != SCHEMA_VERSION:
             con.close()
             found = None if version is None else version[0]

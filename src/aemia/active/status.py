@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from aemia.active.effort import effort_report, plot_effort_curve
 from aemia.active.project import Project, open_project
 from aemia.utils.io import save_figure, write_text_atomic
 
@@ -81,7 +82,8 @@ def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def project_status(project: str | Path | Project, *, plot: bool = True) -> dict[str, Any]:
-    """Counts per status, the query rounds, the trained models, the learning curve and one
+    """Counts per status, the query rounds, the trained models, the learning curve, the human-effort report
+    (``"effort"``, :func:`aemia.active.effort.effort_report`; ``"effort_png"`` its quality-vs-seconds plot) and one
     :func:`decision_line` per trained round (``"decisions"``; ``"project_model"`` is the current one).
 
     With ``plot``, writes ``learning_curve.png`` and ``learning_curve.csv`` when at least one model has a
@@ -107,8 +109,11 @@ def project_status(project: str | Path | Project, *, plot: bool = True) -> dict[
         w.writeheader()
         w.writerows(rows)
         write_text_atomic(proj.root / "learning_curve.csv", buf.getvalue())
+    effort = effort_report(proj)
+    effort_png = plot_effort_curve(effort["curve"], proj.root / "effort_curve.png",
+                                   f"{proj.root.name}: quality vs human time") if plot else None
     current = proj.project_model()
-    return {"project": str(proj.root), "task": proj.config.task, "counts": counts, "rounds": rounds,
+    return {"effort": effort, "effort_png": effort_png, "project": str(proj.root), "task": proj.config.task, "counts": counts, "rounds": rounds,
             "curve": rows, "curve_png": png, "note": note,
             "decisions": [decision_line(s) for s in proj.model_summaries()],
             "project_model": None if current is None else current["round"]}

@@ -187,12 +187,42 @@ def status_cmd(
             curve.add_row(f"{r['round']:02d}", r["mode"], str(r["n_labels"]), str(r["n_train_labels"]),
                           str(r["n_trained_on"]), val)
         console.print(curve)
+    _print_effort(st["effort"], st["effort_png"])
     for line in st["decisions"]:
         console.print(line, markup=False, soft_wrap=True)
     if st["curve_png"] is not None:
         console.print(f"learning curve: {st['curve_png']}")
     elif st["note"]:
         console.print(f"learning curve: {st['note']}")
+
+
+def _print_effort(effort: dict, png: Optional[Path]) -> None:
+    """Human effort recorded by the review app (aemia serve): per round, per case, quality vs seconds."""
+    from rich.table import Table
+
+    if not effort["n_timed"]:
+        return
+    t = Table(title="human effort per round (aemia serve)")
+    for col in ("round", "queried", "labels", "seconds", "changed px/vox", "untimed labels"):
+        t.add_column(col)
+    for r in effort["rounds"]:
+        t.add_row(f"{r['round']:02d}", str(r["queried"]), str(r["labels"]), f"{r['seconds']:.0f}",
+                  str(r["changed_pixels"]), str(r["untimed"]))
+    console.print(t)
+    c = Table(title="human effort per case")
+    for col in ("case", "round", "state", "annotator", "seconds", "changed px/vox"):
+        c.add_column(col)
+    for row in effort["cases"][:30]:
+        c.add_row(row["case"], "-" if row["round"] is None else f"{row['round']:02d}", row["state"],
+                  str(row["annotator"] or "-"), f"{row['seconds']:.0f}", str(row["changed_pixels"]))
+    console.print(c)
+    for r in effort["curve"]:
+        if r["value"] is not None:
+            console.print(f"model round {r['round']:02d}: {r['metric']} {r['value']:.3f} after "
+                          f"{r['human_seconds'] / 60:.1f} human minutes ({r['n_train_labels']} labels, "
+                          f"{r['untimed_labels']} untimed)", markup=False)
+    if png is not None:
+        console.print(f"quality vs human time: {png}")
 
 
 def simulate_cmd(

@@ -270,3 +270,15 @@ def strategy_list(value: Any) -> Any:
         except ValueError as exc:  # its message lists the available strategies
             raise _bad(str(exc) or f"unknown strategy {name.strip()!r}") from None
     return value
+
+
+def serve_token(ctx: typer.Context, value: Any) -> Any:
+    """``aemia serve --token``: required (at least 16 characters) when ``--host`` is not a loopback address."""
+    from aemia.serve.security import is_loopback
+
+    host = ctx.params.get("host", "127.0.0.1")
+    if value is None and not is_loopback(str(host)):
+        raise _bad(f"--host {host} serves other machines: give --token (e.g. --token $(openssl rand -hex 16))")
+    if value is not None and len(value) < 16:
+        raise _bad("must be at least 16 characters (e.g. --token $(openssl rand -hex 16))")
+    return value

@@ -94,7 +94,7 @@ def case_id(path: str | Path) -> str:
     return Path(name).stem
 
 
-def read_image(path: str | Path) -> Image:
+def read_image(path: str | Path, copy: bool = True) -> Image:
     """Read any supported image into an :class:`Image` (channels first, spacing in mm, RAS affine); 3D volumes
     come in RAS voxel order (:func:`aemia.data.orientation.to_ras`, stored affine in ``source_affine``).
 
@@ -102,8 +102,11 @@ def read_image(path: str | Path) -> Image:
 
         img = read_image("../shared/data/totalsegmentator_example_ct/example_ct.nii.gz")
         img.array.shape  # (1, 122, 101, 112)
+
+    ``copy=False`` returns 3D voxels as a RAS-ordered *view* of the stored array (no transposing copy; strides
+    may be permuted or negative), for readers that only slice it (the review app).
     """
-    return to_ras(_read_stored(path))
+    return to_ras(_read_stored(path), copy=copy)
 
 
 def _read_stored(path: str | Path) -> Image:
@@ -354,7 +357,7 @@ def write_nifti(image_or_array: Image | np.ndarray, path: str | Path, like: Imag
         raise InputError(path, f"array spatial shape {tuple(spatial)} does not match reference {like.spatial_shape}")
     if channels_first:
         arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
-    arr = _nifti_dtype(np.ascontiguousarray(arr))
+    arr = _nifti_dtype(np.asarray(arr))  # any memory layout: nibabel writes voxels in NIfTI (Fortran) order
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
