@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train",),
     ("runs",),
     ("infer",),
-    ("pretrain", "active", "synth", "semisup", "weak"),
+    ("pretrain", "active", "synth", "semisup", "weak", "universal"),
     ("recipes",),
     ("cli",),
     ("aemia",),  # the package's own __init__
