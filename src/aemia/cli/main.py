@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 
 # Verb modules, in pipeline order. A module that is missing is skipped so partial installs still run.
-_VERB_MODULES = ("data", "pretrain", "synth", "train", "semi", "weak", "predict", "evaluate", "active", "review",
+_VERB_MODULES = ("data", "pretrain", "synth", "train", "semi", "weak", "universal", "predict", "evaluate", "active", "review",
                  "demo")
 
 

@@ -14,16 +14,17 @@ teacher's consistency weight c from 0 to 0.5 (Ark).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aemia.errors import InputError
-from aemia.nets.checkpoint import load_weights, read_config
+from aemia.errors import CheckpointError, InputError
+from aemia.nets.checkpoint import load_weights
 from aemia.runs.folder import RunFolder
-from aemia.runs.shipped import shipped_model_dir
+from aemia.runs.init import resolve_init
 from aemia.train.trainer import TrainConfig, Trainer
 from aemia.universal.data import IN_CHANNELS, CyclicSet, class_union, head_sizes, spec_of
 from aemia.universal.loss import UniversalLoss
@@ -94,32 +95,21 @@ def train_universal(cfg: UniversalConfig, run_dir: str | Path, resume: bool = Fa
     return trainer.fit(resume=resume)
 
 
-def universal_stem(source: str | Path) -> Path:
-    """Checkpoint stem of a universal run folder, a shipped model name (``universal2d``) or a checkpoint stem."""
-    path = Path(source)
-    if path.is_dir() and (path / "checkpoints" / "best.safetensors").is_file():
-        return path / "checkpoints" / "best"
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        return path / "model"
-    if path.with_name(path.name + ".safetensors").is_file():
-        return path
-    if path.exists() or "/" in str(source):
-        raise InputError(path, "not a universal run (no checkpoints/best.safetensors or model.safetensors)")
-    return shipped_model_dir(str(source)) / "model"
-
-
 def load_universal(source: str | Path) -> UniversalModel:
-    """The trained universal model of a run folder or shipped name, loaded strictly."""
-    stem = universal_stem(source)
-    cfg = stem.parent / "config.json" if stem.name == "model" else stem.with_name(stem.name + ".json")
-    config = read_config(cfg.with_suffix("")) if cfg.suffix == ".json" and cfg.name != "config.json" else None
-    if config is None:
-        import json
-
-        config = json.loads(cfg.read_text())
-    model = build_universal(config["model"])
+    """The trained universal model of a run folder, a checkpoint or a shipped name (``universal``), loaded strictly."""
+    stem = resolve_init(source)
+    cfg_path = stem.with_name(stem.name + ".json")
+    if not cfg_path.is_file():
+        cfg_path = stem.parent / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text())["model"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(cfg_path, f"no universal model config ({exc})") from None
+    if config.get("name") != "universal":
+        raise CheckpointError(cfg_path, f"not a universal model (a {config.get('name')!r})")
+    model = build_universal(config)
     load_weights(model, stem, strict=True)
     return model.eval()
 
 
-__all__ = ["UniversalConfig", "build_model", "load_universal", "train_universal", "universal_stem"]
+__all__ = ["UniversalConfig", "build_model", "load_universal", "train_universal"]
