@@ -40,12 +40,14 @@ def datasets_of(name: str) -> list[str]:
     raise SystemExit(f"unknown run name {name}")
 
 
-def train(name: str, cycles: int, steps: int) -> None:
+def train(name: str, cycles: int, steps: int, init: str | None = None) -> None:
     from aemia.universal.training import UniversalConfig, train_universal
 
     run = WORK / name
     resume = (run / "checkpoints" / "last.safetensors").is_file()
-    cfg = UniversalConfig(datasets=datasets_of(name), cycles=cycles, steps_per_turn=steps)
+    base = name.split("+")[0]  # "all+cont": a continuation of "all" (warm start, no lock phase)
+    cfg = UniversalConfig(datasets=datasets_of(base), cycles=cycles, steps_per_turn=steps,
+                          init=str(WORK / init) if init else None, lock_cycles=0 if init else 1)
     cfg.train.progress = False
     t0 = time.time()
     train_universal(cfg, run, resume=resume)
@@ -165,7 +167,7 @@ def ship(name: str, to: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "checkpoints" / "best.safetensors", dest / "model.safetensors")
     shutil.copyfile(run / "checkpoints" / "best.json", dest / "config.json")
-    sets = datasets_of(name)
+    sets = datasets_of(name.split("+")[0])
     rows = []
     for n in sets:
         res = evaluate_dataset(model, n)
@@ -196,9 +198,10 @@ def main() -> None:
     ap.add_argument("--to", default="universal2d")
     ap.add_argument("--cycles", type=int, default=6)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--init", default=None, help="train: continue from this run under benchmarks/work/universal/")
     args = ap.parse_args()
     if args.stage == "train":
-        train(args.name, args.cycles, args.steps)
+        train(args.name, args.cycles, args.steps, args.init)
     elif args.stage == "ship":
         ship(args.name, args.to)
     else:

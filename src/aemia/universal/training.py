@@ -48,6 +48,7 @@ class UniversalConfig:
     steps_per_turn: int = 10  # batches per data-set turn
     lock_cycles: int = 1  # Foundation X: cycles with the encoder frozen
     c_max: float = 0.5
+    init: str | None = None  # continue from a universal run's (or shipped model's) weights
     train: TrainConfig = field(default_factory=_default_train)
 
     def __post_init__(self) -> None:
@@ -85,6 +86,12 @@ def train_universal(cfg: UniversalConfig, run_dir: str | Path, resume: bool = Fa
         raise InputError(run_dir, "run folder already holds a training run: pass --resume to continue it, or choose a new --run")
     run_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg, run_dir)
+    if cfg.init:
+        source = load_universal(cfg.init)
+        if source.class_names != model.class_names or list(source.heads) != list(model.heads):
+            raise InputError(Path(cfg.init), "--init must be a universal model of the same data sets")
+        load_weights(model, resolve_init(cfg.init), strict=True)
+        print(f"init from {cfg.init}: every tensor loaded", flush=True)
     train_set = CyclicSet(cfg.datasets, model.class_names, cfg.steps_per_turn * cfg.train.batch_size,
                           seed=cfg.train.seed)
     folder.save_config(cfg.to_dict())
