@@ -62,8 +62,11 @@ def train_cmd(
     cfg.features = parse_ints(features, "--features") or cfg.features
     cfg.train.batch_size, cfg.train.lr, cfg.train.seed = batch_size, lr, seed
     train_universal(cfg, run, resume=resume)
+    from aemia.universal.data import class_union
+
+    first = (class_union(cfg.datasets) or ["CLASS"])[0]
     console.print(f"[bold green]done[/]: {run / 'checkpoints' / 'best.safetensors'}; "
-                  f"predict with: aemia universal predict --run {run} --input X --classes polyp --out OUT")
+                  f"predict with: aemia universal predict --run {run} --input X --classes '{first}' --out OUT")
 
 
 def predict_cmd(
