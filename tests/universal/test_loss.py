@@ -47,3 +47,16 @@ def test_classification_head_of_the_batchs_data_set() -> None:
     loss.backward()
     assert abs(float(loss.detach()) - float(torch.log(torch.tensor(2.0)))) < 1e-6
     assert heads[0].grad is None or torch.equal(heads[0].grad, torch.zeros(2, 3))
+
+
+def test_classification_only_model_has_no_segmentation_classes() -> None:
+    from aemia.universal.prompts import prompt_embeddings
+
+    emb = prompt_embeddings([], None, encoder=lambda p: (_ for _ in ()).throw(AssertionError("not called")))
+    m = UniversalModel(2, 3, [], features=(8, 8, 16), text_embeddings=emb, heads={"busi": 3})
+    out = m.forward_train(torch.rand(2, 3, 16, 16))
+    y = (torch.zeros(2, 0, 16, 16), torch.zeros(2, 0, dtype=torch.bool), torch.zeros(2, dtype=torch.long),
+         torch.tensor([0, 2]))
+    loss = UniversalLoss([0])(out, y)
+    loss.backward()
+    assert out[0].shape == (2, 0, 16, 16) and m.heads["busi"].weight.grad.abs().sum() > 0

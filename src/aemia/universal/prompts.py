@@ -68,6 +68,8 @@ def prompt_embeddings(class_names: Sequence[str], cache_dir: str | Path | None =
                       encoder: Encoder | None = None) -> torch.Tensor:
     """(K, 384) embeddings of the classes' prompts, from ``cache_dir``'s cache when it has the same prompts."""
     prompts = [prompt_for(n) for n in class_names]
+    if not prompts:  # a classification-only specialist has no segmentation classes
+        return torch.zeros(0, 384)
     cache = Path(cache_dir) / CACHE_FILE if cache_dir is not None else None
     if cache is not None and cache.is_file():
         from safetensors import safe_open
