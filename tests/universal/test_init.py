@@ -82,3 +82,23 @@ def test_universal_predict_writes_masks(fake_shipped: Path, tmp_path: Path, caps
     rc = main(["universal", "predict", "--run", "universal", "--input", str(pics), "--classes", "liver",
                "--out", str(tmp_path / "o2")])
     assert rc == 2 and "its classes: polyp, skin lesion" in capsys.readouterr().err
+
+
+def test_active_init_universal_starts_m0_from_the_shipped_backbone(fake_shipped: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from aemia.data.io import write_png
+
+    pics = tmp_path / "pics"
+    for i in range(3):
+        write_png(torch.rand(3, 32, 32).numpy(), pics / f"p{i}.png")
+    rc = main(["active", "init", "--images", str(pics), "--project", str(tmp_path / "proj"), "--size", "32",
+               "--model", "unet", "--features", "16,16,32,64,128", "--init", "universal"])
+    assert rc == 0, capsys.readouterr().err
+    from aemia.active.project import Project
+
+    proj = Project.open(tmp_path / "proj")
+    assert proj.config.pretrained == str(fake_shipped / "model")
+    model = proj.new_model()
+    assert "universal model" in capsys.readouterr().out
+    torch.testing.assert_close(model.state_dict()["encoder.0.0.weight"],
+                               load_universal("universal").state_dict()["backbone.encoder.0.0.weight"])
