@@ -102,3 +102,14 @@ def test_active_init_universal_starts_m0_from_the_shipped_backbone(fake_shipped:
     assert "universal model" in capsys.readouterr().out
     torch.testing.assert_close(model.state_dict()["encoder.0.0.weight"],
                                load_universal("universal").state_dict()["backbone.encoder.0.0.weight"])
+
+
+@pytest.mark.parametrize("name", ["universal", "universal2d-no-kvasir"])
+def test_shipped_universal_models_start_a_cpu_unet(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = resolve_init(name).parent
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 25 * 2**20
+    report = init_weights(create_model("unet", 2, 3, 2, features=CPU), name)
+    assert set(report.missing) == {"head.weight", "head.bias"}
+    assert "licence" in (folder / "MODEL_CARD.md").read_text().lower()
+    classes = load_universal(name).class_names
+    assert ("polyp" in classes) == (name == "universal")  # the leave-out variant never saw a polyp
