@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train",),
     ("runs",),
     ("infer",),
-    ("pretrain", "active", "synth", "semisup", "weak"),
+    ("pretrain", "active", "synth", "semisup", "weak", "universal"),
     ("recipes",),
     ("serve",),  # the review app (aemia serve): over the active ledger, under the CLI
     ("cli",),

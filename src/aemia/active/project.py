@@ -171,14 +171,15 @@ class Project:
         """``M_0``: the seeded initialisation (plus ``pretrained`` weights if the project has them)."""
         import torch
 
-        from aemia.nets import create_model, load_weights
+        from aemia.nets import create_model
+        from aemia.runs.init import init_weights
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, 2, cfg.in_channels, self.n_classes, features=cfg.features,
                              deep_supervision=cfg.model == "unetpp", dropout=cfg.dropout)
         if cfg.pretrained:
-            load_weights(model, cfg.pretrained, strict=False)
+            init_weights(model, cfg.pretrained)
         return model
 
     # ---------------------------------------------------------------- models
@@ -292,6 +293,10 @@ def init_project(
         first_of.setdefault(cid, p)
     require(sorted(found, key=lambda q: q.path), images)  # nothing is written unless every picture is usable
     channels = max(per_picture.values(), default=1)
+    if pretrained:
+        from aemia.runs.init import resolve_init  # a run folder, checkpoint or shipped name (``universal``)
+
+        pretrained = resolve_init(pretrained)
     items = [PoolItem(case_id_of(p), str(p.resolve())) for p in paths]
     cfg = ProjectConfig(task=task, size=int(size), classes=classes, in_channels=channels, model=model,
                         features=features, dropout=float(dropout), seed=int(seed), val_fraction=float(val_fraction),

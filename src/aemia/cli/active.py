@@ -43,7 +43,7 @@ def init_cmd(
     features: Optional[str] = typer.Option(None, help="Network widths per level (default 16,32,64,128).", callback=v.int_list()),
     dropout: float = typer.Option(0.0, help="Dropout in the network (> 0 is needed by --strategy bald).", callback=v.number(0, 1, hi_open=True)),
     val_fraction: float = typer.Option(0.2, help="Fraction of the first round's labels held out for validation.", callback=v.number(0, 1, hi_open=True)),
-    pretrained: Optional[Path] = typer.Option(None, help="Start the first model (M0) from these weights.", callback=v.checkpoint),
+    pretrained: Optional[Path] = typer.Option(None, "--init", "--pretrained", help="Start the first model (M0) from these weights: a run folder, a checkpoint or a shipped model (universal: --model unet --features 16,16,32,64,128).", callback=v.checkpoint),
     seed: int = typer.Option(0, help="Seed of the initialisation, cold-start draws and the validation split.", callback=v.non_negative),
 ) -> None:
     """Create a project: register and hash every picture of --images in a new annotation ledger.

@@ -28,8 +28,8 @@ app = typer.Typer(
 )
 
 # Verb modules, in pipeline order. A module that is missing is skipped so partial installs still run.
-_VERB_MODULES = ("data", "pretrain", "synth", "train", "semi", "weak", "predict", "evaluate", "active", "review",
-                 "serve", "demo")
+_VERB_MODULES = ("data", "pretrain", "synth", "train", "semi", "weak", "universal", "predict", "evaluate", "active",
+                 "review", "serve", "demo")
 
 
 

@@ -47,6 +47,8 @@ def mbdcnn_cmd(
                                      "classifier) or plain (expand the trained plain classifier to 4 channels).", callback=v.choice(("scratch", "plain"))),
     control: bool = typer.Option(False, "--control", help="Also fine-tune Coarse-SN without the CAM for the "
                                  "Enhanced-SN budget (separates the CAM's effect from more training)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start Coarse-SN from pretrained weights: a run folder, "
+                                       "a checkpoint or a shipped model (universal).", callback=v.checkpoint),
     amp: str = typer.Option("auto", "--amp", help="Mixed precision for training: auto, bf16, fp16 or none.", callback=v.amp),
     resume: bool = typer.Option(False, "--resume", help="Reuse finished stages and continue an interrupted one."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -62,7 +64,7 @@ def mbdcnn_cmd(
                                        epochs_enh=epochs_enh).items() if v is not None}
     try:
         factory = MBDCNNConfig.paper if preset == "paper" else MBDCNNConfig.cpu
-        cfg = factory(dataset=dataset, seed=seed, mask_cn_init=mask_cn_init, continued_control=control, amp=amp,
+        cfg = factory(dataset=dataset, seed=seed, mask_cn_init=mask_cn_init, continued_control=control, amp=amp, init=init,
                       progress=not quiet, **overrides)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None

@@ -46,7 +46,7 @@ def train(
     labels: Optional[str] = typer.Option(None, help="3D: keep only these labels, e.g. 5:liver,1:spleen."),
     early_stopping: Optional[int] = typer.Option(None, callback=v.non_negative, help="Stop after N epochs without validation improvement (0 = off)."),
     amp: Optional[str] = typer.Option(None, callback=v.amp, help="Mixed precision: auto (bf16 where native), bf16, fp16 or none."),
-    init: Optional[Path] = typer.Option(None, callback=v.checkpoint, help="Start from pretrained weights (a run folder or checkpoint)."),
+    init: Optional[Path] = typer.Option(None, callback=v.checkpoint, help="Start from pretrained weights: a run folder, a checkpoint, or a shipped model (universal, universal2d-no-kvasir; --model unet --preset cpu)."),
     semi: Optional[str] = typer.Option(
         None, help="2D semi-supervised training on the unlabelled rest of the training split: mean-teacher or "
                    "pseudo-label. Example: aemia train -d pneumoniamnist --model resnet --label-fraction 0.05 "

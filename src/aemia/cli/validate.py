@@ -178,7 +178,8 @@ def existing(value: Any) -> Any:
 
 
 def checkpoint(value: Any) -> Any:
-    """Pretrained weights: a run folder, a ``.safetensors`` file, or its stem (``.../best``)."""
+    """Pretrained weights: a run folder, a ``.safetensors`` file, its stem (``.../best``) or a shipped model's name
+    (``universal``, ``universal2d-no-kvasir``)."""
     if value is None:
         return value
     path = Path(value).expanduser()
@@ -189,6 +190,15 @@ def checkpoint(value: Any) -> Any:
             raise _bad(f"{value}: not a checkpoint (expected a run folder or a .safetensors file)")
         return value
     if Path(str(path) + ".safetensors").is_file():
+        return value
+    if "/" not in str(value) and "\\" not in str(value):  # a shipped model's name, e.g. universal
+        from aemia.errors import InputError
+        from aemia.runs.init import resolve_init
+
+        try:
+            resolve_init(str(value))
+        except InputError as exc:
+            raise _bad(exc.problem) from None
         return value
     raise _bad(f"{value}: does not exist")
 

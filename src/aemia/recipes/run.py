@@ -29,10 +29,11 @@ import torch
 from aemia.data.catalog import CatalogDataset, get_dataset
 from aemia.data.normalise import default_normaliser, normalise
 from aemia.errors import InputError
-from aemia.nets import create_model, load_weights
+from aemia.nets import create_model
 from aemia.nets.registry import model_task
 from aemia.runs.config import RunConfig, class_names, labelled_subset
 from aemia.runs.folder import RunFolder
+from aemia.runs.init import init_weights
 from aemia.train.augment import augment_preset
 from aemia.train.data import ArrayDataset, PatchDataset
 from aemia.train.extensions import semi_method
@@ -89,25 +90,10 @@ def _load_volume(ds: CatalogDataset, case: Any, cfg: RunConfig) -> tuple[np.ndar
 
 
 def _init_weights(model: torch.nn.Module, init: str) -> None:
-    """Load pretrained weights by name and shape; say what loaded and what was skipped and why.
-
-    ``load_weights`` refuses (CheckpointError → exit 2) when nothing matches, so a wrong ``--init`` never
+    """Pretrained weights by run folder, checkpoint or shipped name (``universal``): :func:`aemia.runs.init.init_weights`
+    prints what loaded and refuses (CheckpointError → exit 2) when nothing fits, so a wrong ``--init`` never
     silently trains from scratch."""
-    path = Path(init)
-    if path.is_dir():
-        path = path / "checkpoints" / "best"
-    report = load_weights(model, path, strict=False)
-    groups = sorted({k.split(".")[0] for k in report.loaded})
-    print(f"init from {path}: {report.summary()}")
-    print(f"  loaded: {len(report.loaded)} tensors in {', '.join(groups)}")
-    mismatched = {m.split(" ")[0] for m in report.mismatched}
-    for m in report.mismatched:
-        print(f"  skipped (shape differs, e.g. another number of output channels): {m}")
-    for k in report.unexpected:
-        print(f"  skipped (not in this model): {k}")
-    fresh = [k for k in report.missing if k not in mismatched]
-    if fresh:
-        print(f"  newly initialised (not in the checkpoint): {', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''}")
+    init_weights(model, init)
 
 
 def build(cfg: RunConfig, ds: CatalogDataset, labelled: list[str]) -> tuple[torch.nn.Module, Any, Any, str]:

@@ -69,6 +69,7 @@ from torch import nn
 from aemia.errors import InputError
 from aemia.nets.cam_unet import resize_map
 from aemia.nets.registry import create_model
+from aemia.runs.init import init_weights
 from aemia.runs.folder import RunFolder
 from aemia.semisup.mbdcnn_data import GuidedArrayDataset, load_cases
 from aemia.semisup.mbdcnn_nets import (HybridSegLoss, class_activation_map, expand_input_channels, init_from_coarse,
@@ -114,6 +115,7 @@ class MBDCNNConfig:
     mask_tta: bool = True  # flip-averaged Coarse-SN output for the guide masks
     continued_control: bool = False  # also fine-tune Coarse-SN without CAM for the Enhanced-SN budget
     positive_class: str | None = None  # default: "melanoma" if present, else the last class
+    init: str | None = None  # Coarse-SN's start: a run folder, checkpoint or shipped model (universal)
     seed: int = 0
     amp: str = "auto"
     progress: bool = True
@@ -254,6 +256,8 @@ def run_mbdcnn(cfg: MBDCNNConfig, run_dir: str | Path, train_ids: Sequence[str],
     # 1. Coarse-SN (= the plain segmentation baseline)
     torch.manual_seed(cfg.seed)
     coarse = create_model("unet", 2, 3, 2, features=cfg.seg_features)
+    if cfg.init:
+        init_weights(coarse, cfg.init)
     coarse = stages.fit("coarse", coarse, ArrayDataset(tr.x, tr.y, augment=aug, seed=cfg.seed),
                         cfg.train_config("coarse"), "segmentation", seg_loss)
 
