@@ -203,7 +203,16 @@ def score_pool(
     progress: bool = True,
 ) -> np.ndarray:
     """Scores of ``items`` (higher = more worth annotating) by ``strategy`` with ``model``
-    (:func:`score_images` on the project's pictures; core-set also embeds the ``labelled`` cases)."""
+    (:func:`score_images` on the project's pictures, :func:`aemia.active.volume_scoring.score_volumes` on a 3D
+    project's volumes; core-set also embeds the ``labelled`` cases)."""
+    if project.is_3d:
+        from aemia.active.volume_scoring import score_volumes
+
+        def volume(seq: Sequence[LedgerItem]) -> Callable[[int], np.ndarray]:
+            return lambda i: project.load_image(seq[i].image_path)
+
+        return score_volumes(model, strategy, len(items), volume(items), project.config.patch or [48, 48, 48],
+                             n_labelled=len(labelled), load_labelled=volume(labelled), progress=progress)
 
     def loader(seq: Sequence[LedgerItem]) -> Callable[[int, int], np.ndarray]:
         return lambda a, b: project.load_images([it.image_path for it in seq[a:b]])
