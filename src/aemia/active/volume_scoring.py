@@ -74,22 +74,13 @@ def _flipped_copies(model: Any, x: Any, patch: Sequence[int]) -> np.ndarray:
 
 def _mc_dropout(model: Any, x: Any, patch: Sequence[int]) -> np.ndarray:
     import torch
-
-    drops = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
-    if not drops:
-        raise InputError(None, "bald needs MC dropout, but the project's network has no dropout: "
-                               "create the project with --dropout 0.2 (or choose another --strategy)")
     from monai.inferers import sliding_window_inference
 
-    model.eval()
-    for m in drops:
-        m.train()
-    try:
-        with torch.no_grad():
-            runs = [sliding_window_inference(x, roi_size=tuple(patch), sw_batch_size=2, overlap=0.5, mode="gaussian",
-                                             predictor=lambda t: model(t).float().softmax(1)) for _ in range(N_MC)]
-    finally:
-        model.eval()
+    from aemia.active.scoring import mc_dropout
+
+    with mc_dropout(model):
+        runs = [sliding_window_inference(x, roi_size=tuple(patch), sw_batch_size=2, overlap=0.5, mode="gaussian",
+                                         predictor=lambda t: model(t).float().softmax(1)) for _ in range(N_MC)]
     return torch.stack(runs).cpu().numpy()  # (T, 1, K, *S)
 
 
