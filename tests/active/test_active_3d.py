@@ -194,6 +194,22 @@ def test_volume_scoring_invariants() -> None:
     assert s.score([np.zeros((2, 2, 2)), np.ones((5, 4, 3))]).argmax() == 1
 
 
+def test_acft_voxel_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ACFT scores 3D maps in chunks of voxels; any chunk size gives the unchunked per-voxel scores, reduced."""
+    import aemia.active.strategies as strategies
+
+    rng = np.random.default_rng(0)
+    q = rng.random((3, 8, 1, 7, 9, 5))
+    q = np.concatenate([1 - q, q], axis=2)
+    for reduce in ("mean", "foreground", "likely-foreground"):
+        st = get_strategy("acft", reduce=reduce)
+        ref = reduce_voxel_scores(strategies.acft_scores(q, st.alpha), q.mean(1), reduce)
+        monkeypatch.setattr(strategies, "ACFT_CHUNK", 17)
+        np.testing.assert_allclose(st.score(q), ref, rtol=1e-12)
+        monkeypatch.setattr(strategies, "ACFT_CHUNK", 1 << 16)
+        np.testing.assert_allclose(st.score(q), ref, rtol=1e-12)
+
+
 def test_patch_embedding_is_the_mean_over_tiles() -> None:
     from aemia.nets import create_model
 

@@ -53,6 +53,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+ACFT_CHUNK = 1 << 16  # voxels per chunk of ACFT's per-voxel scores (segmentation)
 EPS: float = float(np.finfo(np.float64).eps)  # 2.220446049250313e-16, the eps of the ACFT Matlab demo (§5.1)
 
 Reduce = Literal["mean", "foreground", "likely-foreground"]
@@ -546,9 +547,18 @@ class ACFT(Strategy):
 
     def score(self, predictions: Any) -> np.ndarray:
         """``predictions``: ``(N, m, K)``, ``(N, m)`` binary P(positive), or ``(N, m, K, *spatial)``."""
-        p = _as_acft_probs(predictions)
-        s = acft_scores(p, self.alpha, self.lambda1, self.lambda2, self.eps)
-        return reduce_voxel_scores(s, p.mean(axis=1) if s.ndim > 1 else None, self.reduce, self.empty_score)
+        raw = np.asarray(predictions)
+        if raw.ndim <= 3:
+            return acft_scores(_as_acft_probs(raw), self.alpha, self.lambda1, self.lambda2, self.eps)
+        # per-voxel scores chunk by chunk (voxels are independent): bounded float64 temporaries for 3D volumes
+        flat = raw.reshape(raw.shape[:3] + (-1,))
+        scores, means = [], []
+        for a in range(0, flat.shape[3], ACFT_CHUNK):
+            p = _as_acft_probs(flat[..., a:a + ACFT_CHUNK])
+            scores.append(acft_scores(p, self.alpha, self.lambda1, self.lambda2, self.eps))
+            means.append(p.mean(axis=1))
+        return reduce_voxel_scores(np.concatenate(scores, axis=1), np.concatenate(means, axis=2), self.reduce,
+                                   self.empty_score)
 
 
 # ------------------------------------------------------------------------------------------ registry
