@@ -103,6 +103,28 @@ def _label(arr: np.ndarray, path: Path, spacing: tuple[float, ...] = (2.0, 2.0, 
     write_nifti(Image(arr[None].astype(np.uint8), spacing, affine), path)
 
 
+def _write_dicom_series(nifti: Path, out: Path) -> None:
+    """A label NIfTI as a DICOM series folder (one int16 slice per file, position and orientation tags set)."""
+    import SimpleITK as sitk
+
+    img = sitk.Cast(sitk.ReadImage(str(nifti)), sitk.sitkInt16)
+    out.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    d = img.GetDirection()
+    orient = "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7])))
+    uid = "1.2.826.0.1.3680043.2.1125"
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        pos = "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, k))))
+        for tag, val in (("0008|0060", "SEG"), ("0020|000d", f"{uid}.1"), ("0020|000e", f"{uid}.2"),
+                         ("0020|0037", orient), ("0020|0032", pos), ("0020|0013", str(k + 1)),
+                         ("0008|0018", f"{uid}.3.{k + 1}")):
+            sl.SetMetaData(tag, val)
+        writer.SetFileName(str(out / f"{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
 def test_3d_import_checks_geometry_and_values(tmp_path: Path, pool: tuple[Path, Path]) -> None:
     images, truth = pool
     proj = init_project(tmp_path / "P", images, features=[4, 8, 16], patch=[16, 16, 16], progress=False)
@@ -125,20 +147,22 @@ def test_3d_import_checks_geometry_and_values(tmp_path: Path, pool: tuple[Path, 
     assert "'c3'" in text and "not allowed" in text
     with proj.ledger() as led:
         assert led.status_counts()["annotated"] == 0  # all or none
-    # an NRRD mask on the right grid is accepted and stored as NIfTI with the same voxels
+    # an NRRD mask and a DICOM series mask on the right grid are accepted and stored as NIfTI with the same voxels
     import SimpleITK as sitk
 
     ok = tmp_path / "ok"
     ok.mkdir()
     itk = sitk.ReadImage(str(truth / f"{cases[0]}.nii.gz"))
     sitk.WriteImage(itk, str(ok / f"{cases[0]}.nrrd"))
+    _write_dicom_series(truth / f"{cases[1]}.nii.gz", ok / cases[1])  # and a DICOM series folder <case>/
     res = import_labels(proj, ok, progress=False)
-    assert res.annotated == [cases[0]]
-    with proj.ledger() as led:
-        stored = Path(led.item(cases[0]).label_path)
-    assert stored.name.endswith(".nii")
-    np.testing.assert_array_equal(read_image(stored).array, read_image(truth / f"{cases[0]}.nii.gz").array)
-    assert np.allclose(read_image(stored).affine, read_image(images / f"{cases[0]}.nii.gz").affine)
+    assert sorted(res.annotated) == sorted(cases[:2])
+    for case in cases[:2]:
+        with proj.ledger() as led:
+            stored = Path(led.item(case).label_path)
+        assert stored.name.endswith(".nii")
+        np.testing.assert_array_equal(read_image(stored).array, read_image(truth / f"{case}.nii.gz").array)
+        assert np.allclose(read_image(stored).affine, read_image(images / f"{case}.nii.gz").affine)
 
 
 def test_3d_init_refusals(tmp_path: Path, pool: tuple[Path, Path]) -> None:
@@ -253,6 +277,11 @@ def test_real_ct_crops_and_a_dicom_series(tmp_path: Path) -> None:
     q = query_round(proj, "acft", 5, progress=False)
     assert sorted(q.cases) == ["ct0", "ct1", "ct2", "ct3", "dicom0"]
     assert (q.folder / "dicom0").is_dir()  # the DICOM series is copied whole for the annotator
+    wrong = tmp_path / "wrong"  # a DICOM series given as a mask: read, on the grid, but CT values, not labels
+    shutil.copytree(CT / "example_ct_dicom", wrong / "dicom0")
+    with pytest.raises(ProblemsError) as err:
+        import_labels(proj, wrong, progress=False)
+    assert "'dicom0'" in str(err.value.problems) and "not allowed" in str(err.value.problems)
     res = import_labels(proj, _annotate(q.cases, truth, tmp_path / "lab"), progress=False)
     assert sorted(res.annotated) == sorted(q.cases)
     s = train_round(proj, epochs=1, batch_size=2, progress=False)
