@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,8 +105,20 @@ def _label(arr: np.ndarray, path: Path, spacing: tuple[float, ...] = (2.0, 2.0, 
 
 
 def _write_dicom_series(nifti: Path, out: Path) -> None:
-    """A label NIfTI as a DICOM series folder (one int16 slice per file, position and orientation tags set)."""
+    """A label NIfTI as a DICOM series folder (one int16 slice per file, position and orientation tags set).
+    GDCM's DICOM writer sets the process locale to "C" (text files would then be read as ASCII): restored after."""
+    import locale
+
     import SimpleITK as sitk
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(sitk, nifti, out)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(sitk: Any, nifti: Path, out: Path) -> None:
 
     img = sitk.Cast(sitk.ReadImage(str(nifti)), sitk.sitkInt16)
     out.mkdir(parents=True)
