@@ -288,14 +288,17 @@ def init_project(
         raise InputError(root, "exists and is not an empty folder; choose a new --project folder")
     if not images.is_dir():
         raise InputError(images, "not a folder of images")
+    from aemia.data.check import Problem
+
     paths, volumes = list_pictures(images), list_volumes(images)
-    if paths and volumes:
-        raise InputError(images, f"holds {len(paths)} 2D pictures and {len(volumes)} 3D volumes; a project is one "
-                                 "or the other: put them in separate folders")
     if not paths and not volumes:
         raise InputError(images, f"no pictures ({' '.join(PICTURES)}) or 3D volumes (.nii .nii.gz, DICOM series "
                                  f"folders, .nrrd .mha) found")
-    dims = 3 if volumes else 2
+    dims = 3 if len(volumes) > len(paths) else 2  # a mixed folder: the minority kind is listed as a problem
+    mixed = [Problem(str(p), f"a 2D picture among {len(volumes)} 3D volumes; a project is pictures or volumes, not "
+                             "both: move it out") for p in paths] if dims == 3 else \
+            [Problem(str(p), f"a 3D volume among {len(paths)} 2D pictures; a project is pictures or volumes, not "
+                             "both: move it out") for p in volumes]
     if dims == 3 and task != "segmentation":
         raise InputError(None, "3D volumes are for segmentation projects; --task classification takes 2D pictures")
     classes = list(classes) if classes else (["background", "foreground"] if task == "segmentation" else ["0", "1"])
@@ -310,8 +313,8 @@ def init_project(
         raise InputError(None, f"--model {model} is for {model_task(model)}, not {task}")
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(None, f"validation fraction must be in [0, 1), got {val_fraction}")
-    settings = (_check_volumes(volumes, images, spacing, patch, features, modality, progress) if dims == 3
-                else _check_pictures(paths, images, task, size, features, progress))
+    settings = (_check_volumes(volumes, images, spacing, patch, features, modality, progress, mixed) if dims == 3
+                else _check_pictures(paths, images, task, size, features, progress, mixed))
     items = settings.pop("items")
     cfg = ProjectConfig(task=task, classes=classes, model=model, dropout=float(dropout), seed=int(seed),
                         val_fraction=float(val_fraction), images=str(images.resolve()),
@@ -337,7 +340,7 @@ def _same_case_ids(paths: Sequence[Path]) -> list[Any]:
 
 
 def _check_pictures(paths: Sequence[Path], images: Path, task: str, size: int, features: Sequence[int] | None,
-                    progress: bool) -> dict[str, Any]:
+                    progress: bool, found: Sequence[Any] = ()) -> dict[str, Any]:
     """Read every pool picture; the 2D settings of the project (and its ledger items) or ``ProblemsError``."""
     from aemia.data.preflight import pool_pictures, require
     from aemia.utils.progress import Bar
@@ -351,13 +354,15 @@ def _check_pictures(paths: Sequence[Path], images: Path, task: str, size: int, f
         raise InputError(None, f"--size must be at least 8, got {size}")
     with Bar("checking images", total=len(paths), enabled=progress) as bar:
         problems, per_picture = pool_pictures(paths, lambda _: bar.advance())  # every picture read once
-    require(sorted(problems + _same_case_ids(paths), key=lambda q: q.path), images)  # nothing written unless usable
+    # nothing is written unless every picture is usable
+    require(sorted([*found, *problems, *_same_case_ids(paths)], key=lambda q: q.path), images)
     return {"size": int(size), "features": features, "in_channels": max(per_picture.values(), default=1),
             "items": [PoolItem(case_id_of(p), str(p.resolve())) for p in paths]}
 
 
 def _check_volumes(paths: Sequence[Path], images: Path, spacing: Sequence[float] | None, patch: Sequence[int] | None,
-                   features: Sequence[int] | None, modality: str, progress: bool) -> dict[str, Any]:
+                   features: Sequence[int] | None, modality: str, progress: bool,
+                   found: Sequence[Any] = ()) -> dict[str, Any]:
     """Read every pool volume; the 3D settings of the project (and its ledger items) or ``ProblemsError``."""
     from aemia.active.volumes import cpu_preset, detect_normaliser, volume_sha256
     from aemia.data.check import Problem
@@ -371,7 +376,7 @@ def _check_volumes(paths: Sequence[Path], images: Path, spacing: Sequence[float]
         first = {c: next(p for p, h in good.items() if int(h.array[0]) == c) for c in sorted(channels)}
         problems.append(Problem(str(images), "volumes with different channel counts: " +
                                 ", ".join(f"{c} ({p.name})" for c, p in first.items())))
-    require(sorted(problems + _same_case_ids(paths), key=lambda q: q.path), images)
+    require(sorted([*found, *problems, *_same_case_ids(paths)], key=lambda q: q.path), images)
     work, patch_, feats = cpu_preset([h.spacing for h in good.values()], spacing, patch, features)
     normaliser = detect_normaliser(min(float(h.array[1]) for h in good.values()), modality)
     items = [PoolItem(case_id_of(p), str(p.resolve()), volume_sha256(p)) for p in paths]
