@@ -50,7 +50,7 @@ def init_cmd(
     pretrained: Optional[Path] = typer.Option(None, help="Start the first model (M0) from these weights.", callback=v.checkpoint),
     seed: int = typer.Option(0, help="Seed of the initialisation, cold-start draws and the validation split.", callback=v.non_negative),
 ) -> None:
-    """Create a project: register and hash every picture of --images in a new annotation ledger.
+    """Create a project: register and hash every picture (or 3D volume) of --images in a new annotation ledger.
 
     A folder of 3D volumes makes a 3D segmentation project: a 3D U-Net trained on random patches at a working
     voxel size, pool volumes scored by sliding window.
