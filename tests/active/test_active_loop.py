@@ -334,7 +334,11 @@ def test_init_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     vol.mkdir()
     (vol / "ct.nii.gz").write_bytes(b"not really")
     assert _cli("init", "--images", str(vol), "--project", str(tmp_path / "Q")) == 2
-    assert "3D volumes are not supported" in capsys.readouterr().err
+    assert "ct.nii.gz" in (err := capsys.readouterr().err) and "corrupt" in err  # a 3D pool, read and refused
+    (vol / "pic.png").write_bytes(b"x")
+    assert _cli("init", "--images", str(vol), "--project", str(tmp_path / "Q")) == 2
+    out = capsys.readouterr().out  # every problem listed: the volume among pictures and the unreadable picture
+    assert "ct.nii.gz" in out and "3D volume among 1 2D pictures" in out and "pic.png" in out
     assert _cli("init", "--images", str(images), "--project", str(tmp_path / "R"), "--size", "30",
                 "--features", "4,8,16") == 2
     assert "multiple of 4" in capsys.readouterr().err

@@ -64,10 +64,17 @@ def normalise_mode(mode: str) -> str:
     return key
 
 
-def predict_all(model: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Softmax probabilities of every case of ``x`` (batches of ``batch_size``)."""
+def predict_all(model: Any, x: np.ndarray | list[np.ndarray], batch_size: int = 16,
+                patch: Sequence[int] | None = None) -> Any:
+    """Softmax probabilities of every case of ``x`` (batches of ``batch_size``); for a list of 3D volumes, a list
+    of ``(K, *S)`` maps, each predicted by sliding window over ``patch``-sized patches."""
     import torch
 
+    if isinstance(x, list):
+        from aemia.nets.predict import predict_probs
+
+        return [predict_probs(model, torch.from_numpy(np.ascontiguousarray(v))[None], roi_size=list(patch or v.shape[1:]),
+                              amp="none")[0].float().cpu().numpy() for v in x]
     out = [predict_probabilities(model, torch.from_numpy(x[s : s + batch_size])).numpy() for s in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0,))
 
@@ -98,9 +105,15 @@ def fit_model(
     device: str = "auto",
     progress: bool = True,
     ids: Sequence[str] | None = None,
+    patch: Sequence[int] | None = None,
+    patches_per_volume: int = 8,
 ) -> tuple[Any, dict[str, Any]]:
     """One round's training recipe: ``epochs`` of Adam (cosine) with light augmentation on ``x, y`` (class
     indices for classification, masks for segmentation), no validation, the last epoch is the model.
+
+    3D (``x`` a list of volumes, ``y`` their masks, ``patch`` given): an epoch is ``patches_per_volume`` random
+    ``patch``-sized patches per volume with nnU-Net's foreground oversampling (``aemia train``'s 3D recipe:
+    :class:`aemia.train.data.PatchDataset`, flips and small rotations/zooms, no 90° rotations).
 
     Returns ``(model on the CPU, the trainer's fit report)``; checkpoints and ``log.jsonl`` go to ``run_dir``.
     """
@@ -108,8 +121,15 @@ def fit_model(
     from aemia.train.trainer import TrainConfig, Trainer
 
     aug = AugmentConfig()
-    train_set = (ArrayDataset(x, targets=y, augment=aug, seed=seed, ids=ids) if task == "classification"
-                 else ArrayDataset(x, y, augment=aug, seed=seed, ids=ids))
+    if isinstance(x, list):
+        from aemia.train.data import PatchDataset
+
+        train_set: Any = PatchDataset(list(zip(x, y)), patch or [48, 48, 48], patches_per_volume,
+                                      augment=AugmentConfig(rot90=False), seed=seed)
+    elif task == "classification":
+        train_set = ArrayDataset(x, targets=y, augment=aug, seed=seed, ids=ids)
+    else:
+        train_set = ArrayDataset(x, y, augment=aug, seed=seed, ids=ids)
     unetpp = getattr(model, "config", {}).get("name") == "unetpp"
     tcfg = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), seed=seed, amp="none",
                        device=device, progress=progress, deep_supervision=unetpp)
@@ -139,7 +159,8 @@ def initial_model(proj: Project, mode: str, parent: dict[str, Any] | None) -> tu
 
 def _write_run_folder(proj: Project, out_dir: Path, model: Any, meta: dict[str, Any], train: dict[str, Any]) -> None:
     """Make ``out_dir`` a run folder for ``aemia predict``: ``config.yaml`` (the fields of
-    :class:`aemia.runs.RunConfig` a 2D picture model needs) and ``checkpoints/best`` (this model)."""
+    :class:`aemia.runs.RunConfig` a 2D picture model needs, or a 3D model's patch, working spacing and
+    normaliser) and ``checkpoints/best`` (this model)."""
     from aemia.nets import save_checkpoint
     from aemia.runs.folder import RunFolder
 
@@ -148,6 +169,9 @@ def _write_run_folder(proj: Project, out_dir: Path, model: Any, meta: dict[str, 
               "size": int(cfg.size), "task": cfg.task, "eval_split": "validation",
               "train": {k: train[k] for k in ("epochs", "batch_size", "lr", "seed")} | {"amp": "none"},
               "active_project": str(proj.root.resolve()), "round": meta["round"], "classes": list(cfg.classes)}
+    if proj.is_3d:
+        config |= {"size": None, "patch": list(cfg.patch or []), "spacing": list(cfg.spacing or []),
+                   "normaliser": cfg.normaliser, "patches_per_volume": int(cfg.patches_per_volume)}
     run = RunFolder(out_dir)
     save_checkpoint(model, run.checkpoint("best"), meta)
     run.save_config(config)
@@ -209,8 +233,8 @@ def train_round(
         seen = sorted(set(parent["labelled"]) & set(labelled))
         if mode == "continual" and seen:
             x, y = proj.dataset_arrays([by_id[c] for c in seen], progress)
-            hard = hard_cases(cfg.task, predict_all(proj.load_model(parent), x), y, seen, proj.n_classes,
-                              hard_threshold)
+            hard = hard_cases(cfg.task, predict_all(proj.load_model(parent), x, patch=cfg.patch), y, seen,
+                              proj.n_classes, hard_threshold)
             train_ids = sorted(set(new) | set(hard))
     model, init = initial_model(proj, mode, parent)
     say(f"round {r:02d} ({mode}): init from {init['from']}"
@@ -222,16 +246,19 @@ def train_round(
     out_dir.mkdir(parents=True)
     x, y = proj.dataset_arrays([by_id[c] for c in train_ids], progress)
     trained, fit = fit_model(model, x, y, cfg.task, out_dir, epochs=epochs, lr=lr, batch_size=batch_size,
-                             seed=cfg.seed + r, device=device, progress=progress, ids=train_ids)
+                             seed=cfg.seed + r, device=device, progress=progress, ids=train_ids, patch=cfg.patch,
+                             patches_per_volume=cfg.patches_per_volume)
     from aemia.nets import save_checkpoint
 
     val: dict[str, Any] = {}
     incumbent_mean: float | None = None
     if val_ids:
         vx, vy = proj.dataset_arrays([by_id[c] for c in sorted(val_ids)])
-        val = validation_metrics(cfg.task, predict_all(trained, vx), vy, proj.n_classes, seed=cfg.seed + r)
+        val = validation_metrics(cfg.task, predict_all(trained, vx, patch=cfg.patch), vy, proj.n_classes,
+                                 seed=cfg.seed + r)
         if parent is not None:
-            old = case_scores(cfg.task, predict_all(proj.load_model(parent), vx), vy, proj.n_classes)
+            old = case_scores(cfg.task, predict_all(proj.load_model(parent), vx, patch=cfg.patch), vy,
+                              proj.n_classes)
             incumbent_mean = float(old.mean())
     decision = promotion_decision(val.get("score", {}), incumbent_mean, None if parent is None else parent["round"])
     settings = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size), "seed": cfg.seed + r}
@@ -246,7 +273,8 @@ def train_round(
         "validation": val, "promoted": bool(decision["promoted"]), "decision": decision,
         "project_model": r if decision["promoted"] else parent["round"],  # type: ignore[index]
     }
-    meta = {"round": r, "mode": mode, "task": cfg.task, "classes": cfg.classes, "size": cfg.size, "validation": val}
+    meta = {"round": r, "mode": mode, "task": cfg.task, "classes": cfg.classes, "size": cfg.size, "validation": val,
+            "dims": cfg.dims, "patch": cfg.patch, "spacing": cfg.spacing}
     save_checkpoint(trained, out_dir / "model", meta)
     _write_run_folder(proj, out_dir, trained, meta, settings)
     write_json_atomic(out_dir / "summary.json", summary)  # the round's commit point

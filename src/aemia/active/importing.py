@@ -1,7 +1,8 @@
 """``import``: validate an annotator's labels and record them in the ledger, all or none
 (the active-learning cycle, :mod:`aemia.cli.active`).
 
-Masks (segmentation) are checked against their images with :func:`aemia.active.pictures.decode_mask`;
+Masks (segmentation) are checked against their images with :func:`aemia.active.pictures.decode_mask` (3D masks
+also for their grid: shape, spacing and affine, :func:`aemia.data.preflight.label_geometry`);
 class labels (classification) come from a ``case,label`` CSV. Accepted labels are stored content-addressed
 in ``P/labels/`` (``<case>.<sha256[:12]><ext>``): staged in a temporary folder there, moved in just before the
 ledger transaction and taken out again if it fails. :func:`clean_orphans` removes what a killed import left.
@@ -22,6 +23,7 @@ from typing import Any
 from aemia.active.ledger import LedgerItem, file_sha256
 from aemia.active.pictures import LOSSY, case_id_of, list_pictures, decode_mask
 from aemia.active.project import Project, open_project
+from aemia.active.volumes import is_volume, list_volumes, mask_nifti_bytes
 from aemia.errors import InputError, ProblemsError
 
 __all__ = [
@@ -63,7 +65,9 @@ def import_labels(
     """Validate **every** label, then accept all of them in one ledger transaction — or none.
 
     Segmentation: ``labels`` is a folder of masks named ``<case>.<picture suffix>``; each must be readable,
-    2D, the same width × height as its image, with allowed values (:func:`decode_mask`). Classification:
+    2D, the same width × height as its image, with allowed values (:func:`decode_mask`). 3D projects: masks
+    ``<case>.nii.gz`` / ``.nii`` / ``.nrrd`` or a DICOM series folder ``<case>/``, on the image's grid (shape,
+    spacing, affine) with allowed values; non-NIfTI masks are stored as NIfTI. Classification:
     ``labels`` is a CSV ``case,label`` (or a folder holding exactly one CSV); a label is a class name or
     index. Every case must be in the pool and queried (or already annotated: the same label again is a
     no-op, a different one needs ``replace``). All problems are collected and reported together, naming
@@ -116,11 +120,12 @@ def import_labels(
                     problems.append(f"{csv_path}: {where}: {problem}")
         else:
             if not labels.is_dir():
-                raise InputError(labels, "--labels must be a folder of masks named like the images (<case>.png)")
-            files = list_pictures(labels)
+                raise InputError(labels, "--labels must be a folder of masks named like the images "
+                                         f"(<case>.{'nii.gz' if proj.is_3d else 'png'})")
+            files = list_volumes(labels) if proj.is_3d else list_pictures(labels)
             if not files:
                 others = [p.name for p in labels.iterdir() if p.is_file()][:3]
-                raise InputError(labels, "no label pictures found" + (f" (found {', '.join(others)})" if others else ""))
+                raise InputError(labels, f"no label {'volumes' if proj.is_3d else 'pictures'} found" + (f" (found {', '.join(others)})" if others else ""))
             by_case: dict[str, list[Path]] = {}
             for f in files:
                 by_case.setdefault(case_id_of(f), []).append(f)
@@ -133,16 +138,19 @@ def import_labels(
                     f = fs[0]
                     problem = _case_problem(known, cid)
                     if problem is None:
-                        problem = _mask_problem(read_image, f, known[cid], proj.n_classes)
+                        problem = _mask_problem(read_image, f, known[cid], proj.n_classes, proj.is_3d)
+                    content, suffix = f, f.suffix.lower()
                     if problem is None:
-                        problem = _hash_problem(known[cid], file_sha256(f), replace)
+                        content, suffix = _stored_form(f)
+                        digest = _sha(content) if isinstance(content, bytes) else file_sha256(f)
+                        problem = _hash_problem(known[cid], digest, replace)
                         if problem and _same_mask(read_image, f, known[cid].label_path, proj.n_classes):
                             same_content.append(cid)  # e.g. the same mask saved as 0/1 instead of 0/255
                             continue
                     if problem:
                         problems.append(f"{f}: case {cid!r}: {problem}")
                     else:
-                        accepted.append((cid, f.suffix.lower(), f))
+                        accepted.append((cid, suffix, content))
         if problems:  # every rejected label on its own line, then one error line; nothing imported
             raise ProblemsError(labels, problems, outcome=f"nothing imported (of {len(problems) + len(accepted)} "
                                                           f"labels)")
@@ -277,15 +285,39 @@ def _same_mask(read_image: Callable[[Path], Any], new: Path, old: str | None, n_
     return a is not None and b is not None and a.shape == b.shape and bool((a == b).all())
 
 
-def _mask_problem(read_image: Callable[[Path], Any], path: Path, item: LedgerItem, n_classes: int) -> str | None:
+def _stored_form(path: Path) -> tuple[bytes | Path, str]:
+    """What is stored in ``P/labels/`` for a mask file, and its suffix: the file itself (pictures, NIfTI), or
+    NIfTI bytes with the same voxels and geometry (a DICOM series or NRRD mask, :func:`mask_nifti_bytes`)."""
+    name = path.name.lower()
+    if path.is_file() and name.endswith(".nii.gz"):
+        return path, ".nii.gz"
+    if path.is_file() and not is_volume(path) or name.endswith(".nii"):
+        return path, path.suffix.lower()
     try:
-        lab = read_image(path).array
+        return mask_nifti_bytes(path), ".nii"
+    except InputError:
+        return path, path.suffix.lower()  # unreadable: _mask_problem has reported it
+
+
+def _mask_problem(read_image: Callable[[Path], Any], path: Path, item: LedgerItem, n_classes: int,
+                  volume: bool = False) -> str | None:
+    try:
+        label = read_image(path)
     except InputError as exc:
         return exc.problem
     try:
-        img = read_image(item.image_path).array
+        image = read_image(item.image_path)
     except InputError as exc:
         return f"its image cannot be read ({exc})"
+    lab, img = label.array, image.array
+    if volume:
+        from aemia.data.preflight import label_geometry
+
+        found = label_geometry(path, label, image)
+        if found:
+            return found[0].problem
+        _, problem = decode_mask(lab, n_classes, lossy=False)
+        return problem
     if lab.ndim != 3 or tuple(lab.shape[1:]) != tuple(img.shape[1:]):
         got = "x".join(str(s) for s in lab.shape[1:][::-1])
         want = "x".join(str(s) for s in img.shape[1:][::-1])

@@ -1,11 +1,11 @@
 """2D pictures of the active-learning loop (the active-learning cycle, :mod:`aemia.cli.active`): pool images → network inputs, label
 pictures → integer masks.
 
-Scope: **2D only** — pictures (``.png .jpg .jpeg .tif .tiff .gif .bmp``, grey or RGB) for segmentation
+Scope: pictures (``.png .jpg .jpeg .tif .tiff .gif .bmp``, grey or RGB) for segmentation
 (integer label masks; binary masks as 0/1 or 0/255, JPEG masks thresholded) and for image classification.
-3D volumes (NIfTI, DICOM, NRRD) are refused with a clear message: patch-based 3D scoring and training are
-not implemented for the active-learning loop yet. Images are resized to ``size × size`` for the network
-(bilinear; labels nearest); labels are always validated at the image's own size.
+3D volumes (NIfTI, DICOM, NRRD) are the other kind of project (:mod:`aemia.active.volumes`); they share
+:func:`decode_mask`. Images are resized to ``size × size`` for the network (bilinear; labels nearest); labels
+are always validated at the image's own size.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from aemia.errors import InputError
 __all__ = [
     "LOSSY",
     "PICTURES",
-    "THREE_D_UNSUPPORTED",
     "case_id_of",
     "decode_mask",
     "list_pictures",
@@ -29,7 +28,6 @@ __all__ = [
 
 PICTURES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 LOSSY = (".jpg", ".jpeg")
-THREE_D_UNSUPPORTED = "3D volumes are not supported by `aemia active` yet (2D pictures only: .png .jpg .jpeg .tif .bmp ...)"
 
 
 def to_network_input(array: np.ndarray, in_channels: int, size: int) -> np.ndarray:
@@ -39,7 +37,7 @@ def to_network_input(array: np.ndarray, in_channels: int, size: int) -> np.ndarr
 
     a = np.asarray(array)
     if a.ndim != 3:
-        raise InputError(None, THREE_D_UNSUPPORTED)
+        raise InputError(None, f"expected a 2D picture (C, H, W), got array shape {a.shape}")
     x = picture_scale(a)
     if x.shape[0] != in_channels:
         x = np.repeat(x[:1], in_channels, axis=0) if x.shape[0] == 1 else x.mean(axis=0, keepdims=True).repeat(in_channels, 0)
@@ -59,15 +57,19 @@ def case_id_of(path: Path) -> str:
 
 
 def decode_mask(array: np.ndarray, n_classes: int, lossy: bool) -> tuple[np.ndarray | None, str | None]:
-    """A label picture ``(C, H, W)`` → integer mask ``(H, W)``, or ``(None, problem)``.
+    """A label picture ``(C, H, W)`` → integer mask ``(H, W)``, or ``(None, problem)``; a label volume
+    ``(1, X, Y, Z)`` → ``(X, Y, Z)`` by the same value rules.
 
     Accepted: values in ``0..n_classes-1``; for two classes also 0/255. Colour labels must have equal
     channels. Lossy (JPEG) masks are accepted for two classes only: grey > 127 is foreground, provided the
     picture looks like a mask (at most 5% of pixels between 48 and 207; JPEG ringing stays far below that).
     """
     a = np.asarray(array)
-    if a.ndim != 3:
-        return None, f"expected a 2D label picture, got shape {a.shape}"
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            return None, f"a label volume has one channel, got {a.shape[0]} (array shape {a.shape})"
+    elif a.ndim != 3:
+        return None, f"expected a 2D label picture or a 3D label volume, got shape {a.shape}"
     if a.shape[0] > 1:
         if lossy:
             a = a.astype(np.float64).mean(axis=0, keepdims=True)

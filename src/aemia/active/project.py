@@ -17,7 +17,9 @@ A *project* is a folder::
                                 project's model), the trainer's ``checkpoints/last.*`` and ``log.jsonl``
     P/learning_curve.png/.csv   validation metric vs number of training labels (``status``)
 
-Pictures only (2D; see :mod:`aemia.active.pictures` for the accepted images and labels).
+A project is 2D (pictures: :mod:`aemia.active.pictures`, ``dims = 2``) or 3D (volumes for segmentation:
+:mod:`aemia.active.volumes`, ``dims = 3``, with a working ``spacing``, a ``patch`` for training and sliding-window
+prediction, and the intensity ``normaliser``), decided at ``init`` by what the images folder holds.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from aemia.active.ledger import Ledger, LedgerItem, PoolItem, ledger_path
 from aemia.active.pictures import (
     LOSSY,
     PICTURES,
-    THREE_D_UNSUPPORTED,
     case_id_of,
     list_pictures,
     decode_mask,
@@ -82,6 +83,11 @@ class ProjectConfig:
     pretrained: str | None = None
     created_at: str = ""
     version: int = 1
+    dims: int = 2  # 2: pictures resized to size x size; 3: volumes at `spacing`, patches of `patch`
+    spacing: list[float] | None = None  # 3D: working voxel size (mm)
+    patch: list[int] | None = None  # 3D: training patch and sliding-window size (voxels)
+    normaliser: str | None = None  # 3D: aemia.data.normalise spec (2D pictures: "picture")
+    patches_per_volume: int = 8  # 3D: random patches per labelled volume per epoch
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProjectConfig:
@@ -126,21 +132,37 @@ class Project:
     def n_classes(self) -> int:
         return len(self.config.classes)
 
+    @property
+    def is_3d(self) -> bool:
+        return self.config.dims == 3
+
     # ---------------------------------------------------------------- data
     def load_image(self, path: str | Path) -> np.ndarray:
-        """Network input ``(C, size, size)`` float32 in [0, 1] for one pool image."""
+        """Network input for one pool image: ``(C, size, size)`` float32 in [0, 1] (2D), or ``(C, *S)`` at the
+        working spacing (3D, :func:`aemia.active.volumes.load_volume`)."""
         from aemia.data.io import read_image
 
-        return to_network_input(read_image(path).array, self.config.in_channels, self.config.size)
+        cfg = self.config
+        if self.is_3d:
+            from aemia.active.volumes import load_volume
 
-    def load_images(self, paths: Sequence[str], progress: bool = False, what: str = "reading images") -> np.ndarray:
+            return load_volume(path, cfg.normaliser or "none", cfg.spacing or [1.0, 1.0, 1.0])
+        return to_network_input(read_image(path).array, cfg.in_channels, cfg.size)
+
+    def load_images(self, paths: Sequence[str], progress: bool = False,
+                    what: str = "reading images") -> np.ndarray | list[np.ndarray]:
+        """Network inputs of ``paths``: one ``(N, C, size, size)`` array (2D), or a list of volumes (3D: their
+        shapes differ)."""
         from aemia.utils.progress import Bar
 
         c, s = self.config.in_channels, self.config.size
-        out = np.zeros((len(paths), c, s, s), np.float32)
+        out: Any = [] if self.is_3d else np.zeros((len(paths), c, s, s), np.float32)
         with Bar(what, total=len(paths), enabled=progress and len(paths) > 0) as bar:
             for i, p in enumerate(paths):
-                out[i] = self.load_image(p)
+                if self.is_3d:
+                    out.append(self.load_image(p))
+                else:
+                    out[i] = self.load_image(p)
                 bar.advance()
         return out
 
@@ -151,6 +173,10 @@ class Project:
         if self.config.task == "classification":
             name = Path(item.label_path).read_text(encoding="utf-8").strip()
             return self.config.classes.index(name)
+        if self.is_3d:
+            from aemia.active.volumes import load_volume_mask
+
+            return load_volume_mask(item.label_path, self.n_classes, self.config.spacing or [1.0, 1.0, 1.0])
         from aemia.data.io import read_image
         from aemia.data.transforms import resize
 
@@ -161,9 +187,12 @@ class Project:
         s = self.config.size
         return resize(mask[None].astype(np.int64), (s, s), order=0)[0].astype(np.int64)
 
-    def dataset_arrays(self, items: Sequence[LedgerItem], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def dataset_arrays(self, items: Sequence[LedgerItem], progress: bool = False) -> tuple[Any, Any]:
+        """Inputs and targets of annotated cases: arrays (2D), or lists of volumes and masks (3D)."""
         x = self.load_images([it.image_path for it in items], progress, "reading labelled cases")
         ys = [self.load_label(it) for it in items]
+        if self.is_3d:
+            return x, ys
         y = np.asarray(ys, dtype=np.int64) if self.config.task == "classification" else np.stack(ys) if ys else np.zeros((0,))
         return x, y
 
@@ -176,7 +205,7 @@ class Project:
 
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, 2, cfg.in_channels, self.n_classes, features=cfg.features,
+        model = create_model(cfg.model, cfg.dims, cfg.in_channels, self.n_classes, features=cfg.features,
                              deep_supervision=cfg.model == "unetpp", dropout=cfg.dropout)
         if cfg.pretrained:
             init_weights(model, cfg.pretrained)
@@ -234,19 +263,22 @@ def init_project(
     seed: int = 0,
     val_fraction: float = 0.2,
     pretrained: str | Path | None = None,
+    spacing: Sequence[float] | None = None,
+    patch: Sequence[int] | None = None,
+    modality: str = "auto",
     progress: bool = True,
 ) -> Project:
-    """Create project ``project`` whose pool is every picture in ``images`` (top level, sorted).
+    """Create project ``project`` whose pool is every picture, or every 3D volume, in ``images`` (top level, sorted).
 
-    Every image is read once (readable, 2D, 1 or 3 channels) and hashed into the ledger; case id = file
-    name without suffix. Refuses an existing project (``InputError``); nothing is written until every
+    Every image is read once (readable, finite; pictures 2D with 1 or 3 channels, volumes 3D with one channel
+    count) and hashed into the ledger; case id = file name without suffix (a DICOM series: its folder name).
+    A folder of volumes makes a 3D segmentation project (:mod:`aemia.active.volumes`: ``spacing``, ``patch``
+    and ``features`` default to the CPU preset, ``modality`` ``auto``/``ct``/``mr`` picks the normaliser); ``size``
+    applies to pictures only. Refuses an existing project (``InputError``); nothing is written until every
     image has been checked. ``classes`` default: ``background,foreground`` (segmentation) or ``0,1``
-    (classification). ``model`` default ``unet`` / ``resnet``; ``features`` default ``16,32,64,128``.
+    (classification). ``model`` default ``unet`` / ``resnet``; 2D ``features`` default ``16,32,64,128``.
     """
-    from aemia.data.check import Problem
-    from aemia.data.io import image_kind
-    from aemia.data.preflight import pool_pictures, require
-    from aemia.utils.progress import Bar
+    from aemia.active.volumes import list_volumes
 
     root, images = Path(project), Path(images)
     if task not in TASKS:
@@ -257,52 +289,101 @@ def init_project(
         raise InputError(root, "exists and is not an empty folder; choose a new --project folder")
     if not images.is_dir():
         raise InputError(images, "not a folder of images")
-    entries = sorted(images.iterdir())
-    found = [Problem(str(p), THREE_D_UNSUPPORTED) for p in entries if image_kind(p) in ("nifti", "itk", "dicom")]
-    paths = list_pictures(images)
-    if not paths:
-        raise InputError(*(found[0].path, found[0].problem) if found else
-                         (images, f"no pictures found ({' '.join(PICTURES)})"))
+    from aemia.data.check import Problem
+
+    paths, volumes = list_pictures(images), list_volumes(images)
+    if not paths and not volumes:
+        raise InputError(images, f"no pictures ({' '.join(PICTURES)}) or 3D volumes (.nii .nii.gz, DICOM series "
+                                 f"folders, .nrrd .mha) found")
+    dims = 3 if len(volumes) > len(paths) else 2  # a mixed folder: the minority kind is listed as a problem
+    mixed = [Problem(str(p), f"a 2D picture among {len(volumes)} 3D volumes; a project is pictures or volumes, not "
+                             "both: move it out") for p in paths] if dims == 3 else \
+            [Problem(str(p), f"a 3D volume among {len(paths)} 2D pictures; a project is pictures or volumes, not "
+                             "both: move it out") for p in volumes]
+    if dims == 3 and task != "segmentation":
+        raise InputError(None, "3D volumes are for segmentation projects; --task classification takes 2D pictures")
     classes = list(classes) if classes else (["background", "foreground"] if task == "segmentation" else ["0", "1"])
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise InputError(None, f"--classes needs at least two distinct names, got {classes}")
     model = model or ("unet" if task == "segmentation" else "resnet")
-    features = [int(f) for f in (features or [16, 32, 64, 128])]
     from aemia.nets.registry import available_models, model_task
 
     if model not in available_models():
         raise InputError(None, f"unknown --model {model!r}; available: {', '.join(available_models())}")
     if model_task(model) != task:
         raise InputError(None, f"--model {model} is for {model_task(model)}, not {task}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(None, f"validation fraction must be in [0, 1), got {val_fraction}")
+    settings = (_check_volumes(volumes, images, spacing, patch, features, modality, progress, mixed) if dims == 3
+                else _check_pictures(paths, images, task, size, features, progress, mixed))
+    items = settings.pop("items")
+    if pretrained:
+        from aemia.runs.init import resolve_init  # a run folder, checkpoint or shipped name (``universal``)
+
+        pretrained = resolve_init(pretrained)
+    cfg = ProjectConfig(task=task, classes=classes, model=model, dropout=float(dropout), seed=int(seed),
+                        val_fraction=float(val_fraction), images=str(images.resolve()),
+                        pretrained=str(Path(pretrained).resolve()) if pretrained else None, created_at=utc_now(),
+                        dims=dims, **settings)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(root / PROJECT_FILE, asdict(cfg))
+    Ledger.create(root, items).close()  # the commit point: a crash before it leaves no ledger, init can rerun
+    return Project(root, cfg)
+
+
+def _same_case_ids(paths: Sequence[Path]) -> list[Any]:
+    """Problems for pool entries that would share a case id (a.png and a.jpg; ct.nii and ct.nii.gz)."""
+    from aemia.data.check import Problem
+
+    found, first_of = [], {}
+    for p in paths:
+        cid = case_id_of(p)
+        if cid in first_of:
+            found.append(Problem(str(p), f"same case id {cid!r} as {first_of[cid].name}: rename one of them"))
+        first_of.setdefault(cid, p)
+    return found
+
+
+def _check_pictures(paths: Sequence[Path], images: Path, task: str, size: int, features: Sequence[int] | None,
+                    progress: bool, found: Sequence[Any] = ()) -> dict[str, Any]:
+    """Read every pool picture; the 2D settings of the project (and its ledger items) or ``ProblemsError``."""
+    from aemia.data.preflight import pool_pictures, require
+    from aemia.utils.progress import Bar
+
+    features = [int(f) for f in (features or [16, 32, 64, 128])]
     if task == "segmentation":
         m = 2 ** (len(features) - 1)
         if size % m:
             raise InputError(None, f"--size {size} must be a multiple of {m} for {len(features)} network levels")
     if size < 8:
         raise InputError(None, f"--size must be at least 8, got {size}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputError(None, f"validation fraction must be in [0, 1), got {val_fraction}")
     with Bar("checking images", total=len(paths), enabled=progress) as bar:
         problems, per_picture = pool_pictures(paths, lambda _: bar.advance())  # every picture read once
-    found += problems
-    first_of: dict[str, Path] = {}
-    for p in paths:  # a.png and a.jpg would be one case
-        cid = case_id_of(p)
-        if cid in first_of:
-            found.append(Problem(str(p), f"same case id {cid!r} as {first_of[cid].name}: rename one of them"))
-        first_of.setdefault(cid, p)
-    require(sorted(found, key=lambda q: q.path), images)  # nothing is written unless every picture is usable
-    channels = max(per_picture.values(), default=1)
-    if pretrained:
-        from aemia.runs.init import resolve_init  # a run folder, checkpoint or shipped name (``universal``)
+    # nothing is written unless every picture is usable
+    require(sorted([*found, *problems, *_same_case_ids(paths)], key=lambda q: q.path), images)
+    return {"size": int(size), "features": features, "in_channels": max(per_picture.values(), default=1),
+            "items": [PoolItem(case_id_of(p), str(p.resolve())) for p in paths]}
 
-        pretrained = resolve_init(pretrained)
-    items = [PoolItem(case_id_of(p), str(p.resolve())) for p in paths]
-    cfg = ProjectConfig(task=task, size=int(size), classes=classes, in_channels=channels, model=model,
-                        features=features, dropout=float(dropout), seed=int(seed), val_fraction=float(val_fraction),
-                        images=str(images.resolve()), pretrained=str(Path(pretrained).resolve()) if pretrained else None,
-                        created_at=utc_now())
-    root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / PROJECT_FILE, asdict(cfg))
-    Ledger.create(root, items).close()  # the commit point: a crash before it leaves no ledger, init can rerun
-    return Project(root, cfg)
+
+def _check_volumes(paths: Sequence[Path], images: Path, spacing: Sequence[float] | None, patch: Sequence[int] | None,
+                   features: Sequence[int] | None, modality: str, progress: bool,
+                   found: Sequence[Any] = ()) -> dict[str, Any]:
+    """Read every pool volume; the 3D settings of the project (and its ledger items) or ``ProblemsError``."""
+    from aemia.active.volumes import cpu_preset, detect_normaliser, volume_sha256
+    from aemia.data.check import Problem
+    from aemia.data.preflight import pool_volumes, require
+    from aemia.utils.progress import Bar
+
+    with Bar("checking volumes", total=len(paths), enabled=progress) as bar:
+        problems, good = pool_volumes(paths, lambda _: bar.advance())  # every volume read once
+    channels = {int(h.array[0]) for h in good.values()}
+    if len(channels) > 1:
+        first = {c: next(p for p, h in good.items() if int(h.array[0]) == c) for c in sorted(channels)}
+        problems.append(Problem(str(images), "volumes with different channel counts: " +
+                                ", ".join(f"{c} ({p.name})" for c, p in first.items())))
+    require(sorted([*found, *problems, *_same_case_ids(paths)], key=lambda q: q.path), images)
+    work, patch_, feats = cpu_preset([h.spacing for h in good.values()], spacing, patch, features)
+    normaliser = detect_normaliser(min(float(h.array[1]) for h in good.values()), modality)
+    items = [PoolItem(case_id_of(p), str(p.resolve()), volume_sha256(p)) for p in paths]
+    return {"size": 0, "features": feats, "in_channels": channels.pop(), "spacing": work, "patch": patch_,
+            "normaliser": normaliser, "items": items}

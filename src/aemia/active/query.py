@@ -61,6 +61,13 @@ def query_round(
     proj = open_project(project)
     if isinstance(k, bool) or int(k) != k or k < 1:
         raise InputError(None, f"--k must be a positive integer, got {k!r}")
+    if proj.is_3d:
+        from aemia.active.volume_scoring import default_reduce
+
+        try:
+            strategy_params = default_reduce(strategy, strategy_params)
+        except ValueError as exc:
+            raise InputError(None, str(exc)) from None
     try:
         strat = get_strategy(strategy, **strategy_params)
     except ValueError as exc:
@@ -96,9 +103,7 @@ def query_round(
         w.writerow(["case", "image_path", "score", "rank"])
         for rank_, (i, it) in enumerate(zip(order, chosen), start=1):
             w.writerow([it.case_id, it.image_path, f"{float(scores[i]):.6g}", rank_])
-            src = Path(it.image_path)
-            with atomic_path(target / src.name, suffix=src.suffix) as tmp:
-                shutil.copyfile(src, tmp)
+            _copy_case(Path(it.image_path), target)
         write_text_atomic(folder / "worklist.csv", buf.getvalue())
         write_text_atomic(folder / "README.txt", _round_readme(proj, r, label, summary, len(chosen)))
         led.query([it.case_id for it in chosen], r, strategy=label)
@@ -106,9 +111,25 @@ def query_round(
                        [float(scores[i]) for i in order], folder / "worklist.csv", target, pending)
 
 
+def _copy_case(src: Path, target: Path) -> None:
+    """Copy one queried image (a file, or a DICOM series folder) into ``target`` atomically."""
+    if src.is_dir():
+        tmp = target / f".{src.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        tmp.rename(target / src.name)
+        return
+    with atomic_path(target / src.name, suffix=src.suffix) as tmp_file:
+        shutil.copyfile(src, tmp_file)
+
+
 def _round_readme(proj: Project, r: int, strategy: str, summary: dict[str, Any] | None, n: int) -> str:
     cfg = proj.config
-    if cfg.task == "segmentation":
+    if cfg.dims == 3:
+        how = (f"Draw a label volume for each image in to_annotate/ and save it as <case>.nii.gz (same case name,\n"
+               f"on the image's own grid: same shape, voxel size and orientation; a DICOM series folder <case>/ or\n"
+               f"<case>.nrrd also works). Voxel values: 0..{len(cfg.classes) - 1} = {', '.join(cfg.classes)}.")
+    elif cfg.task == "segmentation":
         how = (f"Draw a mask for each image in to_annotate/ and save it as <case>.png (same file name stem as the\n"
                f"image, same width and height). Pixel values: 0..{len(cfg.classes) - 1} = {', '.join(cfg.classes)}"
                + (" (a binary mask may also use 0/255)." if len(cfg.classes) == 2 else "."))

@@ -9,7 +9,8 @@ average-pooled deepest encoder features (segmentation) or the classifier's poole
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "N_COPIES",
     "N_MC",
     "embeddings",
+    "mc_dropout",
     "predict_probabilities",
     "score_images",
     "score_pool",
@@ -79,7 +81,10 @@ def embeddings(model: Any, x: Any) -> np.ndarray:
         return model.forward_features(x)["embedding"].float().cpu().numpy()
 
 
-def _mc_dropout_probs(model: Any, x: Any, samples: int) -> Any:
+@contextlib.contextmanager
+def mc_dropout(model: Any) -> Iterator[None]:
+    """The model in eval mode with its dropout layers sampling (MC dropout), gradients off; eval mode after.
+    ``InputError`` when the network has no dropout (BALD needs it)."""
     import torch
 
     drops = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
@@ -91,10 +96,17 @@ def _mc_dropout_probs(model: Any, x: Any, samples: int) -> Any:
         m.train()
     try:
         with torch.no_grad():
-            x = x.to(next(model.parameters()).device)
-            return torch.stack([_forward_softmax(model, x) for _ in range(samples)])
+            yield
     finally:
         model.eval()
+
+
+def _mc_dropout_probs(model: Any, x: Any, samples: int) -> Any:
+    import torch
+
+    with mc_dropout(model):
+        x = x.to(next(model.parameters()).device)
+        return torch.stack([_forward_softmax(model, x) for _ in range(samples)])
 
 
 def _forward_softmax(model: Any, x: Any) -> Any:
@@ -203,7 +215,16 @@ def score_pool(
     progress: bool = True,
 ) -> np.ndarray:
     """Scores of ``items`` (higher = more worth annotating) by ``strategy`` with ``model``
-    (:func:`score_images` on the project's pictures; core-set also embeds the ``labelled`` cases)."""
+    (:func:`score_images` on the project's pictures, :func:`aemia.active.volume_scoring.score_volumes` on a 3D
+    project's volumes; core-set also embeds the ``labelled`` cases)."""
+    if project.is_3d:
+        from aemia.active.volume_scoring import score_volumes
+
+        def volume(seq: Sequence[LedgerItem]) -> Callable[[int], np.ndarray]:
+            return lambda i: project.load_image(seq[i].image_path)
+
+        return score_volumes(model, strategy, len(items), volume(items), project.config.patch or [48, 48, 48],
+                             n_labelled=len(labelled), load_labelled=volume(labelled), progress=progress)
 
     def loader(seq: Sequence[LedgerItem]) -> Callable[[int, int], np.ndarray]:
         return lambda a, b: project.load_images([it.image_path for it in seq[a:b]])

@@ -31,7 +31,11 @@ Segmentation reduction (``reduce`` parameter of the uncertainty strategies and A
 * ``"foreground"``: the mean over the *predicted foreground*, the voxels whose arg-max class of the mean
   prediction (mean over MC samples for BALD, over augmented copies for ACFT) is not channel 0. An image with
   an empty predicted foreground gets ``empty_score`` (default ``0.0``, the lowest value every built-in score
-  can take), so it ranks after every image with foreground; ties among such images fall back to the index.
+  can take), so it ranks after every image with foreground; ties among such images fall back to the index;
+* ``"likely-foreground"``: the same mean over the voxels whose mean predicted probability of *not* being
+  background is at least :data:`LIKELY_FOREGROUND` (0.1): the predicted foreground plus the voxels the model is
+  unsure about, so a case whose organ the model half-sees is still scored on it (the 3D default,
+  :mod:`aemia.active.volume_scoring`); empty regions get ``empty_score`` as above.
 
 Literature: entropy, margin and least confidence are the classical uncertainty-sampling scores; BALD is
 Houlsby et al. 2011 with MC dropout (Gal et al., ICML 2017); core-set is the k-centre greedy of Sener &
@@ -49,9 +53,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+ACFT_CHUNK = 1 << 16  # voxels per chunk of ACFT's per-voxel scores (segmentation)
 EPS: float = float(np.finfo(np.float64).eps)  # 2.220446049250313e-16, the eps of the ACFT Matlab demo (§5.1)
 
-Reduce = Literal["mean", "foreground"]
+Reduce = Literal["mean", "foreground", "likely-foreground"]
+REDUCTIONS = ("mean", "foreground", "likely-foreground")
+LIKELY_FOREGROUND = 0.1  # "likely-foreground": voxels whose mean P(not background) is at least this
 
 # What a strategy's ``score`` takes (``Strategy.needs``); the scoring layer (:mod:`aemia.active.scoring`)
 # maps each to the forward passes that produce it, so it never dispatches on strategy classes.
@@ -72,6 +79,8 @@ __all__ = [
     "NEEDS",
     "POOL_SIZE",
     "PROBABILITIES",
+    "LIKELY_FOREGROUND",
+    "REDUCTIONS",
     "BALD",
     "EPS",
     "CoreSet",
@@ -139,7 +148,8 @@ def reduce_voxel_scores(
     """Per-image scores ``(N,)`` from per-voxel score maps ``(N, *spatial)``.
 
     ``mean_probs`` ``(N, K, *spatial)`` defines the predicted foreground (arg-max ≠ channel 0) for
-    ``reduce="foreground"``; images whose predicted foreground is empty get ``empty_score``.
+    ``reduce="foreground"``, or the likely foreground (1 − p_0 ≥ :data:`LIKELY_FOREGROUND`) for
+    ``"likely-foreground"``; images whose region is empty get ``empty_score``.
     A 1-D ``voxel_scores`` (classification) is returned unchanged.
     """
     v = np.asarray(voxel_scores, dtype=np.float64)
@@ -149,10 +159,12 @@ def reduce_voxel_scores(
     flat = v.reshape(n, -1)
     if reduce == "mean":
         return flat.mean(axis=1)
-    if reduce == "foreground":
+    if reduce in ("foreground", "likely-foreground"):
         if mean_probs is None:
-            raise ValueError('reduce="foreground" needs the mean class probabilities')
-        fg = (np.argmax(mean_probs, axis=1) != 0).reshape(n, -1)
+            raise ValueError(f'reduce="{reduce}" needs the mean class probabilities')
+        mp = np.asarray(mean_probs)
+        fg = (np.argmax(mp, axis=1) != 0 if reduce == "foreground" else 1.0 - mp[:, 0] >= LIKELY_FOREGROUND)
+        fg = fg.reshape(n, -1)
         if fg.shape != flat.shape:
             raise ValueError(f"foreground mask shape {fg.shape} differs from score map shape {flat.shape}")
         count = fg.sum(axis=1)
@@ -161,7 +173,7 @@ def reduce_voxel_scores(
         has = count > 0
         out[has] = total[has] / count[has]
         return out
-    raise ValueError(f'reduce must be "mean" or "foreground", got {reduce!r}')
+    raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
 
 
 # ------------------------------------------------------------------------------------------ base
@@ -241,16 +253,19 @@ class ForegroundRandom(Strategy):
     min_voxels: int = 1
 
     def score(self, predictions: Any) -> np.ndarray:
-        """``predictions``: probabilities ``(N, K, *spatial)`` (or hard label maps ``(N, *spatial)`` of ints)."""
-        p = np.asarray(predictions)
-        if p.ndim >= 2 and np.issubdtype(p.dtype, np.floating):
+        """``predictions``: probabilities ``(N, K, *spatial)``, hard label maps ``(N, *spatial)`` of ints, or a
+        list of ``N`` label maps of different shapes (3D volumes)."""
+        p = np.asarray(predictions) if not isinstance(predictions, (list, tuple)) else None
+        if p is None:
+            fg_count = np.array([np.count_nonzero(np.asarray(m)) for m in predictions], dtype=np.int64)
+        elif p.ndim >= 2 and np.issubdtype(p.dtype, np.floating):
             p = _check_probs(p, 1, "fg-random")
             fg_count = (np.argmax(p, axis=1) != 0).reshape(p.shape[0], -1).sum(axis=1)
         elif p.ndim >= 1 and (np.issubdtype(p.dtype, np.integer) or p.dtype == bool):
             fg_count = (p != 0).reshape(p.shape[0], -1).sum(axis=1)
         else:
             raise ValueError(f"fg-random: need probabilities (N, K, ...) or label maps (N, ...), got {p.shape}")
-        u = np.random.default_rng(self.seed).random(p.shape[0])
+        u = np.random.default_rng(self.seed).random(len(fg_count))
         return u + (fg_count >= self.min_voxels).astype(np.float64)
 
 
@@ -532,9 +547,18 @@ class ACFT(Strategy):
 
     def score(self, predictions: Any) -> np.ndarray:
         """``predictions``: ``(N, m, K)``, ``(N, m)`` binary P(positive), or ``(N, m, K, *spatial)``."""
-        p = _as_acft_probs(predictions)
-        s = acft_scores(p, self.alpha, self.lambda1, self.lambda2, self.eps)
-        return reduce_voxel_scores(s, p.mean(axis=1) if s.ndim > 1 else None, self.reduce, self.empty_score)
+        raw = np.asarray(predictions)
+        if raw.ndim <= 3:
+            return acft_scores(_as_acft_probs(raw), self.alpha, self.lambda1, self.lambda2, self.eps)
+        # per-voxel scores chunk by chunk (voxels are independent): bounded float64 temporaries for 3D volumes
+        flat = raw.reshape(raw.shape[:3] + (-1,))
+        scores, means = [], []
+        for a in range(0, flat.shape[3], ACFT_CHUNK):
+            p = _as_acft_probs(flat[..., a:a + ACFT_CHUNK])
+            scores.append(acft_scores(p, self.alpha, self.lambda1, self.lambda2, self.eps))
+            means.append(p.mean(axis=1))
+        return reduce_voxel_scores(np.concatenate(scores, axis=1), np.concatenate(means, axis=2), self.reduce,
+                                   self.empty_score)
 
 
 # ------------------------------------------------------------------------------------------ registry

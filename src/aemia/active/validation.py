@@ -87,12 +87,13 @@ def grow_validation(proj: Project, annotated: Sequence[LedgerItem], round_: int,
 
 
 def case_scores(task: str, probs: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-case score: Dice (mean over foreground classes, both empty = 1) or 1/0 correct (classification)."""
+    """Per-case score: Dice (mean over foreground classes, both empty = 1) or 1/0 correct (classification).
+    ``probs`` ``(N, K, ...)``, or a list of ``(K, *S)`` maps of different shapes (3D volumes)."""
     if task == "classification":
         return (probs.argmax(1) == y).astype(np.float64)
     from aemia.evaluate.metrics import dice
 
-    pred = probs.argmax(1)
+    pred = [p.argmax(0) for p in probs] if isinstance(probs, list) else probs.argmax(1)
     out = []
     for p, t in zip(pred, y):
         fg = [dice(p == c, t == c) for c in range(1, n_classes)]

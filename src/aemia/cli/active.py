@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         name="active",
         help=(
             "Active learning with a person in the loop: choose the images most worth annotating, import the "
-            "labels, fine-tune the model continually (ACFT), repeat. 2D pictures only.\n\n"
+            "labels, fine-tune the model continually (ACFT), repeat. 2D pictures, or 3D volumes (NIfTI/DICOM) for "
+            "segmentation.\n\n"
             "Example: aemia active init --images my_pictures/ --project polyps"
         ),
         no_args_is_help=True,
@@ -34,33 +35,46 @@ def register(app: typer.Typer) -> None:
 
 
 def init_cmd(
-    images: Path = typer.Option(..., "--images", "-i", help="Folder of 2D pictures (.png .jpg ...): the unlabelled pool.", callback=v.existing),
+    images: Path = typer.Option(..., "--images", "-i", help="Folder of 2D pictures (.png .jpg ...) or of 3D volumes (.nii.gz, DICOM series folders, .nrrd): the unlabelled pool.", callback=v.existing),
     project: Path = typer.Option(..., "--project", "-p", help="Project folder to create (must not exist yet).", callback=v.out_folder),
     task: str = typer.Option("segmentation", help="segmentation or classification.", callback=v.choice(("segmentation", "classification"))),
-    size: int = typer.Option(128, help="Images are resized to SIZE x SIZE for the network.", callback=v.number(16)),
+    size: int = typer.Option(128, help="2D: images are resized to SIZE x SIZE for the network.", callback=v.number(16)),
     classes: Optional[str] = typer.Option(None, help="Class names, comma-separated (default background,foreground or 0,1)."),
     model: Optional[str] = typer.Option(None, help="Network: unet or unetpp (segmentation), resnet (classification).", callback=v.choice(v.models())),
-    features: Optional[str] = typer.Option(None, help="Network widths per level (default 16,32,64,128).", callback=v.int_list()),
+    features: Optional[str] = typer.Option(None, help="Network widths per level (default 16,32,64,128; 3D 8,16,32,64).", callback=v.int_list()),
+    spacing: Optional[str] = typer.Option(None, help="3D: working voxel size in mm, e.g. 2,2,2 (default: the pool's median, at least 2 mm per axis).", callback=v.float_list((3,))),
+    patch: Optional[str] = typer.Option(None, help="3D: training patch and sliding-window size, e.g. 48,48,48 (the default).", callback=v.int_list((3,), lo=8)),
+    modality: str = typer.Option("auto", help="3D: ct (abdominal HU window), mr (percentile window) or auto (CT when the darkest voxel is <= -500).", callback=v.choice(("auto", "ct", "mr"))),
     dropout: float = typer.Option(0.0, help="Dropout in the network (> 0 is needed by --strategy bald).", callback=v.number(0, 1, hi_open=True)),
     val_fraction: float = typer.Option(0.2, help="Fraction of the first round's labels held out for validation.", callback=v.number(0, 1, hi_open=True)),
     pretrained: Optional[Path] = typer.Option(None, "--init", "--pretrained", help="Start the first model (M0) from these weights: a run folder, a checkpoint or a shipped model (universal: --model unet --features 16,16,32,64,128).", callback=v.checkpoint),
     seed: int = typer.Option(0, help="Seed of the initialisation, cold-start draws and the validation split.", callback=v.non_negative),
 ) -> None:
-    """Create a project: register and hash every picture of --images in a new annotation ledger.
+    """Create a project: register and hash every picture (or 3D volume) of --images in a new annotation ledger.
+
+    A folder of 3D volumes makes a 3D segmentation project: a 3D U-Net trained on random patches at a working
+    voxel size, pool volumes scored by sliding window.
 
     Example: aemia active init --images my_pictures/ --project polyps --task segmentation --size 128
+
+    Example (3D): aemia active init --images cts/ --project livers --classes background,liver --spacing 3,3,3
     """
     from aemia.active.project import init_project
 
     proj = init_project(project, images, task=task, size=size,
                         classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
                         model=model, features=parse_ints(features, "--features"), dropout=dropout, seed=seed,
-                        val_fraction=val_fraction, pretrained=pretrained)
+                        val_fraction=val_fraction, pretrained=pretrained,
+                        spacing=[float(x) for x in spacing.split(",")] if spacing else None,
+                        patch=parse_ints(patch, "--patch"), modality=modality)
     with proj.ledger() as led:
         n = sum(led.status_counts().values())
     cfg = proj.config
-    console.print(f"project {project}: {n} images ({cfg.task}, classes {', '.join(cfg.classes)}, "
-                  f"{cfg.in_channels} channel(s), network {cfg.model} {cfg.features} at {cfg.size}x{cfg.size})")
+    where = (f"3D {cfg.model} {cfg.features}, voxels {'x'.join(f'{s:g}' for s in cfg.spacing or [])} mm, patch "
+             f"{'x'.join(map(str, cfg.patch or []))}, {cfg.normaliser}" if cfg.dims == 3
+             else f"network {cfg.model} {cfg.features} at {cfg.size}x{cfg.size}")
+    console.print(f"project {project}: {n} {'volumes' if cfg.dims == 3 else 'images'} ({cfg.task}, classes "
+                  f"{', '.join(cfg.classes)}, {cfg.in_channels} channel(s), {where})")
     console.print(f"next: aemia active query --project {project} --strategy acft --k 20")
 
 
@@ -70,13 +84,15 @@ def query_cmd(
                                               "bald, coreset, fg-random or random.", callback=v.strategy_list),
     k: int = typer.Option(20, "--k", "-k", help="Number of cases to annotate in this round.", callback=v.at_least_one),
     reduce: Optional[str] = typer.Option(None, help="Segmentation: per-image score = mean over all pixels (mean) or "
-                                                    "over the predicted foreground (foreground).", callback=v.choice(("mean", "foreground"))),
-    batch_size: int = typer.Option(8, help="Images scored at once.", callback=v.at_least_one),
+                                                    "over the predicted foreground (foreground) or over voxels with P(not background) >= 0.1 "
+                                                    "(likely-foreground, the 3D default).", callback=v.choice(("mean", "foreground", "likely-foreground"))),
+    batch_size: int = typer.Option(8, help="Images scored at once (3D: one volume at a time).", callback=v.at_least_one),
 ) -> None:
     """Choose the K unlabelled images most worth annotating and put them in a new round folder.
 
     Scores the pool with the latest model (before any model: random, the cold-start rule), writes
-    P/rounds/NN/worklist.csv and copies the images into P/rounds/NN/to_annotate/.
+    P/rounds/NN/worklist.csv and copies the images into P/rounds/NN/to_annotate/. 3D projects score each
+    volume from sliding-window predictions of the 3D network (every strategy applies).
 
     Example: aemia active query --project polyps --strategy acft --k 20
     """
@@ -95,8 +111,9 @@ def query_cmd(
 
 def import_cmd(
     project: Path = typer.Option(..., "--project", "-p", help="Project folder.", callback=v.existing),
-    labels: Path = typer.Option(..., "--labels", "-l", help="Segmentation: folder of masks named <case>.png; "
-                                                            "classification: CSV case,label.", callback=v.existing),
+    labels: Path = typer.Option(..., "--labels", "-l", help="Segmentation: folder of masks named <case>.png (3D: "
+                                                            "<case>.nii.gz, .nrrd or a DICOM folder <case>/, on the "
+                                                            "image's grid); classification: CSV case,label.", callback=v.existing),
     annotator: Optional[str] = typer.Option(None, help="Who annotated (default: your login name)."),
     replace: bool = typer.Option(False, "--replace", help="Accept a different label for an already annotated case."),
 ) -> None:

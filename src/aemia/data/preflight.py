@@ -12,6 +12,8 @@ list of problems (stdout) and one error line (stderr, exit 2). ``aemia data chec
   header sanity, NaN/inf, one 3D volume per NIfTI/NRRD) with the ``--dims`` the pretraining needs. Bundled data sets
   are trusted.
 * :func:`pool_pictures` — ``active init``: every pool picture readable, one grey or RGB 2D picture, finite.
+* :func:`pool_volumes` — ``active init`` on 3D volumes: every volume readable, 3D, finite, one channel count.
+* :func:`label_geometry` — ``active import`` of a 3D mask: on its image's grid (shape, spacing, affine).
 * :func:`model_inputs` — ``predict``: every input is read once and matched against the model (dimensionality
   first, then channels), NaN/inf refused.
 * :func:`mask_pairs` — ``evaluate``: each prediction is one label map (not 4D), finite, integer, on the ground
@@ -85,6 +87,46 @@ def pool_pictures(paths: Sequence[Path], on_picture: Callable[[Path], None] | No
         if on_picture is not None:
             on_picture(Path(path))
     return found, channels
+
+
+def pool_volumes(paths: Sequence[Path], on_volume: Callable[[Path], None] | None = None
+                 ) -> tuple[list[Problem], dict[Path, Image]]:
+    """Read every volume of a 3D active-learning pool: (problems, the header-only :class:`Image` of each good
+    volume: its array replaced by ``(channels, min, max)`` of the voxels); ``on_volume`` is called after each."""
+    found: list[Problem] = []
+    good: dict[Path, Image] = {}
+    for path in paths:
+        before = len(found)
+        img = _read(Path(path), found)
+        if img is not None:
+            if img.spatial_dims != 3:
+                found.append(Problem(str(path), f"expected a 3D volume, got array shape {img.array.shape}"))
+            _check_finite(img, Path(path), found)
+            if len(found) == before:
+                a = img.array
+                summary = np.array([a.shape[0], float(a.min()), float(a.max())], np.float64)
+                good[Path(path)] = Image(summary, img.spacing, img.affine, img.path)
+        if on_volume is not None:
+            on_volume(Path(path))
+    return found, good
+
+
+#: Voxel-to-world matrices of a mask and its image must agree to this many mm (origin) / units (direction).
+AFFINE_ATOL = 1e-3
+
+
+def label_geometry(path: Path, label: Image, image: Image) -> list[Problem]:
+    """A 3D mask on its image's grid: same shape and spacing, and the same voxel-to-world affine (origin and
+    axis directions, both compared in RAS voxel order as :func:`aemia.data.io.read_image` returns them)."""
+    found: list[Problem] = []
+    if label.spatial_dims != image.spatial_dims:
+        return [Problem(str(path), f"is {label.spatial_dims}D; its image is {image.spatial_dims}D")]
+    _check_geometry(label, image, Path(path), "label", found)
+    if not found and not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_ATOL):
+        lo, io_ = np.round(label.affine[:3, 3], 2).tolist(), np.round(image.affine[:3, 3], 2).tolist()
+        found.append(Problem(str(path), f"label affine differs from its image's (origin {lo} vs {io_} mm, or the "
+                                        f"axis directions): not on the same grid"))
+    return found
 
 
 def model_inputs(paths: Sequence[Path], spatial_dims: int, in_channels: int) -> list[Problem]:
