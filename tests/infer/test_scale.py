@@ -255,3 +255,32 @@ def test_ensemble_and_probability_options_are_checked(run3d: Path, make_run, vol
         predict_path([run3d, run2d], volumes, tmp_path / "o", progress=False)
     with pytest.raises(InputError, match="save-probs writes 3D"):
         predict_path(run2d, volumes, tmp_path / "o2", progress=False, save_probs=True)
+
+
+def test_review_prioritize_parts_equal_one_process(run3d: Path, make_run, volumes: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    run_b = make_run(3, name="run_b", normaliser="ct-window:-300,300", patch=[8, 8, 8], features=[4, 4])
+    pred = tmp_path / "pred"
+    predict_path([run3d, run_b], volumes, pred, progress=False, save_probs=True)
+    review = ["review", "prioritize", "--predictions", str(pred / "probs"), "--quiet", "--figure-cases", "2",
+              "--entropy-threshold", "0.3", "--opening-iterations", "0"]
+    assert main([*review, "--out", str(tmp_path / "whole")]) == 0
+    parted = tmp_path / "parted"
+    for k in (0, 2):
+        assert main([*review, "--out", str(parted), "--num-parts", "3", "--part-id", str(k)]) == 0
+    assert not (parted / "priority.csv").exists()
+    capsys.readouterr()
+    assert main([*review, "--out", str(parted), "--merge"]) == 2
+    assert "1 of 3 part(s) not finished (part id(s) 1)" in capsys.readouterr().err
+    stamp = (parted / "attention" / "case_00_flags.nii.gz").stat().st_mtime_ns
+    for k in (0, 1):  # part 0 finished already: skipped, its maps untouched
+        assert main([*review, "--out", str(parted), "--num-parts", "3", "--part-id", str(k)]) == 0
+    assert (parted / "attention" / "case_00_flags.nii.gz").stat().st_mtime_ns == stamp
+    assert main([*review, "--out", str(parted), "--merge"]) == 0
+    whole, merged = _contents(tmp_path / "whole"), _contents(parted)
+    assert sorted(whole) == sorted(merged) and len([k for k in whole if k.startswith("attention/")]) == 3 * len(CASES)
+    assert all(whole[k] == merged[k] for k in whole if k not in ("review.json", "priority.png"))
+    a, b = (json.loads((d / "review.json").read_text()) for d in (tmp_path / "whole", parted))
+    assert a["cases"] == b["cases"] and (a["parts"], b["parts"]) == (1, 3)
+    assert float(a["cases"][0]["attention_mm3"]) > 0, "the two models disagree somewhere"
+    assert not [p for p in parted.iterdir() if p.name.startswith(".")]
