@@ -36,6 +36,7 @@ from aemia.infer.lesions import lesion_classes, lesion_csv, lesion_rows
 from aemia.infer.pool import prefetched
 from aemia.infer.predictor import Predictor, Prepared, labels_from_probs
 from aemia.infer.records import CaseResult, write_record, write_worker
+from aemia.infer.shard import local_device
 from aemia.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 PROBS_DIR = "probs"
@@ -102,7 +103,8 @@ class PredictJob:
         return dims, channels
 
     def load(self) -> list[Predictor]:
-        return [Predictor.from_run(r, prune=self.prune, tta=self.tta, device=self.device, amp=self.amp)
+        device = local_device(self.device)  # torchrun: one GPU per rank
+        return [Predictor.from_run(r, prune=self.prune, tta=self.tta, device=device, amp=self.amp)
                 for r in self.runs]
 
 

@@ -67,6 +67,17 @@ def local_processes() -> int:
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def local_device(device: str) -> str:
+    """Under torchrun, a bare ``cuda`` (or ``auto`` with CUDA present) means this rank's GPU ``cuda:LOCAL_RANK``."""
+    if "LOCAL_RANK" not in os.environ or device not in ("cuda", "auto"):
+        return device
+    import torch
+
+    if device == "auto" and not torch.cuda.is_available():
+        return device
+    return f"cuda:{int(os.environ['LOCAL_RANK']) % max(1, torch.cuda.device_count())}"
+
+
 def wait_for_all_parts(shard: Shard, timeout_hours: float = 48.0) -> None:
     """Under torchrun: block until every rank got here (a gloo barrier). Otherwise nothing happens."""
     if not shard.torchrun:
