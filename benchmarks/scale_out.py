@@ -104,55 +104,81 @@ def predict_config(name: str, cmd: list[str], env: dict, out: Path, n: int, work
             "peak_rss_mb_per_worker": summary["peak_rss_mb_per_worker"], "command": " ".join(cmd)}
 
 
+def ensemble_stage(py: str, env: dict, work: Path, cts: Path, volumes: list[dict], runs: list[Path], n: int) -> dict:
+    """3-model ensemble with saved probabilities, then the review priorities, on the first ``n`` cases."""
+    ens_in = work / "ens_cts"
+    ens_in.mkdir()
+    for v in volumes[:n]:
+        os.link(cts / f"{v['case']}.nii.gz", ens_in / f"{v['case']}.nii.gz")
+    ens_cmd = [py, "-m", "aemia.cli.main", "predict", "--runs", ",".join(map(str, runs)), "--save-probs",
+               "--workers", "2", "--input", str(ens_in), "--out", str(work / "ens")]
+    ens = timed(ens_cmd, env)
+    review_cmd = [py, "-m", "aemia.cli.main", "review", "prioritize", "--predictions", str(work / "ens" / "probs"),
+                  "--out", str(work / "review"), "--quiet"]
+    rev = timed(review_cmd, env)
+    summary = json.loads((work / "ens" / "summary.json").read_text())
+    probs_bytes = sum(f.stat().st_size for f in (work / "ens" / "probs").rglob("*.nii.gz"))
+    return {"models": len(runs), "cases": n, "predict": ens, "review_prioritize": rev,
+            "seconds_per_case": round((ens["seconds"] + rev["seconds"]) / n, 2),
+            "model_loads": summary["model_loads"], "probs_dtype": "uint8",
+            "probs_mb_per_case_per_model": round(probs_bytes / 2**20 / n / len(runs), 2),
+            "commands": [" ".join(ens_cmd), " ".join(review_cmd)]}
+
+
+STAGES = {"w1": "1 worker", "w2": "2 workers", "torchrun": "2 torchrun ranks"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--ensemble-cases", type=int, default=8)
     ap.add_argument("--features", default="8,16,32,64")
+    ap.add_argument("--stages", default="w1,w2,torchrun,ensemble", help="any of w1, w2, torchrun, ensemble")
+    ap.add_argument("--reuse", action="append", default=[], help="a earlier (partial) JSON whose measured stages "
+                    "fill the ones not run now (e.g. after a run cut short)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale_out.json"))
     args = ap.parse_args()
+    stages = [x.strip() for x in args.stages.split(",") if x.strip()]
     features = [int(f) for f in args.features.split(",")]
     py = sys.executable
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env.update(PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1")
+    reused = [json.loads(Path(f).read_text()) for f in args.reuse]
+    command = "python benchmarks/scale_out.py " + " ".join(sys.argv[1:])
     work = Path(tempfile.mkdtemp(prefix="aemia-scale-"))
     try:
         cts = work / "cts"
         volumes = make_volumes(cts, args.cases)
         runs = [make_run(work / f"model_{s}", s, features) for s in range(3)]
         cli = [py, "-m", "aemia.cli.main", "predict", "-r", str(runs[0]), "--input", str(cts)]
-        configs = [("1 worker", [*cli, "--out", str(work / "w1")], work / "w1", 1),
-                   ("2 workers", [*cli, "--out", str(work / "w2"), "--workers", "2"], work / "w2", 2),
-                   ("2 torchrun ranks", [py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                                         "127.0.0.1", "--master_port", "29533", *cli[1:], "--out", str(work / "tr")],
-                    work / "tr", 2)]
-        results = []
-        for name, cmd, out, workers in configs:
-            results.append(predict_config(name, cmd, env, out, args.cases, workers))
-            partial = Path(args.out).with_suffix(".partial.json")  # what is measured so far, if the run is cut short
-            partial.write_text(json.dumps({"command": "python benchmarks/scale_out.py " + " ".join(sys.argv[1:]),
-                                           "runs": results}, indent=2) + "\n")
-        ens_in = work / "ens_cts"
-        ens_in.mkdir()
-        for v in volumes[: args.ensemble_cases]:
-            os.link(cts / f"{v['case']}.nii.gz", ens_in / f"{v['case']}.nii.gz")
-        ens_cmd = [py, "-m", "aemia.cli.main", "predict", "--runs", ",".join(map(str, runs)), "--save-probs",
-                   "--workers", "2", "--input", str(ens_in), "--out", str(work / "ens")]
-        ens = timed(ens_cmd, env)
-        review_cmd = [py, "-m", "aemia.cli.main", "review", "prioritize", "--predictions", str(work / "ens" / "probs"),
-                      "--out", str(work / "review"), "--quiet"]
-        rev = timed(review_cmd, env)
-        ens_summary = json.loads((work / "ens" / "summary.json").read_text())
-        probs_bytes = sum(f.stat().st_size for f in (work / "ens" / "probs").rglob("*.nii.gz"))
+        configs = {"w1": ([*cli, "--out", str(work / "w1")], work / "w1", 1),
+                   "w2": ([*cli, "--out", str(work / "w2"), "--workers", "2"], work / "w2", 2),
+                   "torchrun": ([py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                                 "127.0.0.1", "--master_port", "29533", *cli[1:], "--out", str(work / "tr")],
+                                work / "tr", 2)}
+        results = [dict(r, measured_by=old.get("command")) for old in reused for r in old.get("runs", [])
+                   if r["config"] in [STAGES[k] for k in STAGES if k not in stages]]
+        ensemble = next((dict(old["ensemble"], measured_by=old.get("command")) for old in reused
+                         if old.get("ensemble") and "ensemble" not in stages), None)
+        partial = Path(args.out).with_suffix(".partial.json")  # what is measured so far, if the run is cut short
+        for key in [k for k in STAGES if k in stages]:
+            cmd, out, workers = configs[key]
+            results.append(dict(predict_config(STAGES[key], cmd, env, out, args.cases, workers), measured_by=command))
+            partial.write_text(json.dumps({"command": command, "runs": results, "ensemble": ensemble}, indent=2) + "\n")
+        if "ensemble" in stages:
+            ensemble = dict(ensemble_stage(py, env, work, cts, volumes, runs, args.ensemble_cases), measured_by=command)
+            partial.write_text(json.dumps({"command": command, "runs": results, "ensemble": ensemble}, indent=2) + "\n")
         by = {r["config"]: r for r in results}
-        speedup = by["1 worker"]["seconds"] / by["2 workers"]["seconds"]
+        speedup = by["1 worker"]["seconds"] / by["2 workers"]["seconds"] if {"1 worker", "2 workers"} <= set(by) else None
+        torch_speedup = (by["1 worker"]["seconds"] / by["2 torchrun ranks"]["seconds"]
+                         if {"1 worker", "2 torchrun ranks"} <= set(by) else None)
         loads = [r["loadavg_before"][0] for r in results] + [r["loadavg_after"][0] for r in results]
         report = {
             "benchmark": "scale_out (issue 16)",
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "python": platform.python_version(), "torch": __import__("torch").__version__},
-            "command": "python benchmarks/scale_out.py " + " ".join(sys.argv[1:]),
+            "command": command,
             "volumes": {"cases": args.cases, "sources": [str(p.relative_to(DATA)) for p in SOURCES],
                         "shapes_min": [min(v["shape"][a] for v in volumes) for a in range(3)],
                         "shapes_max": [max(v["shape"][a] for v in volumes) for a in range(3)],
@@ -160,27 +186,24 @@ def main() -> None:
             "model": {"net": "unet 3D", "features": features, "classes": 3, "spacing_mm": 2.0, "window": [64, 64, 48],
                       "weights": "random (seeded): timing only"},
             "cases_per_hour": {r["config"]: r["cases_per_hour"] for r in results},
-            "speedup_2_workers": round(speedup, 3),
-            "speedup_2_torchrun_ranks": round(by["1 worker"]["seconds"] / by["2 torchrun ranks"]["seconds"], 3),
+            "speedup_2_workers": None if speedup is None else round(speedup, 3),
+            "speedup_2_torchrun_ranks": None if torch_speedup is None else round(torch_speedup, 3),
             "model_loads": {r["config"]: r["model_loads"] for r in results},
             "peak_rss_mb_per_worker": {r["config"]: r["peak_rss_mb_per_worker"] for r in results},
             "seconds_per_case_per_worker": {r["config"]: r["wall_seconds_per_case_per_worker"] for r in results},
-            "ensemble_priority_seconds_per_case": round((ens["seconds"] + rev["seconds"]) / args.ensemble_cases, 2),
-            "ensemble": {"models": 3, "cases": args.ensemble_cases, "predict": ens, "review_prioritize": rev,
-                         "model_loads": ens_summary["model_loads"], "probs_dtype": "uint8",
-                         "probs_mb_per_case_per_model": round(probs_bytes / 2**20 / args.ensemble_cases / 3, 2),
-                         "commands": [" ".join(ens_cmd), " ".join(review_cmd)]},
+            "ensemble_priority_seconds_per_case": ensemble["seconds_per_case"] if ensemble else None,
+            "ensemble": ensemble,
             "targets": {"speedup_2_workers": 1.7, "model_loads": "= number of workers",
-                        "speedup_met": speedup >= 1.7,
+                        "speedup_met": None if speedup is None else speedup >= 1.7,
                         "model_loads_met": all(r["model_loads"] == r["worker_processes"] for r in results)},
-            "machine_load": {"loadavg_1min_range": [min(loads), max(loads)], "cores": os.cpu_count(),
+            "machine_load": {"loadavg_1min_range": [min(loads), max(loads)] if loads else None, "cores": os.cpu_count(),
                              "note": "shared machine: other processes compete for the same cores, so the speed-up "
                                      "is distorted unless the load average stays well below the core count"},
             "runs": results,
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         print(json.dumps({k: report[k] for k in ("cases_per_hour", "speedup_2_workers", "model_loads",
                                                  "peak_rss_mb_per_worker", "ensemble_priority_seconds_per_case",
                                                  "machine_load")}, indent=2))
