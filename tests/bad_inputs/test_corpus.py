@@ -74,7 +74,8 @@ def test_predict_skip_bad_writes_the_good_ones_and_failures_csv(run2d: Path, cor
     res = run_cli(["predict", "--run", run2d, "--input", tmp_path / "in", "--out", tmp_path / "out",
                    "--device", "cpu", "--skip-bad"], tmp_path)
     assert res.rc == 2 and len(res.err_lines) == 1 and not res.traceback, res
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["failures.csv", "good_a.png", "good_b.png"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))  # .aemia-predict
+    assert written == ["failures.csv", "good_a.png", "good_b.png", "summary.json"]  # records: resume, not output
     rows = list(csv.DictReader((tmp_path / "out" / "failures.csv").open()))
     assert sorted({Path(r["path"]).name for r in rows}) == sorted(bad)
 

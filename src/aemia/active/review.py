@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -33,8 +34,10 @@ from aemia.active.attention import (
     compute_case,
     rank_cases,
 )
+from aemia.active import review_parts as parts
 from aemia.active.prediction_set import PredictionSet
 from aemia.errors import InputError
+from aemia.infer.shard import Shard
 from aemia.utils.io import atomic_path, write_json_atomic, write_text_atomic
 
 
@@ -162,6 +165,9 @@ def prioritize(
     figure_cases: int = 4,
     progress: bool = False,
     on_case: Callable[[str], None] | None = None,
+    num_parts: int | None = None,
+    part_id: int | None = None,
+    merge_only: bool = False,
 ) -> PrioritizeResult:
     """Rank the cases of a predictions folder (layout: :class:`PredictionSet`) for human review.
 
@@ -178,12 +184,13 @@ def prioritize(
     * ``priority.png``: the top ``figure_cases`` cases' axial slice with the most attention, attention overlaid
       (over the CT if ``images`` holds ``<case>.nii.gz``, else over the mean predicted organ probability).
 
-    All files are first written in a staging folder inside ``out_dir`` and moved into place only when every case
-    succeeded, so an error leaves no partial output (the staging folder is removed).
+    Sharded (``num_parts``/``part_id``, or the torchrun rank): this process computes only its part's cases
+    (:mod:`aemia.active.review_parts`); the tables are written by the merge (the only part, rank 0 once every rank
+    finished, or ``merge_only``), which needs every part. A part's files are first written in a staging folder
+    inside ``out_dir`` and moved into place only when every case of the part succeeded, so an error leaves no
+    partial output (the staging folder is removed); a finished part is skipped when run again.
     """
-    from aemia.data.io import write_nifti
-    from aemia.data.image import Image
-    from aemia.utils.progress import Bar
+    from aemia.infer.shard import wait_for_all_parts
 
     cfg = config or ReviewConfig()
     pset = PredictionSet.scan(predictions, organs)
@@ -199,6 +206,34 @@ def prioritize(
             if not any((images_dir / f"{case}{s}").is_file() for s in (".nii.gz", ".nii")):
                 raise InputError(images_dir / f"{case}.nii.gz", f"image for case '{case}' not found (--images)")
     out = Path(out_dir)
+    if merge_only:
+        shard = Shard(0, num_parts or parts.parts_in(out))
+        return _merge(out, pset, cfg, shard, images_dir, figure_cases)
+    shard = Shard.resolve(num_parts, part_id)
+    key = _part_key(pset, cfg, shard)
+    if not parts.part_done(out, shard, key):
+        _compute_part(out, pset, cfg, shard, key, progress, on_case)
+    wait_for_all_parts(shard)
+    if not shard.merges:
+        return PrioritizeResult(out_dir=out, rows=[], files={})
+    return _merge(out, pset, cfg, shard, images_dir, figure_cases)
+
+
+def _part_key(pset: PredictionSet, cfg: ReviewConfig, shard: Shard) -> dict[str, Any]:
+    """What a part's record must match to be reused: its cases, the models, organs and the configuration."""
+    return {"cases": shard.select(pset.cases), "models": pset.models, "predictions": str(Path(pset.root).resolve()),
+            "organs": [[o.label, o.name] for o in pset.organs],
+            "config": json.loads(json.dumps(asdict(cfg)))}
+
+
+def _compute_part(out: Path, pset: PredictionSet, cfg: ReviewConfig, shard: Shard, key: dict[str, Any],
+                  progress: bool, on_case: Callable[[str], None] | None) -> None:
+    """The attention of this part's cases: maps into ``out/attention`` and the part record, or nothing at all."""
+    from aemia.data.image import Image
+    from aemia.data.io import write_nifti
+    from aemia.utils.progress import Bar
+
+    cases = key["cases"]
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".review-staging-", dir=out))
@@ -207,8 +242,8 @@ def prioritize(
         results: dict[str, CaseAttention] = {}
         slices: dict[str, dict[str, Any]] = {}
         nifti_files: list[str] = []
-        with Bar("prioritizing", total=len(pset.cases), enabled=progress) as bar:
-            for case in pset.cases:
+        with Bar("prioritizing", total=len(cases), enabled=progress) as bar:
+            for case in cases:
                 res = compute_case(pset.organs, lambda o, c=case: pset.load(c, o), cfg, pset.voxel_volume_mm3(case))
                 like = Image(np.zeros((1, *res.flags.shape), dtype=np.uint8),
                              spacing=tuple(float(s) for s in np.linalg.norm(pset.affine(case)[:3, :3], axis=0)),
@@ -225,50 +260,11 @@ def prioritize(
                 bar.advance(description=f"prioritizing {case}")
                 if on_case is not None:
                     on_case(case)
-        ranking = rank_cases(results)
-        rows = _csv_rows(ranking, results, {c: k["z"] for c, k in slices.items()})
-        panels = []
-        for row in rows[: max(figure_cases, 0)]:
-            case = row["case"]
-            kept = slices[case]
-            background = kept["background"]
-            if images_dir is not None:
-                _, ct = _read_background(images_dir, case, pset.sources[(pset.models[0], case)].shape)
-                background = _radiological(_to_ras(ct, pset.affine(case))[:, :, kept["z_ras"]])
-            top = row["organs"].split(";")[0].split("=")[0] if row["organs"] else "none"
-            panels.append({
-                "background": background, "flags": kept["flags"], "aspect": kept["aspect"],
-                "ct": images_dir is not None and float(np.min(background)) < -200,  # looks like HU
-                "title": f"#{row['rank']} {case}: {row['attention_mm3'] / 1000:.1f} cm³\n"
-                         f"axial slice {kept['z']} (voxel axis {kept['axis']}), most: {top}",
-            })
-        if panels:
-            with atomic_path(staging / "priority.png", suffix=".png") as tmp:
-                _figure(panels, tmp)
-        summary = {
-            "method": "AbdomenAtlas-8K attention (Qu et al., NeurIPS 2023 D&B); METHODS.md §5.2",
-            "predictions": str(pset.root),
-            "models": pset.models,
-            "organs": [{"name": o.name, "key": o.label, "organ_map_value": o.map_value} for o in pset.organs],
-            "config": asdict(cfg),
-            "flags": {str(b): n for b, n in FLAG_NAMES.items()},
-            "cases": [
-                dict(row, voxel_volume_mm3=results[row["case"]].voxel_volume_mm3,
-                     per_organ={n: asdict(o) for n, o in results[row["case"]].organs.items()})
-                for row in rows
-            ],
-        }
-        # Move into place (same file system: each os.replace is atomic); the tables last, priority.csv at the very
-        # end so its presence means the run finished.
+        # Move into place (same file system: each os.replace is atomic); the part record last.
         (out / "attention").mkdir(exist_ok=True)
-        files: dict[str, Path] = {}
-        for name in [*nifti_files, *(["priority.png"] if panels else [])]:
+        for name in nifti_files:
             os.replace(staging / name, out / name)
-            files[name] = out / name
-        write_json_atomic(out / "review.json", summary)
-        files["review.json"] = out / "review.json"
-        write_text_atomic(out / "priority.csv", _csv_text(rows))
-        files["priority.csv"] = out / "priority.csv"
+        parts.save_part(out, shard, key, results, slices)
     except BaseException:
         if created:
             shutil.rmtree(staging, ignore_errors=True)
@@ -278,6 +274,55 @@ def prioritize(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _merge(out: Path, pset: PredictionSet, cfg: ReviewConfig, shard: Shard, images_dir: Path | None,
+           figure_cases: int) -> PrioritizeResult:
+    """Rank every part's cases and write the figure and the tables (priority.csv last: its presence means done)."""
+    keys = [_part_key(pset, cfg, type(shard)(k, shard.num_parts)) for k in range(shard.num_parts)]
+    results, slices = parts.load_parts(out, shard.num_parts, keys)
+    ranking = rank_cases(results)
+    rows = _csv_rows(ranking, results, {c: k["z"] for c, k in slices.items()})
+    panels = []
+    for row in rows[: max(figure_cases, 0)]:
+        case = row["case"]
+        kept = slices[case]
+        background = kept["background"]
+        if images_dir is not None:
+            _, ct = _read_background(images_dir, case, pset.sources[(pset.models[0], case)].shape)
+            background = _radiological(_to_ras(ct, pset.affine(case))[:, :, kept["z_ras"]])
+        top = row["organs"].split(";")[0].split("=")[0] if row["organs"] else "none"
+        panels.append({
+            "background": background, "flags": kept["flags"], "aspect": kept["aspect"],
+            "ct": images_dir is not None and float(np.min(background)) < -200,  # looks like HU
+            "title": f"#{row['rank']} {case}: {row['attention_mm3'] / 1000:.1f} cm³\n"
+                     f"axial slice {kept['z']} (voxel axis {kept['axis']}), most: {top}",
+        })
+    files: dict[str, Path] = {f"attention/{c}_{s}.nii.gz": out / "attention" / f"{c}_{s}.nii.gz"
+                              for c in pset.cases for s in ("flags", "organs", "heat")}
+    if panels:
+        with atomic_path(out / "priority.png", suffix=".png") as tmp:
+            _figure(panels, tmp)
+        files["priority.png"] = out / "priority.png"
+    summary = {
+        "method": "AbdomenAtlas-8K attention (Qu et al., NeurIPS 2023 D&B); METHODS.md §5.2",
+        "predictions": str(pset.root),
+        "models": pset.models,
+        "organs": [{"name": o.name, "key": o.label, "organ_map_value": o.map_value} for o in pset.organs],
+        "config": asdict(cfg),
+        "parts": shard.num_parts,
+        "flags": {str(b): n for b, n in FLAG_NAMES.items()},
+        "cases": [
+            dict(row, voxel_volume_mm3=results[row["case"]].voxel_volume_mm3,
+                 per_organ={n: asdict(o) for n, o in results[row["case"]].organs.items()})
+            for row in rows
+        ],
+    }
+    write_json_atomic(out / "review.json", summary)
+    files["review.json"] = out / "review.json"
+    write_text_atomic(out / "priority.csv", _csv_text(rows))
+    files["priority.csv"] = out / "priority.csv"
+    parts.clear_parts(out)
     return PrioritizeResult(out_dir=out, rows=rows, files=files)
 
 

@@ -29,6 +29,8 @@ PRIORITIZE_HELP = (
     "predictions' affine: attention/<case>_flags.nii.gz (bit flags 1 inconsistency, 2 uncertainty, 4 overlap), "
     "attention/<case>_organs.nii.gz (the --organs key of the organ to revise there; every key + 1 if channel 0 is "
     "one of them, legend in review.json), attention/<case>_heat.nii.gz (0..255).\n\n"
+    "Many cases: --num-parts N --part-id K (a SLURM array; under torchrun the rank) computes one part; the last "
+    "step, --merge (automatic for one part and on torchrun rank 0), ranks all parts and writes the tables.\n\n"
     "Example: aemia review prioritize --predictions runs/ensemble "
     "--organs 1:spleen,2:kidney_right,3:kidney_left,5:liver,10:pancreas --out runs/review"
 )
@@ -49,6 +51,12 @@ def prioritize_cmd(
                                                  "pseudo-labels count for overlap (default: all target organs)."),
     figure_cases: int = typer.Option(4, "--figure-cases", help="Top cases shown in priority.png (0: no figure).", callback=v.non_negative),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no table."),
+    num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Split the cases into N parts by sorted case "
+                                            "id (job arrays); default under torchrun: WORLD_SIZE.", callback=v.at_least_one),
+    part_id: Optional[int] = typer.Option(None, "--part-id", help="Which part this process computes (0..N-1); "
+                                          "default under torchrun: RANK.", callback=v.non_negative),
+    merge: bool = typer.Option(False, "--merge", help="Compute nothing: rank the finished parts and write the "
+                               "tables and figure (after a job array)."),
 ) -> None:
     from rich.console import Console
 
@@ -62,7 +70,11 @@ def prioritize_cmd(
     )
     err = Console(stderr=True)
     result = prioritize(predictions, out, organs=parse_organs(organs), config=config, images=images,
-                        figure_cases=figure_cases, progress=not quiet and err.is_terminal)
+                        figure_cases=figure_cases, progress=not quiet and err.is_terminal, num_parts=num_parts,
+                        part_id=part_id, merge_only=merge)
+    if not result.files:  # a part of a sharded run: the merge writes the tables
+        typer.echo(f"Part done; rank all parts with: aemia review prioritize ... --merge --out {result.out_dir}")
+        return
     if not quiet:
         _print_table(result.rows)
     typer.echo(f"Priority list: {result.out_dir / 'priority.csv'}")

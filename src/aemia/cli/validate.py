@@ -177,6 +177,18 @@ def existing(value: Any) -> Any:
     return value
 
 
+def existing_list(value: Any) -> Any:
+    """A comma-separated list of existing paths (``runs/a,runs/b``); ``None`` passes."""
+    if value is None:
+        return value
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise _bad("give at least one path")
+    for item in items:
+        existing(item)
+    return items
+
+
 def checkpoint(value: Any) -> Any:
     """Pretrained weights: a run folder, a ``.safetensors`` file, its stem (``.../best``) or a shipped model's name
     (``universal``, ``universal2d-no-kvasir``)."""

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from aemia.data.io import case_id, image_kind, is_dicom_file, read_image, write_nifti, write_png
-from aemia.data.check import Problem
-from aemia.data.orientation import to_source
+from aemia.data.io import case_id, image_kind, is_dicom_file
 from aemia.data.preflight import image_problems, require
 from aemia.errors import InputError
-from aemia.infer.lesions import lesion_classes, lesion_csv, lesion_rows
-from aemia.infer.predictor import Predictor
-from aemia.utils.io import write_text_atomic
+from aemia.infer.records import CaseResult, MergeReport, finished, merge, write_record
+from aemia.infer.shard import wait_for_all_parts
+
+if TYPE_CHECKING:
+    from aemia.infer.cases import PredictJob
 
 def collect_inputs(path: Path) -> list[Path]:
     """A file, a DICOM series folder, or a folder of images (DICOM sub-folders count as one image each)."""
@@ -33,76 +30,109 @@ def collect_inputs(path: Path) -> list[Path]:
     return found
 
 
-def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool = False, prune: int | None = None,
-                 device: str = "auto", amp: str = "none", progress: bool = True, skip_bad: bool = False) -> list[Path]:
+def predict_path(run: str | Path | list[str | Path], input: str | Path, out: str | Path, tta: bool = False,
+                 prune: int | None = None, device: str = "auto", amp: str = "none", progress: bool = True,
+                 skip_bad: bool = False, workers: int = 1, num_parts: int | None = None, part_id: int | None = None,
+                 save_probs: bool = False, probs_dtype: str = "uint8") -> list[Path]:
     """Predict all inputs; 2D masks as PNG (binary 0/255), volumes as NIfTI with the input's affine,
     classification as ``predictions.csv``; for runs with a tumor / lesion class also ``<case>_lesions.csv`` (one row
     per predicted lesion: centre in voxels and world mm, equivalent diameter, extent, volume).
 
-    Every input is validated first (readable, header sanity, the model's dimensionality and channels, finite
-    voxels). If any is bad, nothing is written and :class:`ProblemsError` lists them all; with ``skip_bad`` the
-    good inputs are predicted, ``failures.csv`` (case, path, problem) is written beside them and
-    :class:`PartialFailure` is raised at the end (the CLI exits non-zero). Every output file is atomic."""
-    predictor = Predictor.from_run(run, prune=prune, tta=tta, device=device, amp=amp)
-    inputs = collect_inputs(Path(input))
+    ``run`` may be a list of runs: an ensemble (mean probabilities; ``save_probs`` keeps each model's, see
+    :mod:`aemia.infer.cases`). Scale-out: this process predicts part ``part_id`` of ``num_parts``
+    (:class:`~aemia.infer.shard.Shard`; under torchrun the rank's part) in ``workers`` processes
+    (:func:`~aemia.infer.pool.run_pool`), skipping cases already finished by the same job
+    (:mod:`aemia.infer.records`); the only part, or torchrun rank 0 once every rank is done, then writes
+    ``summary.json``. One part in one worker is the same machinery in this process.
+
+    Every input of the part is validated first (readable, header sanity, the model's dimensionality and channels,
+    finite voxels). If any is bad, nothing is written and :class:`ProblemsError` lists them all; with ``skip_bad``
+    the good inputs are predicted. A case that fails while predicting is recorded with its problem and the others go
+    on. Any failed case ends in ``failures.csv`` (case, path, problem) and :class:`PartialFailure` (the CLI exits
+    non-zero). Returns this part's output files (each case's label map first). Every output file is atomic."""
+    from aemia.infer.cases import PredictJob
+    from aemia.infer.shard import Shard
+
+    runs = tuple(str(r) for r in (run if isinstance(run, (list, tuple)) else [run]))
+    job = PredictJob(runs, str(out), tta=tta, prune=prune, device=device, amp=amp, save_probs=save_probs,
+                     probs_dtype=probs_dtype)
+    shard = Shard.resolve(num_parts, part_id)
+    spatial_dims, in_channels = job.contract()  # a bad run folder fails here, before any worker starts
+    inputs = {case_id(p): p for p in collect_inputs(Path(input))}
+    mine = shard.select(list(inputs))
     out = Path(out)
-    failures = {path: problems for path in inputs
-                if (problems := image_problems(path, predictor.spatial_dims, predictor.in_channels))}
+    done = {c: rec for c in mine if (rec := finished(out, c, job.fingerprint)) is not None}
+    pending = [inputs[c] for c in mine if c not in done]
+    failures = {path: problems for path in pending
+                if (problems := image_problems(path, spatial_dims, in_channels))}
     if failures and not skip_bad:
         require([p for problems in failures.values() for p in problems], input)
-    inputs = [p for p in inputs if p not in failures]
-    written: list[Path] = []
-    rows: list[dict[str, object]] = []
+    for path, problems in failures.items():
+        write_record(out, CaseResult(case_id(path), str(path), ok=False, problem="; ".join(p.problem for p in problems),
+                                     job=job.fingerprint))
+    results = dict(done)
+    run_cases(job, [p for p in pending if p not in failures], workers, results, progress)
+    if shard.merges or shard.torchrun:
+        wait_for_all_parts(shard)
+    if shard.merges:
+        report = merge(out, inputs, job.fingerprint, {"parts": shard.num_parts, "workers_per_part": workers})
+        if not report.complete:
+            raise PartialFailure(out / "failures.csv", _incomplete(report))
+    else:
+        failed = {c: r.problem for c, r in results.items() if not r.ok}
+        if failed:
+            raise PartialFailure(None, f"{shard.name}: {len(failed)} case(s) failed: "
+                                       + "; ".join(f"{c}: {p}" for c, p in list(failed.items())[:3]))
+    return [out / o for c in mine if c in results and results[c].ok for o in results[c].outputs]
+
+
+def run_cases(job: "PredictJob", paths: list[Path], workers: int, results: dict[str, CaseResult],
+              progress: bool = True) -> None:
+    """Predict ``paths`` in ``workers`` processes; every case's :class:`CaseResult` lands in ``results``."""
+    from aemia.infer.cases import load_worker
+    from aemia.infer.pool import run_pool
     from aemia.utils.progress import Bar
 
-    with Bar("predicting", total=len(inputs), enabled=progress) as bar:
-        for path in inputs:
-            image = read_image(path)
-            result = predictor.predict(image)
-            cid = case_id(path)
-            if predictor.task == "classification":
-                rows.append({"case": cid, "predicted_class": int(np.argmax(result)),
-                             **{f"p{k}": f"{float(p):.6f}" for k, p in enumerate(result)}})
-            elif image.spatial_dims == 3:
-                label = to_source(image.with_array(result[None]))  # the input's own orientation and affine
-                written.append(write_nifti(label, out / f"{cid}.nii.gz"))
-                lesions = lesion_classes(predictor.classes)
-                if lesions:  # e.g. liver + tumor: one row per predicted lesion
-                    rows_l = [r for k, name in lesions.items()
-                              for r in lesion_rows(label.array[0], k, label.spacing, label.affine, name)]
-                    target = out / f"{cid}_lesions.csv"
-                    write_text_atomic(target, lesion_csv(rows_l))
-                    written.append(target)
-            else:
-                labels = int(result.max()) > 1
-                written.append(write_png(result, out / f"{cid}.png", labels=labels))
-            bar.advance()
-    if rows:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        target = out / "predictions.csv"
-        write_text_atomic(target, buf.getvalue())
-        written.append(target)
-    if failures:
-        target = out / "failures.csv"
-        write_text_atomic(target, failures_csv(failures))
-        raise PartialFailure(target, f"{len(failures)} of {len(failures) + len(inputs)} input(s) could not be "
-                                     f"predicted (listed here); {len(written)} file(s) written for the others")
-    return written
+    def crashed(chunk: list[str], problem: str) -> list[CaseResult]:  # cases written before the crash count
+        return [finished(Path(job.out), case_id(p), job.fingerprint)
+                or CaseResult(case_id(p), str(p), ok=False, problem=problem, job=job.fingerprint) for p in chunk]
+
+    with Bar("predicting", total=len(paths), enabled=progress) as bar:
+        def collect(chunk_results: list[CaseResult]) -> None:
+            for r in chunk_results:
+                results[r.case] = r
+                if not r.ok:
+                    bar.describe(f"failed: {r.case}: {r.problem}"[:200])
+            bar.advance(len(chunk_results))
+
+        run_pool(load_worker, (job,), [str(p) for p in paths], workers, collect, crashed)
+
+
+def _incomplete(report: "MergeReport") -> str:
+    parts = []
+    if report.failed:
+        first = next(iter(report.failed.items()))
+        parts.append(f"{len(report.failed)} case(s) failed (first: {first[0]}: {first[1]})")
+    if report.missing:
+        parts.append(f"{len(report.missing)} case(s) not predicted yet (first: {report.missing[0]})")
+    return f"{' and '.join(parts)} of {report.cases}; {report.done} done (listed here; run again to resume)"
+
+
+def merge_outputs(run: str | Path | list[str | Path], input: str | Path, out: str | Path, tta: bool = False,
+                  prune: int | None = None, amp: str = "none", save_probs: bool = False,
+                  probs_dtype: str = "uint8") -> "MergeReport":
+    """``aemia predict --merge``: check that every input case finished (same runs and options as the parts) and
+    write ``summary.json``; raises :class:`PartialFailure` listing what failed or is missing."""
+    from aemia.infer.cases import PredictJob
+
+    runs = tuple(str(r) for r in (run if isinstance(run, (list, tuple)) else [run]))
+    job = PredictJob(runs, str(out), tta=tta, prune=prune, amp=amp, save_probs=save_probs, probs_dtype=probs_dtype)
+    inputs = {case_id(p): p for p in collect_inputs(Path(input))}
+    report = merge(Path(out), inputs, job.fingerprint)
+    if not report.complete:
+        raise PartialFailure(Path(out) / "failures.csv", _incomplete(report))
+    return report
 
 
 class PartialFailure(InputError):
     """``--skip-bad``: the good inputs were predicted, the bad ones are listed in ``failures.csv``."""
-
-
-def failures_csv(failures: dict[Path, list[Problem]]) -> str:
-    """``case,path,problem`` rows, one per problem."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case", "path", "problem"])
-    for path, problems in failures.items():
-        for p in problems:
-            w.writerow([case_id(path), p.path, p.problem])
-    return buf.getvalue()

@@ -30,6 +30,19 @@ from aemia.runs.folder import RunFolder
 
 
 @dataclass
+class Prepared:
+    """A network input (``x``: ``(1, C, *S')``) and the spatial shape of the image it came from."""
+
+    x: torch.Tensor
+    shape: tuple[int, ...]
+
+
+def labels_from_probs(probs: np.ndarray) -> np.ndarray:
+    """Label map of ``(K, *S)`` probabilities: argmax over classes, or ``> 0.5`` for a single channel."""
+    return probs.argmax(0).astype(np.uint8) if probs.shape[0] > 1 else (probs[0] > 0.5).astype(np.uint8)
+
+
+@dataclass
 class Predictor:
     model: nn.Module
     spatial_dims: int
@@ -76,8 +89,9 @@ class Predictor:
     def in_channels(self) -> int:
         return int(self.model.in_channels)
 
-    def probabilities(self, image: Image) -> np.ndarray:
-        """Class probabilities (K, *S) in the input's grid (segmentation) or (K,) (classification)."""
+    def prepare(self, image: Image) -> "Prepared":
+        """The network input of ``image`` (checks, normalisation, 3D resampling to the training spacing or 2D
+        resize / padding): the CPU work before the model, which :mod:`aemia.infer.pool` runs ahead (prefetch)."""
         arr = image.array
         if arr.shape[0] != self.in_channels:
             raise InputError(image.path, f"has {arr.shape[0]} channel(s); the model expects {self.in_channels}")
@@ -85,39 +99,51 @@ class Predictor:
             raise InputError(image.path, f"is {image.spatial_dims}D; the model is {self.spatial_dims}D")
         if not np.isfinite(arr).all():
             raise InputError(image.path, "contains NaN or infinite values")
+        shape = tuple(int(s) for s in image.spatial_shape)
         if self.spatial_dims == 3:
-            from aemia.data.transforms import resample_to_spacing, resize
+            from aemia.data.transforms import resample_to_spacing
 
             vol = normalise(arr, self.normaliser)
             if self.spacing:  # to the training voxel size and back: works for any input spacing
                 vol = resample_to_spacing(vol, image.spacing, self.spacing, order=1)
-            x = torch.from_numpy(np.ascontiguousarray(vol))[None]
-            roi = self.patch or [64, 64, 64]
-            probs = predict_probs(self.model, x, roi_size=roi, tta=self.tta, amp=self.amp)[0].cpu().numpy()
-            return resize(probs, image.spatial_shape, order=1)
+            return Prepared(torch.from_numpy(np.ascontiguousarray(vol))[None], shape)
         x = torch.from_numpy(np.ascontiguousarray(normalise(arr, self.normaliser)))[None]
-        shape = tuple(x.shape[2:])
         if self.size is not None:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         else:
             m = 2 ** getattr(self.model, "depth", 0)
             pad = [(-s) % m for s in shape]
             x = F.pad(x, (0, pad[1], 0, pad[0]), mode="replicate")
-        probs = predict_probs(self.model, x, tta=self.tta, amp=self.amp)
+        return Prepared(x, shape)
+
+    def forward(self, prepared: "Prepared") -> torch.Tensor:
+        """The model on a prepared input: probabilities ``(1, K, *S')`` in the network's grid."""
+        roi = (self.patch or [64, 64, 64]) if self.spatial_dims == 3 else None
+        return predict_probs(self.model, prepared.x, roi_size=roi, tta=self.tta, amp=self.amp)
+
+    def restore(self, prepared: "Prepared", probs: torch.Tensor) -> np.ndarray:
+        """Network-grid probabilities back in the input grid: ``(K, *S)`` (segmentation) or ``(K,)``."""
+        if self.spatial_dims == 3:
+            from aemia.data.transforms import resize
+
+            return resize(probs[0].cpu().numpy(), prepared.shape, order=1)
         if self.task == "classification":
             return probs[0].cpu().numpy()
         if self.size is not None:
-            probs = F.interpolate(probs, size=shape, mode="bilinear", align_corners=False)
+            probs = F.interpolate(probs, size=prepared.shape, mode="bilinear", align_corners=False)
         else:
-            probs = probs[..., : shape[0], : shape[1]]
+            probs = probs[..., : prepared.shape[0], : prepared.shape[1]]
         return probs[0].cpu().numpy()
+
+    def probabilities(self, image: Image) -> np.ndarray:
+        """Class probabilities (K, *S) in the input's grid (segmentation) or (K,) (classification)."""
+        prepared = self.prepare(image)
+        return self.restore(prepared, self.forward(prepared))
 
     def predict(self, image: Image) -> np.ndarray:
         """Label map in the input grid (segmentation) or class probabilities (classification)."""
         probs = self.probabilities(image)
-        if self.task == "classification":
-            return probs
-        return probs.argmax(0).astype(np.uint8) if probs.shape[0] > 1 else (probs[0] > 0.5).astype(np.uint8)
+        return probs if self.task == "classification" else labels_from_probs(probs)
 
     def describe(self) -> dict[str, Any]:
         return {"spatial_dims": self.spatial_dims, "size": self.size, "patch": self.patch, "tta": self.tta,
