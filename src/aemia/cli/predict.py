@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
 
 
 def predict(
-    run: Path = typer.Option(..., "--run", "-r", help="A run folder written by `aemia train` or `aemia demo`.", callback=v.existing),
+    run: Optional[Path] = typer.Option(None, "--run", "-r", help="A run folder written by `aemia train` or `aemia demo`.", callback=v.existing),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="A model shipped with aemia instead of --run, e.g. liver-tumor (liver + tumour CT model: mask and lesion CSV with a confidence per lesion).", callback=v.shipped),
     input: Path = typer.Option(..., "--input", "-i", help="Image file, DICOM folder, or a folder of images.", callback=v.existing),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks keep the input's geometry).", callback=v.out_folder),
     tta: bool = typer.Option(False, help="Average over flipped copies (test-time augmentation)."),
@@ -33,8 +34,14 @@ def predict(
     predicted and OUT/failures.csv lists the rest).
 
     Example: aemia predict --run runs/demo --input ../shared/data/kvasir_seg_256/images --out runs/demo/pred --prune 3
+
+    Example: aemia predict --pretrained liver-tumor --input ct.nii.gz --out pred   (any CT: NIfTI or DICOM folder)
     """
+    from aemia.errors import InputError
     from aemia.infer.batch import predict_path
 
-    written = predict_path(run, input, out, tta=tta, prune=prune, device=device, amp=amp, skip_bad=skip_bad)
+    if (run is None) == (pretrained is None):
+        raise InputError(None, "give exactly one of --run (a run folder) and --pretrained (a shipped model)")
+    written = predict_path(run, input, out, tta=tta, prune=prune, device=device, amp=amp, skip_bad=skip_bad,
+                           pretrained=pretrained)
     console.print(f"wrote {len(written)} prediction(s) to {out}")

@@ -270,3 +270,15 @@ def strategy_list(value: Any) -> Any:
         except ValueError as exc:  # its message lists the available strategies
             raise _bad(str(exc) or f"unknown strategy {name.strip()!r}") from None
     return value
+
+
+def shipped(value: Any) -> Any:
+    """The name of a model shipped in the package (``src/aemia/shipped/<name>/``); ``None`` passes."""
+    if value is None:
+        return value
+    from aemia.runs.shipped import shipped_models
+
+    have = shipped_models()
+    if value not in have:
+        raise _bad(f"no shipped model {value!r}; shipped: {', '.join(have) or 'none'}")
+    return value

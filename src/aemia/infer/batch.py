@@ -33,8 +33,9 @@ def collect_inputs(path: Path) -> list[Path]:
     return found
 
 
-def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool = False, prune: int | None = None,
-                 device: str = "auto", amp: str = "none", progress: bool = True, skip_bad: bool = False) -> list[Path]:
+def predict_path(run: str | Path | None, input: str | Path, out: str | Path, tta: bool = False,
+                 prune: int | None = None, device: str = "auto", amp: str = "none", progress: bool = True,
+                 skip_bad: bool = False, pretrained: str | None = None) -> list[Path]:
     """Predict all inputs; 2D masks as PNG (binary 0/255), volumes as NIfTI with the input's affine,
     classification as ``predictions.csv``; for runs with a tumor / lesion class also ``<case>_lesions.csv`` (one row
     per predicted lesion: centre in voxels and world mm, equivalent diameter, extent, volume).
@@ -42,8 +43,15 @@ def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool 
     Every input is validated first (readable, header sanity, the model's dimensionality and channels, finite
     voxels). If any is bad, nothing is written and :class:`ProblemsError` lists them all; with ``skip_bad`` the
     good inputs are predicted, ``failures.csv`` (case, path, problem) is written beside them and
-    :class:`PartialFailure` is raised at the end (the CLI exits non-zero). Every output file is atomic."""
-    predictor = Predictor.from_run(run, prune=prune, tta=tta, device=device, amp=amp)
+    :class:`PartialFailure` is raised at the end (the CLI exits non-zero). Every output file is atomic.
+    ``pretrained`` names a shipped model (:meth:`Predictor.from_shipped`) instead of a ``run`` folder; lesion
+    tables then also carry each lesion's confidence (maximum and mean class probability)."""
+    if pretrained is not None:
+        predictor = Predictor.from_shipped(pretrained, tta=tta, device=device, amp=amp)
+    elif run is not None:
+        predictor = Predictor.from_run(run, prune=prune, tta=tta, device=device, amp=amp)
+    else:
+        raise InputError(None, "give a run folder (--run) or a shipped model (--pretrained)")
     inputs = collect_inputs(Path(input))
     out = Path(out)
     failures = {path: problems for path in inputs
@@ -58,7 +66,11 @@ def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool 
     with Bar("predicting", total=len(inputs), enabled=progress) as bar:
         for path in inputs:
             image = read_image(path)
-            result = predictor.predict(image)
+            probs = None
+            if predictor.task == "segmentation" and image.spatial_dims == 3:
+                result, probs = predictor.segment(image)
+            else:
+                result = predictor.predict(image)
             cid = case_id(path)
             if predictor.task == "classification":
                 rows.append({"case": cid, "predicted_class": int(np.argmax(result)),
@@ -68,8 +80,11 @@ def predict_path(run: str | Path, input: str | Path, out: str | Path, tta: bool 
                 written.append(write_nifti(label, out / f"{cid}.nii.gz"))
                 lesions = lesion_classes(predictor.classes)
                 if lesions:  # e.g. liver + tumor: one row per predicted lesion
+                    prob = {k: to_source(image.with_array(probs[k][None])).array[0] for k in lesions} \
+                        if probs is not None else {}
                     rows_l = [r for k, name in lesions.items()
-                              for r in lesion_rows(label.array[0], k, label.spacing, label.affine, name)]
+                              for r in lesion_rows(label.array[0], k, label.spacing, label.affine, name,
+                                                   probability=prob.get(k))]
                     target = out / f"{cid}_lesions.csv"
                     write_text_atomic(target, lesion_csv(rows_l))
                     written.append(target)

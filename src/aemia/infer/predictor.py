@@ -7,6 +7,8 @@ modality and the run's window. ``prune=d`` replaces a UNet++ with its exact sub-
 averages over spatial flips. Segmentation outputs are label maps in the input's grid (2D: resized back; 3D: the
 voxels of the RAS-ordered input, which :func:`aemia.data.orientation.to_source` returns to the input's stored
 orientation and affine, as :func:`aemia.infer.batch.predict_path` does before writing).
+``Predictor.from_shipped("liver-tumor")`` loads a model shipped in the package (:mod:`aemia.runs.shipped`): its
+``config.json`` records the model, preprocessing, classes and post-processing (``postprocess``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,31 @@ class Predictor:
     tta: bool = False
     amp: str = "none"
     channels_last: bool = False
+    postprocess: dict[str, Any] | None = None  # e.g. {"kind": "liver_tumor", "min_tumor_mm3": 100.0}
+
+    @classmethod
+    def from_shipped(cls, name: str, tta: bool = False, device: str = "auto", amp: str | None = None) -> "Predictor":
+        """The model shipped as ``src/aemia/shipped/<name>/`` (one-line InputError naming the shipped ones if not)."""
+        import json
+
+        from aemia.errors import CheckpointError
+        from aemia.nets.checkpoint import load_weights
+        from aemia.nets.registry import model_from_config
+        from aemia.runs.shipped import shipped_model_dir
+
+        folder = shipped_model_dir(name)
+        try:
+            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            model = model_from_config(cfg["model"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(folder / "config.json", f"not a shipped model config ({exc})") from None
+        load_weights(model, folder / "model", strict=True)
+        model = model.to(resolve_device(device)).eval()
+        classes = {int(k): str(v) for k, v in cfg.get("classes", {}).items()} or None
+        return cls(model=model, spatial_dims=model.spatial_dims, patch=cfg.get("patch"),
+                   normaliser=cfg.get("normaliser", "none"), task=cfg.get("task", "segmentation"),
+                   spacing=cfg.get("spacing"), classes=classes, tta=tta, amp=amp or "none",
+                   postprocess=cfg.get("postprocess"))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, prune: int | None = None, tta: bool | None = None,
@@ -114,10 +141,22 @@ class Predictor:
 
     def predict(self, image: Image) -> np.ndarray:
         """Label map in the input grid (segmentation) or class probabilities (classification)."""
-        probs = self.probabilities(image)
         if self.task == "classification":
-            return probs
-        return probs.argmax(0).astype(np.uint8) if probs.shape[0] > 1 else (probs[0] > 0.5).astype(np.uint8)
+            return self.probabilities(image)
+        return self.segment(image)[0]
+
+    def segment(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
+        """(label map, class probabilities (K, *S)) in the input grid, with the model's post-processing applied
+        to the label map (:func:`aemia.infer.lesions.postprocess_liver_tumor` for ``kind: liver_tumor``)."""
+        probs = self.probabilities(image)
+        labels = probs.argmax(0).astype(np.uint8) if probs.shape[0] > 1 else (probs[0] > 0.5).astype(np.uint8)
+        pp = self.postprocess or {}
+        if pp.get("kind") == "liver_tumor":
+            from aemia.infer.lesions import postprocess_liver_tumor
+
+            labels = postprocess_liver_tumor(labels, image.spacing, float(pp.get("min_tumor_mm3", 0.0)),
+                                             organ=int(pp.get("organ", 1)), tumor=int(pp.get("tumor", 2)))
+        return labels, probs
 
     def describe(self) -> dict[str, Any]:
         return {"spatial_dims": self.spatial_dims, "size": self.size, "patch": self.patch, "tta": self.tta,
