@@ -11,8 +11,10 @@ sample, worker and epoch. Published recipe, and what we keep:
   this task, a CPU compromise: the bundled CT is 3 mm) and the synthesis converts its mm sizes to voxels at that
   spacing, so tumor diameters are right at any spacing;
 * patches: the paper's 96³ crops with positive/negative sampling; here ``patch`` (CPU default 64×64×48), a third
-  centred on a synthetic tumor voxel, a third on a liver voxel, the rest anywhere in the liver's neighbourhood;
-  flips as augmentation;
+  centred on a synthetic tumor voxel, a third on a liver voxel, the rest anywhere in the body (so the liver
+  segmentation learns what is *not* liver); the paper's flips and intensity jitter widened for transfer across
+  scanners (issue 17): :class:`ScannerJitter` in HU (contrast phase / scanner), then :data:`STRONG_3D` (rotation
+  about every axis, ±20 % zoom as spacing jitter, 3D elastic, gamma);
 * loss Dice + CE over 3 classes, AdamW (the paper: lr 4e-4, warm-up cosine) — the run's TrainConfig.
 
 The synthesis is :class:`aemia.synth.transform.RandTumorSynthesisd`, the MONAI dictionary transform a MONAI
