@@ -36,8 +36,9 @@ def test_patches_have_liver_and_tumor_labels_inside_the_organ() -> None:
     assert set(np.unique(label)) <= {0, 1, 2} and (label == 2).any()
     assert organ[label == 2].all(), "tumor voxels must lie inside the organ"
     assert (label[~organ] == 0).all()
-    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert image.dtype == np.float32 and image[organ].mean() > 0  # raw HU: windowed per patch
     x, y = ds[0]
+    assert -0.5 <= float(x.min()) and float(x.max()) <= 1.5  # windowed, then brightness/contrast augmentation
     assert tuple(x.shape) == (1, 32, 32, 24) and tuple(y.shape) == (32, 32, 24)
 
 

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
 
 def predict(
     run: Optional[Path] = typer.Option(None, "--run", "-r", help="A run folder written by `aemia train` or `aemia demo`.", callback=v.existing),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="A model shipped with aemia instead of --run, e.g. liver-tumor (liver + tumour CT model: mask and lesion CSV with a confidence per lesion).", callback=v.shipped),
     input: Path = typer.Option(..., "--input", "-i", help="Image file, DICOM folder, or a folder of images.", callback=v.existing),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (masks keep the input's geometry).", callback=v.out_folder),
     runs: Optional[str] = typer.Option(None, "--runs", help="An ensemble: comma-separated run folders (R1,R2,R3); "
@@ -52,15 +53,22 @@ def predict(
 
     Example: aemia predict --run runs/demo --input ../shared/data/kvasir_seg_256/images --out runs/demo/pred --prune 3
 
+    Shipped model: aemia predict --pretrained liver-tumor --input ct.nii.gz --out pred   (any CT: NIfTI or DICOM folder)
+
     Many CTs: aemia predict --runs runs/a,runs/b,runs/c --save-probs --workers 2 --num-parts 8 --part-id 0
     --input cts/ --out pred/  (then: aemia predict --merge ... and aemia review prioritize --predictions pred/probs)
     """
     from aemia.errors import InputError
     from aemia.infer.batch import merge_outputs, predict_path
 
-    if (run is None) == (runs is None):
-        raise InputError(None, "give either --run RUN or --runs R1,R2,...")
-    chosen = [str(run)] if run is not None else list(runs or [])
+    if sum(x is not None for x in (run, runs, pretrained)) != 1:
+        raise InputError(None, "give exactly one of --run RUN, --runs R1,R2,... and --pretrained NAME (a shipped model)")
+    if pretrained is not None:
+        from aemia.runs.shipped import shipped_model_dir
+
+        chosen = [str(shipped_model_dir(pretrained))]
+    else:
+        chosen = [str(run)] if run is not None else list(runs or [])
     if merge:
         report = merge_outputs(chosen, input, out, tta=tta, prune=prune, amp=amp, save_probs=save_probs,
                                probs_dtype=probs_dtype)

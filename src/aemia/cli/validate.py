@@ -304,3 +304,15 @@ def serve_token(ctx: typer.Context, value: Any) -> Any:
     if value is not None and len(value) < 16:
         raise _bad("must be at least 16 characters (e.g. --token $(openssl rand -hex 16))")
     return value
+
+
+def shipped(value: Any) -> Any:
+    """The name of a model shipped in the package (``src/aemia/shipped/<name>/``); ``None`` passes."""
+    if value is None:
+        return value
+    from aemia.runs.shipped import shipped_models
+
+    have = shipped_models()
+    if value not in have:
+        raise _bad(f"no shipped model {value!r}; shipped: {', '.join(have) or 'none'}")
+    return value

@@ -418,6 +418,37 @@ def _totalseg(root: Path) -> CatalogDataset:
               "...) become 0 in the DICOM case")
 
 
+_CHAOS_CITE = ('Kavur A.E. et al., "CHAOS Challenge - combined (CT-MR) healthy abdominal organ segmentation", '
+               "Medical Image Analysis 69 (2021) 101950")
+_IRCAD_CITE = 'Soler L. et al., "3D image reconstruction for comparison of algorithm database", IRCAD 2010'
+
+
+def _liver_ct(root: Path) -> CatalogDataset:
+    """Every healthy liver mask we have (training) and the real-tumour case ircad_17 (test only).
+
+    Labels: 0 background, 1 liver, 2 liver tumour (ircad_17 only). The TotalSegmentator cases keep only their
+    liver (v1 id 5 for the 3 mm CT, v2 id 5 for the DICOM series); every other organ becomes background."""
+    real = _need(root / "liver_ct_real")
+    ts = _need(root / "totalsegmentator_example_ct")
+    liver_only = {k: (1 if k == 5 else 0) for k in range(1, 256)}
+    train = [Case("chaos_ct_sample", (str(real / "chaos_ct_sample" / "ct.nii.gz"),),
+                  str(real / "chaos_ct_sample" / "label.nii.gz")),
+             Case("ts_example_ct", (str(ts / "example_ct.nii.gz"),), str(ts / "example_ct_seg_totalv1.nii.gz")),
+             Case("ts_example_ct_dicom", (str(ts / "example_ct_dicom"),), str(ts / "example_seg_dicom.nii.gz"))]
+    test = [Case("ircad_17", (str(real / "ircad_17" / "ct.nii.gz"),), str(real / "ircad_17" / "label.nii.gz"))]
+    return CatalogDataset(
+        name="liver_ct", task="segmentation", dims=3, modality="CT (HU)",
+        licence="CHAOS CC BY-SA 4.0; TotalSegmentator Apache-2.0 / CC BY 4.0; 3D-IRCADb-01 CC BY-NC-ND 4.0 "
+                "(non-commercial, test only)",
+        citation=f"{_CHAOS_CITE}; {_TS_CITE}; {_IRCAD_CITE}",
+        labels={0: "background", 1: "liver", 2: "liver tumor"}, classes=[],
+        splits={"train": train, "val": [], "test": test}, seed=None,
+        split_method="fixed: train = every healthy liver mask (CHAOS + the two TotalSegmentator CTs), "
+                     "test = ircad_17 (real tumours; never trained on)",
+        root=real, case_label_maps={"ts_example_ct": liver_only, "ts_example_ct_dicom": liver_only},
+        notes="TotalSegmentator livers are pseudo-labels (model outputs); CHAOS and ircad_17 are expert masks")
+
+
 _BUILDERS: dict[str, Callable[[Path], CatalogDataset]] = {
     "kvasir": _kvasir,
     "ph2": _ph2,
@@ -428,6 +459,7 @@ _BUILDERS: dict[str, Callable[[Path], CatalogDataset]] = {
     "brats": _brats,
     "brats_wt": functools.partial(_brats, whole_tumour=True),
     "totalseg_ct": _totalseg,
+    "liver_ct": _liver_ct,
 }
 
 

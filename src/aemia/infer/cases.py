@@ -18,6 +18,7 @@ no float16 type; uint16 is the finer option, a quarter of float32's size after g
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -34,7 +35,7 @@ from aemia.data.orientation import to_source
 from aemia.errors import InputError
 from aemia.infer.lesions import lesion_classes, lesion_csv, lesion_rows
 from aemia.infer.pool import prefetched
-from aemia.infer.predictor import Predictor, Prepared, labels_from_probs
+from aemia.infer.predictor import Predictor, Prepared, is_model_folder
 from aemia.infer.records import CaseResult, write_record, write_worker
 from aemia.infer.shard import local_device
 from aemia.utils.io import atomic_path, write_json_atomic, write_text_atomic
@@ -83,15 +84,23 @@ class PredictJob:
 
         found = []
         for r in self.runs:
-            run = RunFolder(r)
-            run.config()  # a malformed config.yaml is reported here
-            cfg = read_config(run.checkpoint("best"))
+            if is_model_folder(r):  # a shipped model (aemia predict --pretrained)
+                where = Path(r) / "config.json"
+                try:
+                    cfg = json.loads(where.read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError) as exc:
+                    raise InputError(where, f"not a shipped model config ({exc})") from None
+            else:
+                run = RunFolder(r)
+                run.config()  # a malformed config.yaml is reported here
+                where = run.checkpoint("best")
+                cfg = read_config(where)
             model = cfg.get("model", {})
             try:
                 found.append((str(cfg.get("task", "segmentation")), int(model["spatial_dims"]),
                               int(model["in_channels"]), int(model.get("out_channels", 0))))
             except (KeyError, TypeError, ValueError):
-                raise InputError(run.checkpoint("best"), "checkpoint config has no spatial_dims / in_channels") from None
+                raise InputError(where, "checkpoint config has no spatial_dims / in_channels") from None
         for r, c in zip(self.runs[1:], found[1:]):
             if c != found[0]:
                 raise InputError(r, f"an ensemble needs runs of the same task, dimensionality, input channels and "
@@ -228,7 +237,7 @@ class CaseWorker:
         mean = probs[0] if len(probs) == 1 else np.mean(probs, axis=0)
         if first.task == "classification":
             return [], {"predicted_class": int(np.argmax(mean)), **{f"p{k}": f"{float(p):.6f}" for k, p in enumerate(mean)}}
-        labels = labels_from_probs(mean)
+        labels = first.label_map(mean, image.spacing)  # with the model's post-processing (liver + tumour)
         if image.spatial_dims != 3:
             write_png(labels, self.out / f"{cid}.png", labels=int(labels.max()) > 1)
             return [f"{cid}.png"], None
@@ -244,8 +253,10 @@ class CaseWorker:
         outputs.insert(0, f"{cid}.nii.gz")
         lesions = lesion_classes(first.classes)
         if lesions:  # e.g. liver + tumor: one row per predicted lesion
-            rows = [r for k, name in lesions.items()
-                    for r in lesion_rows(label.array[0], k, label.spacing, label.affine, name)]
+            prob = {k: to_source(image.with_array(mean[k][None])).array[0] for k in lesions}
+            rows = [r for k, name in lesions.items()  # each lesion with its confidence (max / mean probability)
+                    for r in lesion_rows(label.array[0], k, label.spacing, label.affine, name,
+                                         probability=prob[k])]
             write_text_atomic(self.out / f"{cid}_lesions.csv", lesion_csv(rows))
             outputs.insert(1, f"{cid}_lesions.csv")
         return outputs, None

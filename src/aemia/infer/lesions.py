@@ -26,9 +26,10 @@ def lesion_classes(classes: dict[int, str] | None) -> dict[int, str]:
 
 
 def lesion_rows(label_map: np.ndarray, label: int, spacing: Sequence[float], affine: np.ndarray | None = None,
-                name: str = "lesion", min_voxels: int = 1) -> list[dict[str, object]]:
+                name: str = "lesion", min_voxels: int = 1,
+                probability: np.ndarray | None = None) -> list[dict[str, object]]:
     """One row per connected component of ``label_map == label`` with at least ``min_voxels`` voxels,
-    largest first."""
+    largest first; with ``probability`` (the class's probability map, same shape) also its confidence."""
     mask = np.asarray(label_map) == label
     structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
     comp, n = ndimage.label(mask, structure=structure)
@@ -39,6 +40,7 @@ def lesion_rows(label_map: np.ndarray, label: int, spacing: Sequence[float], aff
     sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
     centres = ndimage.center_of_mass(mask, comp, range(1, n + 1))
     boxes = ndimage.find_objects(comp)
+    conf_max, conf_mean = lesion_confidences(comp, n, probability) if probability is not None else (None, None)
     rows = []
     for i in np.argsort(-sizes, kind="stable"):
         if sizes[i] < min_voxels:
@@ -54,14 +56,48 @@ def lesion_rows(label_map: np.ndarray, label: int, spacing: Sequence[float], aff
             "extent_mm": round(float(extent), 1),
             "volume_mm3": round(float(sizes[i]) * voxel_mm3, 1), "voxels": int(sizes[i]),
         })
+        if conf_max is not None and conf_mean is not None:
+            rows[-1].update(confidence=round(float(conf_max[i]), 4), confidence_mean=round(float(conf_mean[i]), 4))
     return rows
 
 
 def lesion_csv(rows: list[dict[str, object]]) -> str:
     fields = ["lesion", "class", "centre_voxel_x", "centre_voxel_y", "centre_voxel_z", "centre_mm_x", "centre_mm_y",
-              "centre_mm_z", "diameter_mm", "extent_mm", "volume_mm3", "voxels"]
+              "centre_mm_z", "diameter_mm", "extent_mm", "volume_mm3", "voxels", "confidence", "confidence_mean"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+def lesion_confidences(components: np.ndarray, n: int, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(maximum, mean) of ``probability`` over each component 1..n of ``components``."""
+    idx = np.arange(1, n + 1)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    p = np.asarray(probability, dtype=np.float64)
+    return (np.asarray(ndimage.maximum(p, components, idx), dtype=float),
+            np.asarray(ndimage.mean(p, components, idx), dtype=float))
+
+
+def postprocess_liver_tumor(label_map: np.ndarray, spacing: Sequence[float], min_tumor_mm3: float = 0.0,
+                            organ: int = 1, tumor: int = 2) -> np.ndarray:
+    """Liver + tumour post-processing: keep the largest connected component of the organ (organ ∪ tumour voxels,
+    full connectivity), so tumour voxels outside that liver become background; then tumour components smaller
+    than ``min_tumor_mm3`` become organ (they lie inside it). Returns a new uint8 label map."""
+    lab = np.asarray(label_map)
+    out = np.zeros(lab.shape, dtype=np.uint8)
+    structure = ndimage.generate_binary_structure(lab.ndim, lab.ndim)
+    comp, n = ndimage.label((lab == organ) | (lab == tumor), structure=structure)
+    if n == 0:
+        return out
+    keep = comp == (int(np.argmax(np.bincount(comp.ravel())[1:])) + 1)
+    out[keep] = organ
+    tum = keep & (lab == tumor)
+    tcomp, m = ndimage.label(tum, structure=structure)
+    if m:
+        voxel_mm3 = float(np.prod([float(s) for s in spacing]))
+        big = np.flatnonzero(np.bincount(tcomp.ravel())[1:] * voxel_mm3 >= min_tumor_mm3) + 1
+        out[np.isin(tcomp, big)] = tumor
+    return out

@@ -7,6 +7,8 @@ modality and the run's window. ``prune=d`` replaces a UNet++ with its exact sub-
 averages over spatial flips. Segmentation outputs are label maps in the input's grid (2D: resized back; 3D: the
 voxels of the RAS-ordered input, which :func:`aemia.data.orientation.to_source` returns to the input's stored
 orientation and affine, as :func:`aemia.infer.batch.predict_path` does before writing).
+``Predictor.from_shipped("liver-tumor")`` loads a model shipped in the package (:mod:`aemia.runs.shipped`): its
+``config.json`` records the model, preprocessing, classes and post-processing (``postprocess``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def labels_from_probs(probs: np.ndarray) -> np.ndarray:
     return probs.argmax(0).astype(np.uint8) if probs.shape[0] > 1 else (probs[0] > 0.5).astype(np.uint8)
 
 
+def is_model_folder(path: str | Path) -> bool:
+    """A shipped-layout model folder (``model.safetensors`` + ``config.json``, no run folder's checkpoints)."""
+    p = Path(path)
+    return (p / "model.safetensors").is_file() and (p / "config.json").is_file() and not (p / "checkpoints").is_dir()
+
+
 @dataclass
 class Predictor:
     model: nn.Module
@@ -55,12 +63,50 @@ class Predictor:
     tta: bool = False
     amp: str = "none"
     channels_last: bool = False
+    postprocess: dict[str, Any] | None = None  # e.g. {"kind": "liver_tumor", "min_tumor_mm3": 100.0}
+
+    @classmethod
+    def from_shipped(cls, name: str, tta: bool = False, device: str = "auto", amp: str | None = None) -> "Predictor":
+        """The model shipped as ``src/aemia/shipped/<name>/`` (one-line InputError naming the shipped ones if not)."""
+        from aemia.runs.shipped import shipped_model_dir
+
+        return cls.from_model_folder(shipped_model_dir(name), tta=tta, device=device, amp=amp)
+
+    @classmethod
+    def from_model_folder(cls, folder: str | Path, tta: bool = False, device: str = "auto",
+                          amp: str | None = None) -> "Predictor":
+        """A shipped-layout folder (``model.safetensors`` + ``config.json`` recording the model, preprocessing,
+        classes and post-processing)."""
+        import json
+
+        from aemia.errors import CheckpointError
+        from aemia.nets.checkpoint import load_weights
+        from aemia.nets.registry import model_from_config
+
+        folder = Path(folder)
+        try:
+            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            model = model_from_config(cfg["model"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(folder / "config.json", f"not a shipped model config ({exc})") from None
+        load_weights(model, folder / "model", strict=True)
+        model = model.to(resolve_device(device)).eval()
+        classes = {int(k): str(v) for k, v in cfg.get("classes", {}).items()} or None
+        return cls(model=model, spatial_dims=model.spatial_dims, patch=cfg.get("patch"),
+                   normaliser=cfg.get("normaliser", "none"), task=cfg.get("task", "segmentation"),
+                   spacing=cfg.get("spacing"), classes=classes, tta=tta, amp=amp or "none",
+                   postprocess=cfg.get("postprocess"))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, prune: int | None = None, tta: bool | None = None,
                  device: str = "auto", amp: str | None = None) -> "Predictor":
+        """A run folder's best checkpoint, or a shipped-layout model folder (:meth:`from_model_folder`)."""
         from aemia.data.catalog import get_dataset
 
+        if is_model_folder(run_dir):
+            if prune is not None:
+                raise InputError(run_dir, "--prune needs a UNet++ run folder, not a shipped model")
+            return cls.from_model_folder(run_dir, tta=bool(tta), device=device, amp=amp)
         run = RunFolder(run_dir)
         cfg = run.config()
         model, meta = load_checkpoint(run.checkpoint("best"), device=resolve_device(device))
@@ -142,8 +188,26 @@ class Predictor:
 
     def predict(self, image: Image) -> np.ndarray:
         """Label map in the input grid (segmentation) or class probabilities (classification)."""
+        if self.task == "classification":
+            return self.probabilities(image)
+        return self.segment(image)[0]
+
+    def label_map(self, probs: np.ndarray, spacing: Any) -> np.ndarray:
+        """The label map of ``(K, *S)`` probabilities in the input grid, with the model's post-processing
+        (:func:`aemia.infer.lesions.postprocess_liver_tumor` for ``kind: liver_tumor``)."""
+        labels = labels_from_probs(probs)
+        pp = self.postprocess or {}
+        if pp.get("kind") == "liver_tumor":
+            from aemia.infer.lesions import postprocess_liver_tumor
+
+            labels = postprocess_liver_tumor(labels, spacing, float(pp.get("min_tumor_mm3", 0.0)),
+                                             organ=int(pp.get("organ", 1)), tumor=int(pp.get("tumor", 2)))
+        return labels
+
+    def segment(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
+        """(label map after the model's post-processing, class probabilities (K, *S)) in the input grid."""
         probs = self.probabilities(image)
-        return probs if self.task == "classification" else labels_from_probs(probs)
+        return self.label_map(probs, image.spacing), probs
 
     def describe(self) -> dict[str, Any]:
         return {"spatial_dims": self.spatial_dims, "size": self.size, "patch": self.patch, "tta": self.tta,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from monai.transforms import (
     Rand2DElasticd,
+    Rand3DElasticd,
     RandAdjustContrastd,
     RandAffined,
     RandFlipd,
@@ -47,6 +48,8 @@ class AugmentConfig:
     intensity: float = 0.1  # brightness (× std) and contrast (relative) range
     gamma: float = 0.3  # probability of a gamma in [0.7, 1.5]
     elastic: float = 0.0  # probability of a 2D elastic deformation
+    rotate_all_axes: bool = False  # 3D: rotate about all three axes (±rotate each), not only the first
+    elastic3d: float = 0.0  # probability of a 3D elastic deformation (drawn last, so other draws are unchanged)
 
     @classmethod
     def light(cls) -> "AugmentConfig":
@@ -85,7 +88,7 @@ def _transforms(spatial: int, cfg: AugmentConfig, has_label: bool, square: bool)
         out.append((cfg.flip and ax < spatial, RandFlipd(keys, prob=0.5, spatial_axis=ax)))
     out.append((cfg.rot90 and square, RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(0, 1))))
     rad = math.radians(cfg.rotate)
-    rotate_range = (rad,) if spatial == 2 else (rad, 0.0, 0.0)
+    rotate_range = (rad,) if spatial == 2 else (rad, rad, rad) if cfg.rotate_all_axes else (rad, 0.0, 0.0)
     affine_on = cfg.affine_prob > 0 and (cfg.rotate > 0 or cfg.scale > 0)
     out.append((affine_on, RandAffined(keys, prob=cfg.affine_prob, rotate_range=rotate_range,
                                        scale_range=(cfg.scale,) * spatial, mode=modes, padding_mode="border")))
@@ -95,6 +98,9 @@ def _transforms(spatial: int, cfg: AugmentConfig, has_label: bool, square: bool)
     out.append((cfg.intensity > 0, RandScaleIntensityd("image", factors=cfg.intensity, prob=1.0)))
     out.append((cfg.intensity > 0, RandStdShiftIntensityd("image", factors=cfg.intensity, prob=1.0)))
     out.append((cfg.gamma > 0, RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=cfg.gamma)))
+    if cfg.elastic3d > 0 and spatial == 3:  # an extra slot only when used: every other recipe keeps its draws
+        out.append((True, Rand3DElasticd(keys, sigma_range=(5.0, 8.0), magnitude_range=(50.0, 150.0),
+                                         prob=cfg.elastic3d, mode=modes, padding_mode="border")))
     return tuple(out)
 
 

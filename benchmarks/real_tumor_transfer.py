@@ -1,0 +1,491 @@
+"""Benchmark (issue 17): a liver + tumour model trained without a tumour label, tested on real tumours.
+
+Data (:func:`aemia.data.catalog` ``liver_ct``): every healthy liver mask we have (CHAOS ``chaos_ct_sample``, the
+TotalSegmentator CT ``ts_example_ct`` and its DICOM series ``ts_example_ct_dicom``) is a training case; tumours
+come only from :class:`aemia.synth.transform.RandTumorSynthesisd` (:mod:`aemia.recipes.liver_tumor`). The one
+real-tumour CT, 3D-IRCADb-01 patient 17 (``ircad_17``), is never trained on.
+
+Runs (each resumable; ``benchmarks/work/real_tumor_transfer/<run>``):
+
+* ``full-s0`` trains on all three healthy livers (seed 0): the shipped model;
+* ``loo-<case>`` leave-one-case-out runs, one per training case, with seeds 0, 1, 2: each is scored on its held-out
+  case's real liver mask (liver Dice) and on synthetic validation tumours in that held-out healthy liver
+  (tumour Dice, sensitivity by size, false positives per case, FROC). They are the recipe's three seeds; their
+  spread mixes seed and held-out case, and the JSON says so.
+
+Every run is also applied to ``ircad_17``: liver Dice, tumour Dice, each real tumour (diameter, detected,
+confidence), false positives, FROC. The tumour volume threshold of the post-processing
+(:func:`aemia.infer.lesions.postprocess_liver_tumor`) is chosen on the synthetic validation only.
+
+    OMP_NUM_THREADS=1 python benchmarks/real_tumor_transfer.py --stage train --runs full-s0,loo-chaos_ct_sample
+    OMP_NUM_THREADS=1 python benchmarks/real_tumor_transfer.py --stage eval      # scores what has finished
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "work" / "real_tumor_transfer"
+TRAIN_CASES = ("ts_example_ct_dicom", "chaos_ct_sample", "ts_example_ct")  # loo seed k holds out TRAIN_CASES[k]
+ALL_RUNS = ("full-s0", *(f"loo-{c}" for c in TRAIN_CASES))
+
+
+def run_spec(name: str) -> tuple[int, str | None]:
+    """(seed, held-out case or None) of a run name."""
+    if name == "full-s0":
+        return 0, None
+    case = name.removeprefix("loo-")
+    if case not in TRAIN_CASES:
+        raise SystemExit(f"unknown run {name!r}; runs: {', '.join(ALL_RUNS)}")
+    return TRAIN_CASES.index(case), case
+
+
+def make_config(args: argparse.Namespace, seed: int, n_cases: int) -> Any:
+    from aemia.runs import RunConfig
+    from aemia.train.trainer import TrainConfig
+
+    per_volume = max(1, args.patches_per_epoch // n_cases)
+    return RunConfig(dataset="liver_ct", model="unet", preset="cpu", task="liver-tumor", synthetic_tumors=True,
+                     patch=[int(v) for v in args.patch.split(",")], spacing=[float(v) for v in args.spacing.split(",")],
+                     patches_per_volume=per_volume,
+                     train=TrainConfig(epochs=args.epochs, batch_size=2, lr=1e-3, optimizer="adamw",
+                                       weight_decay=1e-5, seed=seed, amp=args.amp, progress=False))
+
+
+def train(name: str, args: argparse.Namespace) -> Path:
+    """Train (or resume) one run; returns its folder."""
+    import torch
+
+    from aemia.data.catalog import get_dataset
+    from aemia.recipes.liver_tumor import build_liver_tumor
+    from aemia.runs import RunFolder
+    from aemia.train.trainer import Trainer
+
+    seed, held_out = run_spec(name)
+    run_dir = WORK / name
+    folder = RunFolder(run_dir)
+    ds = get_dataset("liver_ct")
+    labelled = [c for c in ds.case_ids("train") if c != held_out]
+    resume = folder.has_checkpoint("last")
+    cfg = folder.config() if resume else make_config(args, seed, len(labelled))
+    if (run_dir / "trained.txt").exists():
+        return run_dir
+    torch.manual_seed(seed)
+    model, train_set, _, task = build_liver_tumor(cfg, ds, labelled)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folder.save_config(cfg)
+    folder.save_splits({**ds.split_manifest(), "labelled": labelled, "held_out": held_out})
+    # no per-epoch validation: the held-out scores below are the validation; best = the last (EMA) weights
+    Trainer(model, train_set, None, cfg.train, run_dir, task=task).fit(resume=resume)
+    (run_dir / "trained.txt").write_text("done\n")
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+THRESHOLDS_MM3 = (0.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)  # candidate minimum tumour volumes
+INFER_AMP = "none"  # set from --infer-amp
+SIZE_BINS_MM = (0.0, 5.0, 10.0, 20.0, float("inf"))
+
+
+def predicted(run_dir: Path, key: str, hu: Any, spacing: Any, affine: Any) -> tuple[Any, Any]:
+    """(raw argmax label map, tumour probability) of a run on a HU volume, in the volume's grid; cached in the
+    run folder as ``pred_<key>.npz``."""
+    import numpy as np
+
+    from aemia.data.image import Image
+    from aemia.infer.predictor import Predictor
+
+    cache = run_dir / f"pred_{key}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            return z["raw"], z["tumor"].astype(np.float32)
+    predictor = Predictor.from_run(run_dir, device="cpu", amp=INFER_AMP)
+    probs = predictor.probabilities(Image(np.asarray(hu, np.float32)[None], tuple(spacing), affine))
+    raw, tumor = probs.argmax(0).astype(np.uint8), probs[2].astype(np.float32)
+    np.savez_compressed(cache, raw=raw, tumor=tumor.astype(np.float16))
+    return raw, tumor
+
+
+def score(raw: Any, tumor_prob: Any, truth: Any, spacing: Any, min_mm3: float) -> dict[str, Any]:
+    """Liver / tumour Dice, lesion detection and FROC candidates of one case after the post-processing."""
+    import numpy as np
+    from scipy import ndimage
+
+    from aemia.evaluate.froc import case_candidates
+    from aemia.evaluate.metrics import dice, lesion_detection
+    from aemia.infer.lesions import lesion_confidences, postprocess_liver_tumor
+
+    lab = postprocess_liver_tumor(raw, spacing, min_mm3)
+    comp, n = ndimage.label(lab == 2, structure=np.ones((3, 3, 3), bool))
+    conf, _ = lesion_confidences(comp, n, tumor_prob)
+    det = lesion_detection(lab == 2, truth == 2, spacing, SIZE_BINS_MM)
+    cand = case_candidates(comp, conf, truth == 2)
+    return {"liver_dice": dice(lab > 0, truth > 0), "tumor_dice": dice(lab == 2, truth == 2), "detection": det,
+            "candidates": cand, "labels": lab, "lesion_confidence": cand.lesion_best.tolist()}
+
+
+def evaluate_run(name: str, variants: int, per_bin: int) -> dict[str, Any]:
+    """Held-out liver Dice and synthetic validation (LOO runs), and the ircad_17 raw outputs, for one run."""
+    import numpy as np
+
+    from aemia.data.catalog import get_dataset
+    from aemia.recipes.liver_tumor import validation_case
+
+    seed, held_out = run_spec(name)
+    run_dir = WORK / name
+    ds = get_dataset("liver_ct")
+    out: dict[str, Any] = {"run": name, "seed": seed, "held_out": held_out, "synthetic": []}
+    if held_out is not None:
+        case = next(c for c in ds.splits["train"] if c.id == held_out)
+        s = ds.load(case)
+        hu, organ = s.image.array[0].astype(np.float32), s.label == 1
+        out["held_out_case"] = {"raw": predicted(run_dir, "held_out", hu, s.image.spacing, s.image.affine),
+                                "truth": organ.astype(np.uint8), "spacing": s.image.spacing}
+        for k in range(variants):
+            truth_file = run_dir / f"truth_synthetic{k}.npz"  # the synthetic validation label, cached beside
+            if truth_file.exists() and (run_dir / f"pred_synthetic{k}.npz").exists():
+                with np.load(truth_file, allow_pickle=False) as z:
+                    lab = z["label"]
+                raw = predicted(run_dir, f"synthetic{k}", None, s.image.spacing, s.image.affine)
+            else:
+                img, lab, _ = validation_case(hu, organ, s.image.spacing, seed=2_000_003 + 7919 * k, per_bin=per_bin)
+                raw = predicted(run_dir, f"synthetic{k}", img, s.image.spacing, s.image.affine)
+                np.savez_compressed(truth_file, label=lab.astype(np.uint8))
+            out["synthetic"].append({"raw": raw, "truth": lab.astype(np.uint8), "spacing": s.image.spacing})
+            print(f"  {name}: synthetic validation version {k} scored", flush=True)
+    case = ds.splits["test"][0]
+    s = ds.load(case)
+    out["ircad"] = {"raw": predicted(run_dir, "ircad_17", s.image.array[0], s.image.spacing, s.image.affine),
+                    "truth": s.label.astype(np.uint8), "spacing": s.image.spacing, "hu": s.image.array[0]}
+    return out
+
+
+def lesion_f1(items: list[dict[str, Any]], min_mm3: float) -> float:
+    """Pooled lesion-level F1 (2 TP / (2 TP + FP + FN)) of the synthetic validation cases at a threshold."""
+    tp = fp = fn = 0
+    for it in items:
+        det = score(*it["raw"], it["truth"], it["spacing"], min_mm3)["detection"]
+        tp += det["n_detected"]
+        fn += det["n_lesions"] - det["n_detected"]
+        fp += det["false_positives"]
+    return 2 * tp / max(1, 2 * tp + fp + fn)
+
+
+def synthetic_summary(items: list[dict[str, Any]], min_mm3: float) -> dict[str, Any]:
+    """Tumour Dice (CI over validation versions), sensitivity by size (CI over lesions), FP per case, FROC."""
+    import numpy as np
+
+    from aemia.evaluate.froc import froc
+    from aemia.evaluate.metrics import bootstrap_ci, bootstrap_ratio_ci, ci_dict
+
+    scores = [score(*it["raw"], it["truth"], it["spacing"], min_mm3) for it in items]
+    dices = np.array([sc["tumor_dice"] for sc in scores])
+    lesions = [les for sc in scores for les in sc["detection"]["lesions"]]
+    by_size = {}
+    for lo, hi in zip(SIZE_BINS_MM[:-1], SIZE_BINS_MM[1:]):
+        hit = [float(les["detected"]) for les in lesions if lo <= les["diameter_mm"] < hi]
+        label = f">={lo:g} mm" if hi == float("inf") else f"{lo:g}-{hi:g} mm"
+        ci = bootstrap_ratio_ci(hit, [1.0] * len(hit)) if hit else None
+        by_size[label] = {"sensitivity": ci.point if ci else None, "ci": [ci.lo, ci.hi] if ci else None,
+                          "n_lesions": len(hit), "n_detected": int(sum(hit))}
+    hits = [float(les["detected"]) for les in lesions]
+    overall = bootstrap_ratio_ci(hits, [1.0] * len(hits))
+    fps = np.array([sc["detection"]["false_positives"] for sc in scores], float)
+    return {"tumor_dice": float(dices.mean()), "tumor_dice_ci": ci_dict(bootstrap_ci(dices))["ci"],
+            "sensitivity": overall.point, "sensitivity_ci": [overall.lo, overall.hi],
+            "sensitivity_by_size": by_size, "fp_per_case": float(fps.mean()),
+            "fp_per_case_ci": ci_dict(bootstrap_ci(fps))["ci"], "n_versions": len(items),
+            "liver_dice_in_synthetic_versions": float(np.mean([sc["liver_dice"] for sc in scores])),
+            "froc": [[round(f, 3), round(se, 4)] for _, f, se in froc([sc["candidates"] for sc in scores])]}
+
+
+def ircad_summary(item: dict[str, Any], min_mm3: float) -> dict[str, Any]:
+    """Liver / tumour Dice, each real tumour (diameter, detected, confidence), false positives and FROC."""
+    from aemia.evaluate.froc import froc
+
+    sc = score(*item["raw"], item["truth"], item["spacing"], min_mm3)
+    det = sc["detection"]
+    lesions = [{"diameter_mm": round(les["diameter_mm"], 1), "volume_ml": round(les["volume_mm"] / 1000, 2),
+                "detected": les["detected"],
+                "confidence": round(c, 4) if c > float("-inf") else None}
+               for les, c in zip(det["lesions"], sc["lesion_confidence"])]
+    return {"liver_dice": round(sc["liver_dice"], 4), "tumor_dice": round(sc["tumor_dice"], 4), "lesions": lesions,
+            "false_positives": det["false_positives"],
+            "froc": [[round(f, 3), round(se, 4)] for _, f, se in froc([sc["candidates"]])], "_labels": sc["labels"]}
+
+
+def overlay_figure(hu: Any, truth: Any, labels: Any, path: Path, title: str) -> Path:
+    """Axial slice of ircad_17 through the largest real tumour: CT, reference and predicted liver / tumour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from aemia.utils.io import save_figure
+
+    z = int(np.argmax((truth == 2).sum(axis=(0, 1))))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6))
+    for ax, (mask, name) in zip(axes, ((truth, "reference (expert)"), (labels, "prediction (synthetic-only model)"))):
+        ax.imshow(np.clip((hu[:, :, z].T + 160) / 400, 0, 1), cmap="gray", origin="lower")
+        ax.contour((mask[:, :, z] > 0).T, levels=[0.5], colors="lime", linewidths=1.0)
+        ax.contour((mask[:, :, z] == 2).T, levels=[0.5], colors="red", linewidths=1.2)
+        ax.set_title(f"{name}: liver green, tumour red", fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def ship(run_dir: Path, dest: Path, min_mm3: float, card: str) -> None:
+    """Write the shipped model folder: model.safetensors (the run's best weights), config.json, MODEL_CARD.md."""
+    import json
+    import shutil
+
+    from aemia.data.normalise import default_normaliser
+    from aemia.runs import RunFolder
+    from aemia.utils.io import write_json_atomic, write_text_atomic
+
+    cfg = RunFolder(run_dir).config()
+    model_cfg = json.loads((run_dir / "checkpoints" / "best.json").read_text())["model"]
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "checkpoints" / "best.safetensors", dest / "model.safetensors")
+    write_json_atomic(dest / "config.json", {
+        "model": model_cfg, "task": "segmentation", "classes": {"0": "background", "1": "liver", "2": "liver tumor"},
+        "spacing": cfg.spacing, "patch": cfg.patch, "window_hu": cfg.window,
+        "normaliser": default_normaliser("CT (HU)", 3, cfg.window),
+        "postprocess": {"kind": "liver_tumor", "organ": 1, "tumor": 2, "min_tumor_mm3": min_mm3},
+        "trained_by": "benchmarks/real_tumor_transfer.py", "run": run_dir.name})
+    write_text_atomic(dest / "MODEL_CARD.md", card)
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    import numpy as np
+
+    v = np.asarray([x for x in values if x is not None], float)
+    if not len(v):
+        return {"n": 0}
+    return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
+            "min": round(float(v.min()), 4), "max": round(float(v.max()), 4), "n": int(len(v))}
+
+
+def train_minutes(name: str) -> float | None:
+    import json
+
+    log = WORK / name / "log.jsonl"
+    if not log.exists():
+        return None
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return round(sum(r.get("seconds", 0.0) for r in rows) / 60, 1)
+
+
+def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Score every finished run, choose the tumour volume threshold on synthetic validation, write the JSON,
+    the overlay figure and (``--ship``) the shipped model."""
+    import datetime as dt
+    import os
+    import platform
+    import shlex
+
+    import torch
+
+    from aemia.evaluate.froc import froc
+    from aemia.evaluate.metrics import dice
+    from aemia.infer.lesions import postprocess_liver_tumor
+    from aemia.utils.io import write_json_atomic
+
+    done = [r for r in ALL_RUNS if (WORK / r / "trained.txt").exists()]
+    if not done:
+        raise SystemExit("no finished run to evaluate: train first (--stage train)")
+    results = {r: evaluate_run(r, args.variants, args.per_bin) for r in done}
+    loo = [results[r] for r in done if r.startswith("loo-")]
+    syn_items = [it for res in loo for it in res["synthetic"]]
+    f1 = {thr: round(lesion_f1(syn_items, thr), 4) for thr in THRESHOLDS_MM3} if syn_items else {}
+    chosen = max(f1, key=lambda t: (f1[t], -t)) if f1 else 0.0
+    liver_loo, liver_loo_raw = {}, {}
+    for res in loo:
+        h = res["held_out_case"]
+        lab = postprocess_liver_tumor(h["raw"][0], h["spacing"], chosen)
+        liver_loo[res["held_out"]] = round(dice(lab > 0, h["truth"] > 0), 4)
+        liver_loo_raw[res["held_out"]] = round(dice(h["raw"][0] > 0, h["truth"] > 0), 4)
+    seeds = [{"run": res["run"], "seed": res["seed"], "held_out": res["held_out"],
+              **synthetic_summary(res["synthetic"], chosen)} for res in loo]
+    per_run = {r: ircad_summary(results[r]["ircad"], chosen) for r in done}
+    main_run = "full-s0" if "full-s0" in per_run else done[0]
+    ircad = {"model": main_run, **{k: v for k, v in per_run[main_run].items() if k != "_labels"}}
+    fig = overlay_figure(results[main_run]["ircad"]["hu"], results[main_run]["ircad"]["truth"],
+                         per_run[main_run]["_labels"], ROOT / "docs" / "figures" / "liver_tumor_ircad17.png",
+                         f"3D-IRCADb-01 patient 17 (real tumours, never trained on), model {main_run}: liver Dice "
+                         f"{ircad['liver_dice']:.3f}, tumour Dice {ircad['tumor_dice']:.3f}")
+    pooled = froc([score(*it["raw"], it["truth"], it["spacing"], chosen)["candidates"] for it in syn_items])
+    lesions = ircad["lesions"]
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    result: dict[str, Any] = {
+        "liver_dice_leave_one_out": liver_loo,
+        "liver_dice_leave_one_out_before_largest_component": liver_loo_raw,
+        "ircad_17": ircad,
+        "synthetic_validation": {
+            "seeds": seeds,
+            "spread": {k: _spread([sd[k] for sd in seeds]) for k in ("tumor_dice", "sensitivity", "fp_per_case")},
+            "froc_pooled": [[round(f, 3), round(se, 4)] for _, f, se in pooled],
+            "note": "each seed is a leave-one-case-out run (seed k holds out TRAIN_CASES[k]), so the spread mixes "
+                    "the seed and the held-out liver; synthetic validation tumours are made in that held-out "
+                    "healthy liver at its own resolution"},
+        "ircad_17_per_run": {r: {k: v for k, v in d.items() if k != "_labels"} for r, d in per_run.items()},
+        "ircad_17_spread": {k: _spread([d[k] for d in per_run.values()]) for k in ("liver_dice", "tumor_dice")},
+        "postprocess": {"min_tumor_mm3": chosen, "lesion_f1_by_threshold": {str(k): v for k, v in f1.items()},
+                        "chosen_on": "pooled synthetic validation of the leave-one-out runs only (lesion F1)"},
+        "targets_ircad_17": {"liver_dice>=0.90": ircad["liver_dice"] >= 0.90,
+                             "both_tumours_detected": bool(lesions) and all(x["detected"] for x in lesions),
+                             "false_positives<=2": ircad["false_positives"] <= 2,
+                             "tumor_dice>=0.40": ircad["tumor_dice"] >= 0.40},
+        "note": args.note,
+        "runs_finished": done, "runs_missing": [r for r in ALL_RUNS if r not in done],
+        "train_minutes": {r: train_minutes(r) for r in ALL_RUNS},
+        "setup": {"data": "train: chaos_ct_sample (expert liver), ts_example_ct + ts_example_ct_dicom "
+                          "(TotalSegmentator liver pseudo-labels); test: ircad_17 (never trained on)",
+                  "tumour_annotations_used": 0, "model": "3D U-Net, cpu preset (16,16,32,64,128)",
+                  "spacing_mm": args.spacing, "patch": args.patch, "epochs": args.epochs,
+                  "patches_per_epoch": args.patches_per_epoch, "amp": args.amp,
+                  "inference_amp": args.infer_amp,
+                  "synthetic_versions_per_held_out_case": args.variants, "tumours_per_size_bin": args.per_bin,
+                  "figure": str(fig.relative_to(ROOT))},
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, "benchmarks/real_tumor_transfer.py", *argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+                    "python": platform.python_version(), "threads": 1,
+                    "note": "shared machine: several other agents' jobs ran at the same time"},
+    }
+    write_json_atomic(args.out, result)
+    if args.ship and "full-s0" in done:
+        ship(WORK / "full-s0", args.ship_dir, chosen, model_card(result))
+    return result
+
+
+def model_card(r: dict[str, Any]) -> str:
+    """MODEL_CARD.md of the shipped liver-tumor model, from the measured figures."""
+    ir = r["ircad_17"]
+    les = "; ".join(f"{x['diameter_mm']} mm ({x['volume_ml']} mL): {'detected' if x['detected'] else 'missed'}"
+                    + (f", confidence {x['confidence']:.2f}" if x["confidence"] is not None else "")
+                    for x in ir["lesions"])
+    seeds = r["synthetic_validation"]["seeds"]
+    syn = "\n".join(f"| {sd['run']} (seed {sd['seed']}) | {sd['held_out']} | {sd['tumor_dice']:.3f} "
+                     f"[{sd['tumor_dice_ci'][0]:.3f}, {sd['tumor_dice_ci'][1]:.3f}] | {sd['sensitivity']:.2f} "
+                     f"[{sd['sensitivity_ci'][0]:.2f}, {sd['sensitivity_ci'][1]:.2f}] | {sd['fp_per_case']:.1f} |"
+                     for sd in seeds) or "| (no leave-one-out run finished) | | | | |"
+    loo = ", ".join(f"{k} {v:.3f}" for k, v in r["liver_dice_leave_one_out"].items()) or "not measured"
+    st = r["setup"]
+    return f"""# liver-tumor: liver + liver-tumour CT segmentation trained without a tumour annotation
+
+`aemia predict --pretrained liver-tumor --input CT --out DIR` (NIfTI file or DICOM folder, any orientation and
+spacing) writes `DIR/<case>.nii.gz` (0 background, 1 liver, 2 liver tumour; the input's grid and affine) and
+`DIR/<case>_lesions.csv` (one row per tumour: centre in voxels and mm, equivalent diameter, volume, `confidence` =
+maximum and `confidence_mean` = mean tumour probability over the lesion).
+
+## Model
+- 3D U-Net (aemia `unet`, widths 16-16-32-64-128, 1 input channel, 3 classes), safetensors,
+  trained by `benchmarks/real_tumor_transfer.py` (run `full-s0`, seed 0), {st['epochs']} epochs x
+  {st['patches_per_epoch']} patches of {st['patch']} voxels at {st['spacing_mm']} mm, AdamW 1e-3, warm-up + cosine,
+  EMA 0.99, bf16 autocast on CPU; {r['train_minutes'].get('full-s0')} min single-threaded on a shared 2-core machine.
+- Preprocessing: canonical RAS orientation, resampling to 2 mm isotropic (a CPU compromise: the paper uses 1 mm),
+  HU window [-21, 189] -> [0, 1]; sliding window with Gaussian blending (overlap 0.5); probabilities resampled to
+  the input grid.
+- Post-processing: the largest connected liver component (liver + tumour voxels) is kept, tumour voxels outside it
+  are removed, tumour components smaller than {r['postprocess']['min_tumor_mm3']:g} mm^3 become liver. The
+  threshold was chosen by lesion F1 on synthetic validation tumours only.
+
+## Training data (no tumour label anywhere)
+Tumours are synthesized on the fly in healthy livers (Hu et al., "Label-Free Liver Tumor Segmentation",
+CVPR 2023; `aemia.synth.transform.RandTumorSynthesisd`, probability 0.9). Healthy livers:
+- CHAOS CT sample (`chaos_ct_sample`, expert liver mask), CC BY-SA 4.0. Kavur A.E. et al., Medical Image
+  Analysis 69 (2021) 101950.
+- TotalSegmentator example CT (3 mm) and its DICOM series (TotalSegmentator liver pseudo-labels), repository
+  Apache-2.0, data CC BY 4.0 as far as known. Wasserthal J. et al., Radiology: AI 2023.
+Augmentation: HU scale ±15 %, shift ±40 HU, noise (scanner / contrast phase), rotation ±15° about every axis,
+zoom ±20 % (spacing jitter), 3D elastic (p 0.2), flips, brightness/contrast, gamma.
+
+## Measured (benchmarks/results/real_tumor_transfer.json, {r['date'][:10]})
+Real tumours, 3D-IRCADb-01 patient 17 (`ircad_17`, never trained on; CC BY-NC-ND 4.0, used for testing only):
+- liver Dice {ir['liver_dice']:.3f}; tumour Dice {ir['tumor_dice']:.3f}; {ir['false_positives']} false-positive
+  tumour component(s);
+- real tumours: {les or 'none found'}.
+
+Leave-one-case-out liver Dice (the case held out of training): {loo}.
+
+Synthetic validation tumours in the held-out healthy liver (tumour Dice with a 95% bootstrap CI over the
+validation versions, lesion sensitivity with a CI over lesions, false positives per case):
+
+| run | held-out liver | tumour Dice | sensitivity | FP / case |
+|---|---|---|---|---|
+{syn}
+
+Issue-17 targets on ircad_17: {", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in r["targets_ircad_17"].items())}.
+
+## Limitations (read before use)
+{r.get("note") or ""}
+
+For comparison, the paper reports DSC 59.8 on real LiTS tumours, trained on dozens of healthy livers at 1 mm
+on GPUs for thousands of epochs; this model saw three healthy livers (one with an expert mask) at 2 mm for
+{st['epochs']} short epochs on a CPU. Its liver segmentation transfers to the unseen scanner far better than the
+earlier single-CT model, but its tumour output does not yet: treat the tumour mask and lesion table as a
+demonstration of the pipeline, not a detector. Figures come from one real-tumour case and are not a clinical
+validation.
+
+## Licence and use
+Research use. The weights derive from CC BY-SA 4.0 (CHAOS) and CC BY 4.0 / Apache-2.0 (TotalSegmentator) data;
+attribute those sources. Not a medical device.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    global WORK, INFER_AMP
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stage", choices=("train", "predict", "eval", "all"), default="all",
+                    help="predict: cache one run's predictions (parallel-friendly); eval: score all finished runs")
+    ap.add_argument("--runs", default=",".join(ALL_RUNS), help="comma-separated: " + ", ".join(ALL_RUNS))
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--patches-per-epoch", type=int, default=48)
+    ap.add_argument("--patch", default="64,64,48")
+    ap.add_argument("--spacing", default="2,2,2")
+    ap.add_argument("--amp", default="auto")
+    ap.add_argument("--variants", type=int, default=3, help="synthetic validation versions of each held-out case")
+    ap.add_argument("--per-bin", type=int, default=2, help="synthetic validation tumours per size bin")
+    ap.add_argument("--ship", action="store_true", help="write the shipped model (--ship-dir) from full-s0")
+    ap.add_argument("--ship-dir", type=Path, default=ROOT / "src" / "aemia" / "shipped" / "liver-tumor")
+    ap.add_argument("--work", type=Path, default=WORK, help="folder of the run folders")
+    ap.add_argument("--infer-amp", default="none", choices=("none", "bf16"),
+                    help="inference precision of the benchmark's predictions (the CLI default is none)")
+    ap.add_argument("--note", default="", help="a note recorded in the JSON (e.g. how a run was resumed)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_tumor_transfer.json")
+    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    WORK = args.work
+    INFER_AMP = args.infer_amp
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    torch.set_num_threads(1)
+    runs = [r for r in args.runs.split(",") if r]
+    if args.stage in ("train", "all"):
+        for name in runs:
+            print(f"training {name}", flush=True)
+            train(name, args)
+    if args.stage == "predict":
+        for name in runs:
+            evaluate_run(name, args.variants, args.per_bin)
+    if args.stage in ("eval", "all"):
+        result = assemble(args, argv)
+        print(json.dumps({k: result[k] for k in ("liver_dice_leave_one_out", "targets_ircad_17")}, indent=1))
+        print(f"ircad_17: liver Dice {result['ircad_17']['liver_dice']}, tumour Dice {result['ircad_17']['tumor_dice']}, "
+              f"lesions {result['ircad_17']['lesions']}, false positives {result['ircad_17']['false_positives']}")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Issue 17: the liver + tumour post-processing, per-lesion confidence, FROC, and the shipped liver-tumor model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+
+from aemia.cli.main import main
+from aemia.evaluate.froc import case_candidates, froc, sensitivity_at
+from aemia.infer.lesions import lesion_rows, postprocess_liver_tumor
+from aemia.recipes.liver_tumor import ScannerJitter, body_box
+
+
+def _scene() -> np.ndarray:
+    lab = np.zeros((40, 40, 30), np.uint8)
+    lab[5:25, 5:25, 5:20] = 1  # the liver
+    lab[8:14, 8:14, 8:14] = 2  # a large tumour inside it (216 voxels)
+    lab[18:20, 18:20, 10:12] = 2  # a small tumour inside it (8 voxels)
+    lab[32:36, 32:36, 5:9] = 2  # a tumour far from the liver
+    lab[30:33, 2:5, 20:23] = 1  # a liver fragment elsewhere
+    return lab
+
+
+def test_postprocess_keeps_only_in_liver_tumours_above_the_threshold() -> None:
+    out = postprocess_liver_tumor(_scene(), (2.0, 2.0, 2.0), min_tumor_mm3=10 * 8.0)
+    assert out.dtype == np.uint8 and set(np.unique(out)) == {0, 1, 2}
+    assert (out[32:36, 32:36, 5:9] == 0).all(), "a tumour outside the liver is removed"
+    assert (out[30:33, 2:5, 20:23] == 0).all(), "only the largest liver component is kept"
+    assert (out[8:14, 8:14, 8:14] == 2).all(), "a tumour inside the liver above the threshold stays"
+    assert (out[18:20, 18:20, 10:12] == 1).all(), "a tumour below the threshold becomes liver"
+    assert (out == 2).sum() == 216
+    # threshold 0 keeps both in-liver tumours; an empty prediction stays empty
+    assert (postprocess_liver_tumor(_scene(), (2.0, 2.0, 2.0), 0.0) == 2).sum() == 216 + 8
+    assert not postprocess_liver_tumor(np.zeros((5, 5, 5), np.uint8), (1, 1, 1), 0.0).any()
+
+
+def test_lesion_rows_carry_max_and_mean_probability() -> None:
+    lab = _scene()
+    prob = np.zeros(lab.shape, np.float32)
+    prob[8:14, 8:14, 8:14] = 0.6
+    prob[10, 10, 10] = 0.9
+    rows = lesion_rows(lab, 2, (1.0, 1.0, 1.0), probability=prob)
+    big = rows[0]
+    assert big["voxels"] == 216 and big["confidence"] == pytest.approx(0.9)
+    assert big["confidence_mean"] == pytest.approx((215 * 0.6 + 0.9) / 216, abs=1e-4)
+    assert all(0.0 <= r["confidence"] <= 1.0 for r in rows)
+
+
+def test_froc_on_a_known_toy_case() -> None:
+    truth = np.zeros((20, 20, 20), bool)
+    truth[2:5, 2:5, 2:5] = True  # lesion A
+    truth[12:15, 12:15, 12:15] = True  # lesion B
+    comp = np.zeros(truth.shape, np.int32)
+    comp[3:6, 3:6, 3:6] = 1  # hits A, confidence 0.9
+    comp[16:18, 2:4, 2:4] = 2  # false positive, confidence 0.7
+    comp[13:14, 13:14, 13:14] = 3  # hits B, confidence 0.5
+    case = case_candidates(comp, [0.9, 0.7, 0.5], truth)
+    assert case.false_positive.tolist() == [False, True, False]
+    assert case.lesion_best.tolist() == [0.9, 0.5]
+    empty = case_candidates(np.zeros_like(comp), [], np.zeros_like(truth))  # a second case with nothing at all
+    points = froc([case, empty])
+    assert points == [(0.9, 0.0, 0.5), (0.7, 0.5, 0.5), (0.5, 0.5, 1.0)]
+    assert sensitivity_at(points, 0.0) == 0.5 and sensitivity_at(points, 1.0) == 1.0
+
+
+def test_scanner_jitter_and_body_box() -> None:
+    rng = np.random.default_rng(0)
+    hu = np.full((10, 10, 10), 100.0, np.float32)
+    outs = [ScannerJitter(noise_hu=0.0).apply(hu, rng) for _ in range(50)]
+    means = np.array([o.mean() for o in outs])
+    assert means.min() >= 100 * 0.85 - 40 - 1e-3 and means.max() <= 100 * 1.15 + 40 + 1e-3 and means.std() > 5
+    vol = np.full((30, 30, 30), -1000.0, np.float32)
+    vol[5:20, 8:25, 3:9] = 40.0
+    assert body_box(vol) == (slice(5, 20), slice(8, 25), slice(3, 9))
+
+
+def test_pretrained_refuses_a_missing_model_in_one_line(tmp_path, capsys) -> None:
+    ct = tmp_path / "ct.nii.gz"
+    ct.write_bytes(b"")
+    code = main(["predict", "--pretrained", "no-such-model", "--input", str(ct), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no shipped model 'no-such-model'" in err
+    code = main(["predict", "--input", str(ct), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "exactly one of --run" in err and len(err.splitlines()) == 1
+
+
+def _shipped_or_skip():
+    from aemia.runs.shipped import shipped_models
+
+    if "liver-tumor" not in shipped_models():
+        pytest.skip("the liver-tumor model is not shipped in this checkout")
+
+
+def test_pretrained_loads_the_shipped_card_and_weights() -> None:
+    _shipped_or_skip()
+    from aemia.infer.predictor import Predictor
+    from aemia.runs.shipped import shipped_model_dir
+
+    folder = shipped_model_dir("liver-tumor")
+    assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
+    cfg = json.loads((folder / "config.json").read_text())
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "ircad_17" in card and "CC BY" in card
+    p = Predictor.from_shipped("liver-tumor", device="cpu")
+    assert p.spatial_dims == 3 and p.classes == {0: "background", 1: "liver", 2: "liver tumor"}
+    assert p.postprocess["kind"] == "liver_tumor" and p.postprocess["min_tumor_mm3"] >= 0
+    assert p.spacing == cfg["spacing"]
+
+
+@pytest.mark.needs_data("liver_ct_real")
+def test_shipped_model_runs_on_a_small_crop_of_a_real_ct(tmp_path, real_data) -> None:
+    _shipped_or_skip()
+    import nibabel as nib
+
+    src = nib.load(str(real_data / "liver_ct_real" / "ircad_17" / "ct.nii.gz"))
+    crop = np.asarray(src.dataobj[128:320:2, 160:352:2, 40:80]).astype(np.int16)  # 96 x 96 x 40 voxels
+    affine = src.affine.copy()
+    affine[:3, :3] = src.affine[:3, :3] @ np.diag([2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(crop, affine), str(tmp_path / "crop.nii.gz"))
+    t0 = time.perf_counter()
+    code = main(["predict", "--pretrained", "liver-tumor", "--input", str(tmp_path / "crop.nii.gz"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 0 and time.perf_counter() - t0 < 60
+    mask = nib.load(str(tmp_path / "out" / "crop.nii.gz"))
+    assert mask.shape == crop.shape and np.allclose(mask.affine, affine)
+    assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+    with open(tmp_path / "out" / "crop_lesions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
