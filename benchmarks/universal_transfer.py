@@ -10,8 +10,11 @@ Starts (``--starts``):
 
 Every start is fine-tuned with the same recipe: the default ``aemia train`` TrainConfig (Adam 1e-3, warm-up +
 cosine, EMA 0.99 weights, UNet++ ``cpu`` preset with deep supervision, batch 8, best epoch on the validation
-split), at 128 px, fp32, ``--epochs`` epochs but at least ``--min-steps`` optimiser steps (as
-``training_stability.py``). The labelled subset is fixed by ``--subset-seed`` so every start at a fraction
+split), fp32, ``--epochs`` epochs but at least ``--min-steps`` optimiser steps (as ``training_stability.py``).
+Budget: 64 px and 400 steps by default (``training_stability.py`` uses 128 px and 600 steps): on the 2 shared
+cores a 128 px fine-tune took ~50 min under load, 64 px ~25-35 min, and the benchmark had two hours. Pretraining
+also runs at ``--size``; ``--pretrain-epochs`` applies to the starts pretrained in that invocation (each
+pretraining's own ``metrics.json``, copied into the JSON's ``pretraining``, records the epochs it ran). The labelled subset is fixed by ``--subset-seed`` so every start at a fraction
 sees the same labelled cases; a training seed fixes initialisation of the non-pretrained parts, order and
 augmentation, so start − scratch is a paired difference per seed. The test Dice of a cell is the mean over its
 seeds; its interval is a test-case bootstrap of the seed-mean per-case Dice; ``minus_scratch`` is the paired
@@ -188,9 +191,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 def write(args: argparse.Namespace, universal_note: str | None) -> None:
     out = {"benchmark": "universal_transfer", **collect(args), **provenance(),
            "recipe": {"fine_tune": "default aemia train TrainConfig (adam 1e-3, warm-up + cosine, EMA 0.99, UNet++ cpu "
-                                   "preset, deep supervision, batch 8), size 128, fp32, max(epochs, min-steps)",
-                      "epochs": args.epochs, "min_steps": args.min_steps, "subset_seed": args.subset_seed,
-                      "pretrain_epochs": args.pretrain_epochs, "ci": "95% test-case bootstrap of the seed-mean "
+                                   "preset, deep supervision, batch 8), fp32, max(epochs, min-steps) epochs",
+                      "size": args.size, "epochs": args.epochs, "min_steps": args.min_steps,
+                      "subset_seed": args.subset_seed, "ci": "95% test-case bootstrap of the seed-mean "
                       "per-case Dice; minus_scratch: paired per seed, bootstrap of per-case differences"},
            "targets": {"universal_minus_scratch_at_0.1": 0.03}}
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
