@@ -6,7 +6,8 @@ Starts (``--starts``):
 * ``genesis``: Models Genesis self-restoration on Kvasir's training images (labels unused);
 * ``dira`` / ``caid``: ``aemia pretrain dira|caid`` on the same images (:mod:`aemia.pretrain.moco`);
 * ``universal``: the leave-Kvasir-out universal 2D model (``--universal``: a shipped-model name or a folder with
-  ``model.safetensors``); skipped, with a note in the JSON, when it is not there.
+  ``model.safetensors``); skipped, with a note in the JSON, when it is not there. Its backbone is a U-Net, so it
+  is fine-tuned as a U-Net and its difference is paired with ``scratch_unet`` (the same recipe from scratch).
 
 Every start is fine-tuned with the same recipe: the default ``aemia train`` TrainConfig (Adam 1e-3, warm-up +
 cosine, EMA 0.99 weights, UNet++ ``cpu`` preset with deep supervision, batch 8, best epoch on the validation
@@ -52,7 +53,11 @@ from aemia.evaluate.metrics import bootstrap_ci  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
 
 N_TRAIN = 798  # Kvasir-SEG training split
-STARTS = ("scratch", "genesis", "dira", "caid", "universal")
+STARTS = ("scratch", "genesis", "dira", "caid", "universal", "scratch_unet")
+#: The universal model's backbone is a U-Net (h-uni's universal2d-no-kvasir): it is fine-tuned as a U-Net and
+#: paired with a scratch U-Net; every other start is the default UNet++.
+MODEL = {"universal": "unet", "scratch_unet": "unet"}
+BASELINE = {"universal": "scratch_unet"}
 TARGET_SEEDS = 5
 
 
@@ -66,7 +71,7 @@ def pretrained(start: str, args: argparse.Namespace) -> str | None:
 
     from aemia.train.trainer import TrainConfig
 
-    if start == "scratch":
+    if start in ("scratch", "scratch_unet"):
         return None
     if start == "universal":
         return universal_init(args.universal)
@@ -126,7 +131,7 @@ def finetune(fraction: float, start: str, seed: int, init: str | None, args: arg
     if (run_dir / "metrics.json").exists():
         return
     resume = (run_dir / "checkpoints" / "last.safetensors").exists()
-    cfg = RunConfig(dataset="kvasir", model="unetpp", preset="cpu", label_fraction=fraction, size=args.size,
+    cfg = RunConfig(dataset="kvasir", model=MODEL.get(start, "unetpp"), preset="cpu", label_fraction=fraction, size=args.size,
                     subset_seed=args.subset_seed, init=init,
                     train=TrainConfig(epochs=epochs_for(fraction, args), batch_size=8, seed=seed, amp="none",
                                       channels_last=False, progress=False))
@@ -172,17 +177,19 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                                             for d in runs.values()],
                           "epochs": epochs_for(fraction, args), "labelled_cases": math.ceil(fraction * N_TRAIN - 1e-9),
                           "n_test": int(first["segmentation"]["polyp"]["dice"]["n"])}
-        if "scratch" in done:
-            for start, per_case in done.items():
-                if start == "scratch":
-                    continue
-                common = sorted(set(per_case) & set(done["scratch"]))
-                if not common:
-                    continue
-                diffs = np.stack([per_case[s] - done["scratch"][s] for s in common])
-                ci = bootstrap_ci(diffs.mean(axis=0))
-                row[start]["minus_scratch"] = {"dice": ci.point, "ci": [ci.lo, ci.hi], "seeds": common,
-                                               "per_seed": [float(d.mean()) for d in diffs]}
+        for start, per_case in done.items():
+            base = BASELINE.get(start, "scratch")
+            if start.startswith("scratch") or base not in done:
+                continue
+            common = sorted(set(per_case) & set(done[base]))
+            if not common:
+                continue
+            diffs = np.stack([per_case[s] - done[base][s] for s in common])
+            ci = bootstrap_ci(diffs.mean(axis=0))
+            row[start]["minus_scratch"] = {"dice": ci.point, "ci": [ci.lo, ci.hi], "seeds": common, "baseline": base,
+                                           "per_seed": [float(d.mean()) for d in diffs]}
+        for start in row:
+            row[start]["model"] = MODEL.get(start, "unetpp")
         if row:
             cells[str(fraction)] = row
     return {"transfer": {"kvasir": cells}, "incomplete": incomplete}
