@@ -17,7 +17,7 @@ from aemia.pretrain.moco import (METHODS, ContrastiveConfig, ContrastiveRestorat
 from aemia.pretrain.views import TwoViewDataset, context_distortion, make_views
 
 
-def _moco(queue: int = 8, momentum: float = 0.9, group: int = 1, seed: int = 0) -> MoCo:
+def _moco(queue: int = 8, momentum: float = 0.9, group: int = 0, seed: int = 0) -> MoCo:
     torch.manual_seed(seed)
     backbone = create_model("unetpp", 2, 3, 1, features=[4, 8, 16])
     return MoCo(backbone, dim=6, queue=queue, momentum=momentum, temperature=0.2, key_bn_group=group)
@@ -66,17 +66,28 @@ def test_momentum_update_moves_keys_by_one_minus_m_and_no_gradient_reaches_them(
     assert all(q.grad is not None for q, _ in m.query_pairs())
 
 
-def test_per_sample_key_bn_is_independent_of_batch_order_and_content() -> None:
-    m = _moco(group=1)
+def test_key_bn_with_running_statistics_is_independent_of_batch_order_and_content() -> None:
+    m = _moco()  # default: key_bn_group 0, the query encoder's running statistics
+    m.train()
+    m.backbone(torch.rand(8, 3, 16, 16))  # the query's running statistics move
+    m.momentum_update()  # ... and are copied into the key encoder
+    q_bufs = [b for i in range(m.depth + 1) for b in m.backbone.nodes[f"x{i}_0"].buffers()]
+    k_bufs = [b for blk in m.key_encoder.blocks for b in blk.buffers()]
+    assert all(torch.equal(q, k) for q, k in zip(q_bufs, k_bufs))
     x = torch.rand(5, 3, 16, 16)
-    keys = grouped_embed(m.key_encoder, x, 1)
+    keys = grouped_embed(m.key_encoder, x, 0)
     perm = torch.tensor([3, 0, 4, 1, 2])
-    torch.testing.assert_close(grouped_embed(m.key_encoder, x[perm], 1), keys[perm], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grouped_embed(m.key_encoder, x[perm], 0), keys[perm], rtol=1e-5, atol=1e-6)
     other = x.clone()
     other[1:] = torch.rand(4, 3, 16, 16)  # the rest of the batch changes, sample 0's key does not
-    torch.testing.assert_close(grouped_embed(m.key_encoder, other, 1)[0], keys[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grouped_embed(m.key_encoder, other, 0)[0], keys[0], rtol=1e-5, atol=1e-6)
+    assert m.key_encoder.training  # the key encoder's mode is left as it was
     # whole-batch BN (what shuffle-BN avoids) does depend on the other samples
     assert not torch.allclose(m.key_encoder.embed(other)[0], m.key_encoder.embed(x)[0], atol=1e-4)
+    # ghost BN over groups: the same keys for the same groups, whatever the permutation
+    g = torch.Generator().manual_seed(0)
+    ghost = grouped_embed(m.key_encoder, x, 2, g)
+    assert ghost.shape == keys.shape and torch.isfinite(ghost).all()
 
 
 def test_adversary_trains_only_the_right_parameters() -> None:

@@ -127,10 +127,6 @@ def _contrastive(method: str, data: str, out: Path, model: str, preset: str, fea
         from aemia.data.preflight import pretraining_images, require
 
         require(pretraining_images(data, 2, list_datasets()), data)
-    if size % 16:
-        from aemia.errors import InputError
-
-        raise InputError(None, f"--size must be a multiple of 16 (the encoder pools 4 times), got {size}")
     cfg = ContrastiveConfig.cpu(method, data, size=size, epochs=epochs, model=model, preset=preset,
                                 features=parse_ints(features, "--features"), queue=queue, momentum=momentum,
                                 temperature=temperature, key_bn_group=key_bn_group, seed=seed)
@@ -150,7 +146,7 @@ def _contrastive(method: str, data: str, out: Path, model: str, preset: str, fea
 
 
 _MOCO = dict(
-    size=typer.Option(128, help="Image size (whole images resized; a multiple of 16).", callback=v.number(32)),
+    size=typer.Option(128, help="Image size (whole images resized; a multiple of 16).", callback=v.multiple_of(16, 32)),
     epochs=typer.Option(50, help="Epochs (paper: 400 DiRA stage 2, 800 CAiD).", callback=v.at_least_one),
     batch_size=typer.Option(16, help="Batch size (CPU preset 16; paper 256).", callback=v.at_least_one),
     optimizer=typer.Option("adam", help="adam (CPU preset: lr 1e-3, cosine) or sgd (paper: lr 0.03, momentum 0.9, "
@@ -159,8 +155,9 @@ _MOCO = dict(
     momentum=typer.Option(0.99, help="Key-encoder momentum m in [0, 1) (CPU preset 0.99; paper 0.999).",
                           callback=v.number(0, 1, hi_open=True)),
     temperature=typer.Option(0.2, help="InfoNCE temperature (paper 0.2).", callback=v.positive),
-    key_bn_group=typer.Option(1, help="Key-encoder batch-norm group (the shuffle-BN replacement): 1 = each sample "
-                                      "normalised alone; G = ghost BN over shuffled groups of G.", callback=v.at_least_one),
+    key_bn_group=typer.Option(0, help="Key-encoder batch norm (the shuffle-BN replacement): 0 = the query encoder's "
+                                      "running statistics; G = ghost BN over shuffled groups of G (1 collapses).",
+                              callback=v.non_negative),
 )
 
 
