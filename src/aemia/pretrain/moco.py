@@ -28,6 +28,9 @@ bottleneck channel over one image's positions, then ReLU and global averaging, l
 for every image. Measured on Kvasir (4 epochs, 64 px): pairwise key cosine 0.99998, NCE stuck near ln(1 + K).
 The query branch keeps ordinary batch norm, as in MoCo.
 
+**Known problem (open):** on the CPU runs so far the instance discrimination collapses with any key BN, even
+without restoration (w_rec 0): NCE → ln(1 + K), keys one vector (docs/dira_caid.md). The cause is not found.
+
 **CPU preset** (:meth:`ContrastiveConfig.cpu`): queue 256, batch 16 (METHODS §6.2's smallest version),
 m 0.99 (0.999 barely moves the key encoder in the few hundred steps a CPU run takes: 0.999^500 ≈ 0.61 of the
 initial weights remain), Adam 1e-3 with cosine (the option §1.7 recommends for short CPU runs; ``sgd`` gives
