@@ -19,7 +19,7 @@ KVASIR = DATA / "kvasir_seg_256"
 needs_data = pytest.mark.needs_data("kvasir_seg_256")
 
 COMMANDS = [["train"], ["predict"], ["evaluate"], ["demo"], ["data", "list"], ["data", "check"],
-            ["pretrain", "genesis"], ["pretrain", "transvw"], ["active", "init"], ["active", "query"],
+            ["pretrain", "genesis"], ["pretrain", "transvw"], ["pretrain", "dira"], ["pretrain", "caid"], ["active", "init"], ["active", "query"],
             ["active", "import"], ["active", "train"], ["active", "status"], ["review", "prioritize"],
             ["synth", "tumors"], ["active", "simulate"], ["weak", "cam"], ["semi", "mbdcnn"], ["semi", "ssac"]]
 

@@ -18,6 +18,8 @@ BASE: dict[str, list[str]] = {
     "demo": ["demo", "--out", "{out}"],
     "genesis": ["pretrain", "genesis", "--data", "kvasir", "--out", "{out}"],
     "transvw": ["pretrain", "transvw", "--data", "kvasir", "--out", "{out}"],
+    "dira": ["pretrain", "dira", "--data", "kvasir", "--out", "{out}"],
+    "caid": ["pretrain", "caid", "--data", "kvasir", "--out", "{out}"],
     "init": ["active", "init", "--images", "{in}", "--project", "{out}"],
     "query": ["active", "query", "--project", "{in}"],
     "import": ["active", "import", "--project", "{in}", "--labels", "{in}"],
@@ -46,6 +48,9 @@ BAD: list[tuple[str, str, str]] = [
     *[(v, o, b) for v in ("genesis", "transvw") for o, b in [
         ("--epochs", "0"), ("--size", "0,0"), ("--size", "64"), ("--dims", "4"), ("--batch-size", "0"),
         ("--optimizer", "x"), ("--lr", "0"), ("--model", "resnet"), ("--amp", "x")]],
+    *[(v, o, b) for v in ("dira", "caid") for o, b in [
+        ("--epochs", "0"), ("--size", "16"), ("--size", "40"), ("--batch-size", "0"), ("--optimizer", "x"), ("--queue", "0"),
+        ("--momentum", "1"), ("--temperature", "0"), ("--key-bn-group", "-1"), ("--model", "resnet"), ("--amp", "x")]],
     *[("init", o, b) for o, b in [("--dropout", "2"), ("--size", "0"), ("--val-fraction", "1"), ("--task", "x"),
                                   ("--model", "x"), ("--pretrained", "missing.safetensors")]],
     *[("query", o, b) for o, b in [("--batch-size", "0"), ("--k", "0"), ("--strategy", "x"), ("--reduce", "x")]],

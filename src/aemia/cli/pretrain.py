@@ -11,7 +11,7 @@ from aemia.cli import validate as v
 
 from aemia.cli.common import console, parse_ints
 
-pretrain_app = typer.Typer(help="Self-supervised pretraining on unlabelled images (Models Genesis, TransVW).",
+pretrain_app = typer.Typer(help="Self-supervised pretraining on unlabelled images (Models Genesis, TransVW, DiRA, CAiD).",
                            no_args_is_help=True)
 
 
@@ -114,3 +114,88 @@ def transvw(
     """
     _common("transvw", data, out, dims, model, preset, features, size, patches_per_image, epochs, batch_size,
             optimizer, lr, amp, seed, device, resume, words={"elastic": True} if elastic else None)
+
+
+def _contrastive(method: str, data: str, out: Path, model: str, preset: str, features: Optional[str], size: int,
+                 epochs: int, batch_size: int, optimizer: str, lr: Optional[float], queue: int, momentum: float,
+                 temperature: float, key_bn_group: int, amp: str, seed: int, device: str, resume: bool) -> None:
+    from aemia.pretrain.moco import ContrastiveConfig, pretrain_contrastive
+    from aemia.train.trainer import TrainConfig
+
+    if not resume:
+        from aemia.data.catalog import list_datasets
+        from aemia.data.preflight import pretraining_images, require
+
+        require(pretraining_images(data, 2, list_datasets()), data)
+    cfg = ContrastiveConfig.cpu(method, data, size=size, epochs=epochs, model=model, preset=preset,
+                                features=parse_ints(features, "--features"), queue=queue, momentum=momentum,
+                                temperature=temperature, key_bn_group=key_bn_group, seed=seed)
+    if optimizer == "sgd":  # the paper's: lr 0.03, momentum 0.9, weight decay 1e-4, cosine
+        cfg.train = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr or 0.03, optimizer="sgd", momentum=0.9,
+                                nesterov=False, weight_decay=1e-4, schedule="cosine", warmup=0.0, ema=0.0,
+                                deep_supervision=False)
+    else:
+        cfg.train.batch_size, cfg.train.optimizer, cfg.train.lr = batch_size, optimizer, lr or cfg.train.lr
+    cfg.train.amp, cfg.train.device, cfg.train.seed = amp, device, seed
+    summary = pretrain_contrastive(cfg, out, resume=resume)
+    console.print(f"[green]pretrained {method}[/]: instance discrimination {summary['final_train_nce']:.3f} NCE, "
+                  f"top-1 {summary['final_instance_accuracy']:.2f} (chance {summary['chance_instance_accuracy']:.3f}); "
+                  f"validation restoration MSE {summary['first_val_mse']:.4f} → {summary['best_val_mse']:.4f} "
+                  f"on {summary['images']['train']} images")
+    console.print(f"fine-tune with: aemia train --init {out} --model {model} --preset {preset} ...")
+
+
+_MOCO = dict(
+    size=typer.Option(128, help="Image size (whole images resized; a multiple of 16).", callback=v.multiple_of(16, 32)),
+    epochs=typer.Option(50, help="Epochs (paper: 400 DiRA stage 2, 800 CAiD).", callback=v.at_least_one),
+    batch_size=typer.Option(16, help="Batch size (CPU preset 16; paper 256).", callback=v.at_least_one),
+    optimizer=typer.Option("adam", help="adam (CPU preset: lr 1e-3, cosine) or sgd (paper: lr 0.03, momentum 0.9, "
+                                        "weight decay 1e-4, cosine).", callback=v.choice(v.optimizers)),
+    queue=typer.Option(256, help="Negative-key queue length (CPU preset 256; paper 65,536).", callback=v.at_least_one),
+    momentum=typer.Option(0.99, help="Key-encoder momentum m in [0, 1) (CPU preset 0.99; paper 0.999).",
+                          callback=v.number(0, 1, hi_open=True)),
+    temperature=typer.Option(0.2, help="InfoNCE temperature (paper 0.2).", callback=v.positive),
+    key_bn_group=typer.Option(0, help="Key-encoder batch norm (the shuffle-BN replacement): 0 = the query encoder's "
+                                      "running statistics; G = ghost BN over shuffled groups of G (1 collapses).",
+                              callback=v.non_negative),
+)
+
+
+@pretrain_app.command("dira")
+def dira(
+    data: str = _OPTS["data"], out: Path = _OPTS["out"], model: str = _OPTS["model"], preset: str = _OPTS["preset"],
+    features: Optional[str] = _OPTS["features"], size: int = _MOCO["size"], epochs: int = _MOCO["epochs"],
+    batch_size: int = _MOCO["batch_size"], optimizer: str = _MOCO["optimizer"], lr: Optional[float] = _OPTS["lr"],
+    queue: int = _MOCO["queue"], momentum: float = _MOCO["momentum"], temperature: float = _MOCO["temperature"],
+    key_bn_group: int = _MOCO["key_bn_group"], amp: str = _OPTS["amp"], seed: int = _OPTS["seed"],
+    device: str = _OPTS["device"], resume: bool = _OPTS["resume"],
+) -> None:
+    """DiRA (2D): MoCo-v2 instance discrimination + restoration by the query's decoder + a patch-discriminator
+    adversary; loss 1·NCE + 10·MSE + 0.001·adversarial (the adversary joins after half the epochs).
+
+    Fine-tune from the result with `aemia train ... --init OUT` (same --model and --preset).
+
+    Example: aemia pretrain dira --data kvasir --epochs 12 --size 64 --out runs/dira_kvasir
+    """
+    _contrastive("dira", data, out, model, preset, features, size, epochs, batch_size, optimizer, lr, queue, momentum,
+                 temperature, key_bn_group, amp, seed, device, resume)
+
+
+@pretrain_app.command("caid")
+def caid(
+    data: str = _OPTS["data"], out: Path = _OPTS["out"], model: str = _OPTS["model"], preset: str = _OPTS["preset"],
+    features: Optional[str] = _OPTS["features"], size: int = _MOCO["size"], epochs: int = _MOCO["epochs"],
+    batch_size: int = _MOCO["batch_size"], optimizer: str = _MOCO["optimizer"], lr: Optional[float] = _OPTS["lr"],
+    queue: int = _MOCO["queue"], momentum: float = _MOCO["momentum"], temperature: float = _MOCO["temperature"],
+    key_bn_group: int = _MOCO["key_bn_group"], amp: str = _OPTS["amp"], seed: int = _OPTS["seed"],
+    device: str = _OPTS["device"], resume: bool = _OPTS["resume"],
+) -> None:
+    """CAiD (2D): context-aware instance discrimination, MoCo-v2 + context restoration by the query's decoder;
+    loss 1·NCE + 10·MSE.
+
+    Fine-tune from the result with `aemia train ... --init OUT` (same --model and --preset).
+
+    Example: aemia pretrain caid --data kvasir --epochs 12 --size 64 --out runs/caid_kvasir
+    """
+    _contrastive("caid", data, out, model, preset, features, size, epochs, batch_size, optimizer, lr, queue, momentum,
+                 temperature, key_bn_group, amp, seed, device, resume)

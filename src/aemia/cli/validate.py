@@ -50,6 +50,19 @@ fraction = number(0, 1)  # [0, 1]
 open_fraction = number(0, 1, lo_open=True)  # (0, 1]
 
 
+def multiple_of(m: int, lo: int) -> Callback:
+    """An integer >= ``lo`` divisible by ``m`` (e.g. an image size an encoder pools ``log2 m`` times)."""
+    at_least = number(lo)
+
+    def check(value: Any) -> Any:
+        value = at_least(value)
+        if value is not None and value % m:
+            raise _bad(f"must be a multiple of {m}, got {value}")
+        return value
+
+    return check
+
+
 def choice(values: Values, *, allow_none: bool = True) -> Callback:
     """One of ``values`` (an iterable or a function returning one, read when the option is parsed)."""
 

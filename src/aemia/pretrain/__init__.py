@@ -1,7 +1,9 @@
-"""Self-supervised pretraining from unannotated images (Models Genesis; METHODS.md §1).
+"""Self-supervised pretraining from unannotated images (Models Genesis, TransVW, DiRA, CAiD; METHODS.md §1, §6).
 
 :mod:`aemia.pretrain.genesis` holds the four published input transformations and :class:`GenesisTransform`;
-:mod:`aemia.pretrain.cubes` extracts normalised training cubes / patches from images.
+:mod:`aemia.pretrain.cubes` extracts normalised training cubes / patches from images; :mod:`aemia.pretrain.moco`
+is MoCo-v2 with restoration (CAiD; DiRA adds :mod:`aemia.pretrain.dira`'s adversary), on the views of
+:mod:`aemia.pretrain.views`.
 """
 
 from aemia.pretrain.cubes import (
