@@ -17,7 +17,7 @@ import pytest
 from aemia.cli.main import main
 from aemia.data.io import read_image
 from aemia.errors import InputError
-from aemia.infer.batch import PartialFailure, merge_outputs, predict_path
+from aemia.infer.batch import merge_outputs, predict_path
 from aemia.infer.pool import chunks, prefetched, thread_budget
 from aemia.infer.predictor import Predictor
 from aemia.infer.records import RECORDS, read_record

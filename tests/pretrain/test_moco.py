@@ -13,7 +13,7 @@ import torch
 from aemia.nets import create_model
 from aemia.pretrain.dira import AdversarialHook, PatchDiscriminator
 from aemia.pretrain.moco import (METHODS, ContrastiveConfig, ContrastiveRestorationLoss, MoCo, MoCoHook,
-                                 grouped_embed, pretrain_contrastive)
+                                 grouped_embed)
 from aemia.pretrain.views import TwoViewDataset, context_distortion, make_views
 
 

@@ -12,7 +12,6 @@ augmented view of the same image for the EMA teacher's consistency term.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
