@@ -49,3 +49,14 @@ def add_group(app: typer.Typer, name: str, help: str,
         group.command(verb, help=verb_help)(function)
     app.add_typer(group, name=name)
     return group
+
+
+def part_options() -> tuple[Any, Any]:
+    """``--num-parts`` and ``--part-id``, shared by the commands that split their cases into parts (job arrays;
+    under torchrun the defaults are WORLD_SIZE and RANK)."""
+    from aemia.cli import validate as v
+
+    return (typer.Option(None, "--num-parts", help="Split the cases into N parts by sorted case id (job arrays); "
+                         "default under torchrun: WORLD_SIZE.", callback=v.at_least_one),
+            typer.Option(None, "--part-id", help="Which part this process works on (0..N-1); default under "
+                         "torchrun: RANK.", callback=v.non_negative))

@@ -10,8 +10,10 @@ import typer
 
 from aemia.cli import validate as v
 
-from aemia.cli.common import console
+from aemia.cli.common import console, part_options
 
+
+_PARTS = part_options()
 
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict)
@@ -31,10 +33,8 @@ def predict(
                                     callback=v.choice(("uint8", "uint16"))),
     workers: int = typer.Option(1, "--workers", "-w", help="Worker processes, each loading the model once and "
                                 "using cores/W threads.", callback=v.at_least_one),
-    num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Split the cases into N parts by sorted case "
-                                            "id (job arrays); default under torchrun: WORLD_SIZE.", callback=v.at_least_one),
-    part_id: Optional[int] = typer.Option(None, "--part-id", help="Which part this process predicts (0..N-1); "
-                                          "default under torchrun: RANK.", callback=v.non_negative),
+    num_parts: Optional[int] = _PARTS[0],
+    part_id: Optional[int] = _PARTS[1],
     merge: bool = typer.Option(False, "--merge", help="Predict nothing: check that every case of --input finished "
                                "(all parts) and write OUT/summary.json; exit 2 listing failed/missing cases."),
     tta: bool = typer.Option(False, help="Average over flipped copies (test-time augmentation)."),

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from aemia.cli import validate as v
-from aemia.cli.common import add_group
+from aemia.cli.common import add_group, part_options
 
 PRIORITIZE_HELP = (
     "Rank cases for review by the attention of several models' soft predictions (AbdomenAtlas-8K, Qu et al. "
@@ -36,6 +36,9 @@ PRIORITIZE_HELP = (
 )
 
 
+_PARTS = part_options()
+
+
 def prioritize_cmd(
     predictions: Path = typer.Option(..., "--predictions", help="Folder with one sub-folder of probabilities per "
                                      "model (layout above).", callback=v.existing),
@@ -51,10 +54,8 @@ def prioritize_cmd(
                                                  "pseudo-labels count for overlap (default: all target organs)."),
     figure_cases: int = typer.Option(4, "--figure-cases", help="Top cases shown in priority.png (0: no figure).", callback=v.non_negative),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no table."),
-    num_parts: Optional[int] = typer.Option(None, "--num-parts", help="Split the cases into N parts by sorted case "
-                                            "id (job arrays); default under torchrun: WORLD_SIZE.", callback=v.at_least_one),
-    part_id: Optional[int] = typer.Option(None, "--part-id", help="Which part this process computes (0..N-1); "
-                                          "default under torchrun: RANK.", callback=v.non_negative),
+    num_parts: Optional[int] = _PARTS[0],
+    part_id: Optional[int] = _PARTS[1],
     merge: bool = typer.Option(False, "--merge", help="Compute nothing: rank the finished parts and write the "
                                "tables and figure (after a job array)."),
 ) -> None:
