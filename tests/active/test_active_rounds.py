@@ -41,13 +41,25 @@ def test_validation_target_grows_with_the_labels() -> None:
     assert all(validation_target(n + 1, 0.2) >= validation_target(n, 0.2) for n in range(300))
 
 
-def test_promotion_rule_on_fixed_scores() -> None:
-    new = {"metric": "accuracy", "mean": 0.6, "ci": [0.45, 0.75], "n": 20}
+def test_promotion_rules_on_fixed_scores() -> None:
+    new = np.array([1.0] * 12 + [0.0] * 8)  # accuracy 0.60 on 20 validation cases
     assert promotion_decision(new, None, None)["promoted"]  # the first model
-    assert promotion_decision(new, 0.7, 3)["promoted"]  # worse, but inside the CI: noise
-    assert promotion_decision(new, 0.5, 3)["promoted"]  # better
-    d = promotion_decision(new, 0.8, 3)
-    assert not d["promoted"] and d["incumbent"] == 3 and "0.800" in d["reason"] and "0.450-0.750" in d["reason"]
+    assert promotion_decision(None, None, 2)["promoted"]  # no validation set to compare on
+    same = promotion_decision(new, new.copy(), 3)
+    assert same["promoted"] and same["difference"] == 0.0 and same["difference_ci"] == [0.0, 0.0]  # a tie: more labels win
+    better = promotion_decision(new, np.array([1.0] * 10 + [0.0] * 10), 3)
+    assert better["promoted"] and abs(better["difference"] - 0.1) < 1e-12
+    one_down = np.array([1.0] * 13 + [0.0] * 7)  # the project model gets one more case right
+    d = promotion_decision(new, one_down, 3)  # default rule not-worse: a one-case drop keeps the project model
+    assert not d["promoted"] and d["incumbent"] == 3 and abs(d["difference"] + 0.05) < 1e-12
+    assert d["difference_ci"][0] < 0 <= d["difference_ci"][1] and "0.600" in d["reason"] and "0.650" in d["reason"]
+    assert promotion_decision(new, one_down, 3, rule="ci")["promoted"]  # the loose rule: inside the CI is noise
+    far = promotion_decision(new, np.ones(20), 3, rule="ci")  # the project model is above the new model's whole CI
+    assert not far["promoted"] and far["score_ci"][1] < 1.0
+    with pytest.raises(ValueError, match="unknown promotion rule"):
+        promotion_decision(new, new, 3, rule="best")
+    with pytest.raises(ValueError, match="length"):
+        promotion_decision(new, new[:5], 3)
     # the CI comes from the shared bootstrap helper: a perfect model's interval is [1, 1]
     sc = score_with_ci("classification", np.eye(2)[[0, 1, 1, 0]], np.array([0, 1, 1, 0]), 2)
     assert sc["mean"] == 1.0 and sc["ci"] == [1.0, 1.0] and sc["n"] == 4

@@ -1,6 +1,6 @@
 """``train``: the model of a round by fine-tuning (ACFT, Zhou et al. CVPR'17 / MedIA'21;
-``reference/METHODS.md`` §5.1), scored on the growing validation set, promoted only when not worse
-(:mod:`aemia.active.validation`).
+``reference/METHODS.md`` §5.1), scored on the growing validation set, promoted only when not worse than the project model on the same
+validation cases (:mod:`aemia.active.validation`, rule ``promotion``).
 
 Round ``t``'s model ``M_t`` is trained, according to ``mode``:
 
@@ -34,7 +34,13 @@ import numpy as np
 
 from aemia.active.project import Project, open_project, utc_now
 from aemia.active.scoring import predict_probabilities
-from aemia.active.validation import case_scores, grow_validation, promotion_decision, validation_metrics
+from aemia.active.validation import (
+    PROMOTION_RULES,
+    case_scores,
+    grow_validation,
+    promotion_decision,
+    validation_metrics,
+)
 from aemia.errors import InputError
 from aemia.utils.io import write_json_atomic
 
@@ -189,6 +195,7 @@ def train_round(
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    promotion: str = "not-worse",
 ) -> dict[str, Any]:
     """Train the model of the latest annotated round (``models/round_NN``); returns its ``summary.json``.
 
@@ -202,6 +209,8 @@ def train_round(
     mode = normalise_mode(mode)
     if epochs < 1:
         raise InputError(None, f"--epochs must be at least 1, got {epochs}")
+    if promotion not in PROMOTION_RULES:
+        raise InputError(None, f"--promotion must be one of {', '.join(PROMOTION_RULES)}, got {promotion!r}")
     cfg = proj.config
     with proj.ledger() as led:
         annotated = led.items("annotated")
@@ -251,17 +260,21 @@ def train_round(
     from aemia.nets import save_checkpoint
 
     val: dict[str, Any] = {}
-    incumbent_mean: float | None = None
+    new_cases: np.ndarray | None = None
+    old_cases: np.ndarray | None = None
     if val_ids:
         vx, vy = proj.dataset_arrays([by_id[c] for c in sorted(val_ids)])
-        val = validation_metrics(cfg.task, predict_all(trained, vx, patch=cfg.patch), vy, proj.n_classes,
-                                 seed=cfg.seed + r)
+        probs = predict_all(trained, vx, patch=cfg.patch)
+        val = validation_metrics(cfg.task, probs, vy, proj.n_classes, seed=cfg.seed + r)
         if parent is not None:
-            old = case_scores(cfg.task, predict_all(proj.load_model(parent), vx, patch=cfg.patch), vy,
-                              proj.n_classes)
-            incumbent_mean = float(old.mean())
-    decision = promotion_decision(val.get("score", {}), incumbent_mean, None if parent is None else parent["round"])
-    settings = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size), "seed": cfg.seed + r}
+            new_cases = case_scores(cfg.task, probs, vy, proj.n_classes)
+            old_cases = case_scores(cfg.task, predict_all(proj.load_model(parent), vx, patch=cfg.patch), vy,
+                                    proj.n_classes)
+    decision = promotion_decision(new_cases, old_cases, None if parent is None else parent["round"],
+                                  metric="accuracy" if cfg.task == "classification" else "dice", rule=promotion,
+                                  seed=cfg.seed + r)
+    settings = {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size), "seed": cfg.seed + r,
+                "promotion": promotion}
     summary = {
         "round": r, "mode": mode, "task": cfg.task, "created_at": utc_now(), "init": init,
         "parent": None if parent is None else parent["round"],

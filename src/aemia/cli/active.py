@@ -148,11 +148,15 @@ def train_cmd(
     batch_size: int = typer.Option(8, help="Batch size.", callback=v.at_least_one),
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain a round that already has a model."),
     device: str = typer.Option("auto", help="auto, cpu or cuda.", callback=v.device),
+    promotion: str = typer.Option("not-worse", help="When the new model replaces the project model: not-worse (its "
+                                                    "validation mean is at least the project model's on the same "
+                                                    "cases) or ci (unless the project model is above the new "
+                                                    "model's 95% CI).", callback=v.choice(v.promotion_rules)),
 ) -> None:
     """Train one round: fine-tune the project model on the labels (ACFT), then keep it only if not worse.
 
     The model goes to P/models/round_NN/, a run folder for `aemia predict --run`. It becomes the project's
-    model unless the current one scores above its validation 95% CI on the same cases.
+    model only if it scores at least as well as the current one on the same validation cases (--promotion).
 
     Example: aemia active train --project polyps --epochs 20
     """
@@ -160,7 +164,7 @@ def train_cmd(
     from aemia.active.status import decision_line
 
     s = train_round(project, epochs=epochs, mode=mode, hard_threshold=hard_threshold, lr=lr, batch_size=batch_size,
-                    overwrite=overwrite, device=device, log=console.print)
+                    overwrite=overwrite, device=device, log=console.print, promotion=promotion)
     v = s.get("validation") or {}
     score = f"validation {v['metric']} {v['value']:.3f} (n = {v['n']})" if v.get("value") is not None else "no validation score"
     console.print(f"[bold green]round {s['round']:02d} trained[/] on {len(s['trained_on'])} cases: {score}")

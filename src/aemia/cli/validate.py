@@ -287,6 +287,12 @@ def active_modes() -> tuple[str, ...]:
     return MODES
 
 
+def promotion_rules() -> list[str]:
+    from aemia.active.validation import PROMOTION_RULES
+
+    return list(PROMOTION_RULES)
+
+
 def tumor_types() -> list[str]:
     from aemia.synth.tumor import TUMOR_TYPES
 
