@@ -34,171 +34,46 @@ only records which file was accepted for which case.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
 
 from aemia.active.ledger_effort import EFFORT_SCHEMA, EffortLedgerMixin
+from aemia.active.ledger_records import (
+    LEDGER_FILENAME,
+    LEDGER_SCHEMA,
+    SCHEMA_VERSION,
+    STATUSES,
+    Action,
+    AnnotateResult,
+    Event,
+    LedgerItem,
+    PoolItem,
+    RoundInfo,
+    Status,
+    file_sha256,
+    ledger_path,
+    now_iso,
+)
+from aemia.active.ledger_records import item_from_row as _item
 from aemia.errors import InputError
-
-SCHEMA_VERSION = 2  # 2 added the ``efforts`` table (:mod:`aemia.active.ledger_effort`); version 1 is migrated on open
-LEDGER_FILENAME = "ledger.sqlite"
-STATUSES: tuple[str, ...] = ("unlabelled", "queried", "annotated")
-
-Status = Literal["unlabelled", "queried", "annotated"]
-Action = Literal["annotated", "unchanged", "reannotated"]
 
 __all__ = [
     "LEDGER_FILENAME",
+    "SCHEMA_VERSION",
     "STATUSES",
+    "Action",
     "AnnotateResult",
     "Event",
     "Ledger",
     "LedgerItem",
     "PoolItem",
     "RoundInfo",
+    "Status",
     "file_sha256",
     "ledger_path",
 ]
-
-_SCHEMA = """
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE rounds (
-    round      INTEGER PRIMARY KEY CHECK (round >= 0),
-    strategy   TEXT,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE items (
-    case_id      TEXT PRIMARY KEY,
-    image_path   TEXT NOT NULL,
-    image_hash   TEXT NOT NULL,
-    status       TEXT NOT NULL DEFAULT 'unlabelled' CHECK (status IN ('unlabelled', 'queried', 'annotated')),
-    round        INTEGER REFERENCES rounds(round),
-    queried_at   TEXT,
-    annotator    TEXT,
-    annotated_at TEXT,
-    label_path   TEXT,
-    label_hash   TEXT,
-    added_at     TEXT NOT NULL,
-    CHECK ((status = 'unlabelled') = (round IS NULL)),
-    CHECK ((status = 'annotated') = (label_hash IS NOT NULL))
-);
-CREATE TABLE events (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    at            TEXT NOT NULL,
-    case_id       TEXT NOT NULL REFERENCES items(case_id),
-    kind          TEXT NOT NULL CHECK (kind IN ('added', 'queried', 'released', 'annotated', 'reannotated')),
-    round         INTEGER,
-    annotator     TEXT,
-    label_path    TEXT,
-    label_hash    TEXT,
-    previous_hash TEXT
-);
-CREATE INDEX events_by_case ON events(case_id);
-CREATE INDEX items_by_status ON items(status);
-"""
-
-
-# ------------------------------------------------------------------------------------------ records
-
-
-@dataclass(frozen=True)
-class PoolItem:
-    """A case to put in the pool. ``image_hash=None`` hashes ``image_path`` (which must then exist)."""
-
-    case_id: str
-    image_path: str | Path
-    image_hash: str | None = None
-
-
-@dataclass(frozen=True)
-class LedgerItem:
-    """One case as recorded in the ledger."""
-
-    case_id: str
-    image_path: str
-    image_hash: str
-    status: Status
-    round: int | None
-    queried_at: str | None
-    annotator: str | None
-    annotated_at: str | None
-    label_path: str | None
-    label_hash: str | None
-    added_at: str
-
-
-@dataclass(frozen=True)
-class RoundInfo:
-    """A query round: when, with which strategy, how many of its cases are queried / annotated now."""
-
-    round: int
-    strategy: str | None
-    created_at: str
-    n_queried: int
-    n_annotated: int
-
-
-@dataclass(frozen=True)
-class Event:
-    """One row of the append-only event log."""
-
-    seq: int
-    at: str
-    case_id: str
-    kind: str
-    round: int | None
-    annotator: str | None
-    label_path: str | None
-    label_hash: str | None
-    previous_hash: str | None
-
-
-@dataclass(frozen=True)
-class AnnotateResult:
-    """What :meth:`Ledger.annotate` did: ``annotated`` (first label), ``unchanged`` (same hash, no-op) or
-    ``reannotated`` (different hash with ``replace=True``)."""
-
-    case_id: str
-    action: Action
-    label_hash: str
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def ledger_path(project: str | Path) -> Path:
-    """The ledger file of a project folder: ``<project>/ledger.sqlite``."""
-    return Path(project) / LEDGER_FILENAME
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes; ``InputError`` if it cannot be read."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, expected a file") from None
-    except OSError as e:
-        raise InputError(path, f"cannot be read ({e.strerror or e})") from None
-    return h.hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     con = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)  # we issue BEGIN/COMMIT
@@ -272,11 +147,11 @@ class Ledger(EffortLedgerMixin):
             with ledger._transaction():
                 if _is_initialised(con):
                     raise InputError(path, "a ledger already exists here; open it instead of creating it")
-                for statement in (_SCHEMA + EFFORT_SCHEMA).strip().split(";"):
+                for statement in (LEDGER_SCHEMA + EFFORT_SCHEMA).strip().split(";"):
                     if statement.strip():
                         con.execute(statement)
                 ledger._step("schema")
-                now = _now()
+                now = now_iso()
                 con.executemany(
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [("schema_version", str(SCHEMA_VERSION)), ("created_at", now)],
@@ -431,7 +306,7 @@ class Ledger(EffortLedgerMixin):
         """
         rows = self._prepare_items(items)
         with self._transaction():
-            return self._insert_items(rows, _now())
+            return self._insert_items(rows, now_iso())
 
     def query(self, case_ids: Iterable[str], round: int, *, strategy: str | None = None) -> int:
         """Mark ``case_ids`` as queried in ``round`` (one transaction); returns how many changed.
@@ -446,7 +321,7 @@ class Ledger(EffortLedgerMixin):
         round = int(round)
         if not ids:
             return 0
-        now = _now()
+        now = now_iso()
         changed = 0
         with self._transaction() as con:
             con.execute(
@@ -484,7 +359,7 @@ class Ledger(EffortLedgerMixin):
         cases raise ``InputError``.
         """
         ids = [str(c) for c in case_ids]
-        now = _now()
+        now = now_iso()
         changed = 0
         with self._transaction() as con:
             for cid in ids:
@@ -519,7 +394,7 @@ class Ledger(EffortLedgerMixin):
         digest = file_sha256(label_path)
         self._step("hashed")
         with self._transaction():
-            return self._annotate_in_tx(str(case_id), label, digest, str(annotator), replace, _now())
+            return self._annotate_in_tx(str(case_id), label, digest, str(annotator), replace, now_iso())
 
     def annotate_many(
         self, records: Iterable[tuple[str, str | Path, str]], *, replace: bool = False
@@ -532,7 +407,7 @@ class Ledger(EffortLedgerMixin):
         for case_id, label_path, annotator in records:
             prepared.append((str(case_id), str(Path(label_path).resolve()), file_sha256(label_path), str(annotator)))
         self._step("hashed")
-        now = _now()
+        now = now_iso()
         with self._transaction():
             return [self._annotate_in_tx(c, p, d, a, replace, now) for c, p, d, a in prepared]
 
@@ -616,7 +491,3 @@ class Ledger(EffortLedgerMixin):
             if r["status"] == "annotated" and r["last_hash"] != r["label_hash"]:
                 problems.append(f"case {cid!r}: label hash differs from its last annotation event")
         return problems
-
-
-def _item(row: sqlite3.Row) -> LedgerItem:
-    return LedgerItem(**{k: row[k] for k in LedgerItem.__dataclass_fields__})

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from aemia.active.ledger_records import file_sha256, now_iso
 from aemia.errors import InputError
 
 __all__ = [
@@ -153,8 +154,6 @@ class EffortLedgerMixin:
         ``rejected`` / ``flagged`` must not have one. Raises :class:`StaleVersionError` when the case's version
         is not ``base_version``, ``InputError`` for an unknown or never-queried case or bad values.
         """
-        from aemia.active.ledger import _now, file_sha256
-
         cid = str(case_id)
         if action not in ACTIONS:
             raise InputError(None, f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
@@ -168,7 +167,7 @@ class EffortLedgerMixin:
         label = digest = None
         if label_path is not None:
             label, digest = str(Path(label_path).resolve()), file_sha256(label_path)
-        now = _now()
+        now = now_iso()
         with self._transaction() as con:
             _check_version(con, cid, int(base_version), self.path)
             if label is not None:
