@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Optional
 
@@ -161,41 +162,42 @@ _MOCO = dict(
 )
 
 
-@pretrain_app.command("dira")
-def dira(
-    data: str = _OPTS["data"], out: Path = _OPTS["out"], model: str = _OPTS["model"], preset: str = _OPTS["preset"],
-    features: Optional[str] = _OPTS["features"], size: int = _MOCO["size"], epochs: int = _MOCO["epochs"],
-    batch_size: int = _MOCO["batch_size"], optimizer: str = _MOCO["optimizer"], lr: Optional[float] = _OPTS["lr"],
-    queue: int = _MOCO["queue"], momentum: float = _MOCO["momentum"], temperature: float = _MOCO["temperature"],
-    key_bn_group: int = _MOCO["key_bn_group"], amp: str = _OPTS["amp"], seed: int = _OPTS["seed"],
-    device: str = _OPTS["device"], resume: bool = _OPTS["resume"],
-) -> None:
-    """DiRA (2D): MoCo-v2 instance discrimination + restoration by the query's decoder + a patch-discriminator
+_CONTRASTIVE_DOCS = {
+    "dira": """DiRA (2D): MoCo-v2 instance discrimination + restoration by the query's decoder + a patch-discriminator
     adversary; loss 1·NCE + 10·MSE + 0.001·adversarial (the adversary joins after half the epochs).
 
     Fine-tune from the result with `aemia train ... --init OUT` (same --model and --preset).
 
     Example: aemia pretrain dira --data kvasir --epochs 12 --size 64 --out runs/dira_kvasir
-    """
-    _contrastive("dira", data, out, model, preset, features, size, epochs, batch_size, optimizer, lr, queue, momentum,
-                 temperature, key_bn_group, amp, seed, device, resume)
-
-
-@pretrain_app.command("caid")
-def caid(
-    data: str = _OPTS["data"], out: Path = _OPTS["out"], model: str = _OPTS["model"], preset: str = _OPTS["preset"],
-    features: Optional[str] = _OPTS["features"], size: int = _MOCO["size"], epochs: int = _MOCO["epochs"],
-    batch_size: int = _MOCO["batch_size"], optimizer: str = _MOCO["optimizer"], lr: Optional[float] = _OPTS["lr"],
-    queue: int = _MOCO["queue"], momentum: float = _MOCO["momentum"], temperature: float = _MOCO["temperature"],
-    key_bn_group: int = _MOCO["key_bn_group"], amp: str = _OPTS["amp"], seed: int = _OPTS["seed"],
-    device: str = _OPTS["device"], resume: bool = _OPTS["resume"],
-) -> None:
-    """CAiD (2D): context-aware instance discrimination, MoCo-v2 + context restoration by the query's decoder;
+    """,
+    "caid": """CAiD (2D): context-aware instance discrimination, MoCo-v2 + context restoration by the query's decoder;
     loss 1·NCE + 10·MSE.
 
     Fine-tune from the result with `aemia train ... --init OUT` (same --model and --preset).
 
     Example: aemia pretrain caid --data kvasir --epochs 12 --size 64 --out runs/caid_kvasir
-    """
-    _contrastive("caid", data, out, model, preset, features, size, epochs, batch_size, optimizer, lr, queue, momentum,
-                 temperature, key_bn_group, amp, seed, device, resume)
+    """,
+}
+
+
+def _contrastive_command(method: str) -> None:
+    """Register ``aemia pretrain METHOD`` (DiRA and CAiD share every option; only the method differs)."""
+
+    def command(
+        data: str = _OPTS["data"], out: Path = _OPTS["out"], model: str = _OPTS["model"], preset: str = _OPTS["preset"],
+        features: Optional[str] = _OPTS["features"], size: int = _MOCO["size"], epochs: int = _MOCO["epochs"],
+        batch_size: int = _MOCO["batch_size"], optimizer: str = _MOCO["optimizer"], lr: Optional[float] = _OPTS["lr"],
+        queue: int = _MOCO["queue"], momentum: float = _MOCO["momentum"], temperature: float = _MOCO["temperature"],
+        key_bn_group: int = _MOCO["key_bn_group"], amp: str = _OPTS["amp"], seed: int = _OPTS["seed"],
+        device: str = _OPTS["device"], resume: bool = _OPTS["resume"],
+    ) -> None:
+        _contrastive(method, data, out, model, preset, features, size, epochs, batch_size, optimizer, lr, queue,
+                     momentum, temperature, key_bn_group, amp, seed, device, resume)
+
+    command.__name__ = command.__qualname__ = method
+    command.__doc__ = inspect.cleandoc(_CONTRASTIVE_DOCS[method])
+    pretrain_app.command(method)(command)
+
+
+for _method in _CONTRASTIVE_DOCS:
+    _contrastive_command(_method)
