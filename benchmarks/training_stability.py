@@ -11,6 +11,10 @@ rewritten after every run so a partial result is never lost):
 * ``pneumoniamnist``: test AUC of the ResNet at 5% labels over seeds.
 * ``busi_active_cli``: the real ``aemia active`` CLI on BUSI (``training_stability_parts/busi_active_cli.py``).
 * ``amp_variation``: one Kvasir run in fp32 and in bf16: what the CPU's bf16 arithmetic changes.
+* ``liver_tumor``: ``synthetic_tumor_detection.py`` (no tumour annotation; held-out CT with synthetic tumours)
+  once per seed at ``--liver-epochs``; tumour Dice, lesion sensitivity and false positives per case with their
+  CIs, and whether the seeds agree (every seed's CI overlaps every other's).
+* ``repeat_test_suite``: ``repeat_test_suite.sh``: ``make test`` ``--repeats`` times on fresh clones.
 
     .venv/bin/python benchmarks/training_stability.py --parts kvasir --fractions 0.1 --seeds 0,1,2,3,4
     .venv/bin/python benchmarks/training_stability.py --parts kvasir --fractions 0.1 --seeds 0 --epochs 1 --min-steps 0 --out /tmp/t.json
@@ -19,9 +23,11 @@ rewritten after every run so a partial result is never lost):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -130,8 +136,59 @@ def part_busi_active_cli(args: argparse.Namespace, out: dict[str, Any]) -> None:
     _write(args, out)
 
 
+def _overlap(cis: list[list[float]]) -> dict[str, Any]:
+    """Do these 95% CIs agree? ``pairwise``: every two overlap; ``common``: one value lies in all of them."""
+    pairwise = all(a[0] <= b[1] and b[0] <= a[1] for a, b in itertools.combinations(cis, 2))
+    return {"pairwise_overlap": pairwise, "common_overlap": max(c[0] for c in cis) <= min(c[1] for c in cis)}
+
+
+def part_liver_tumor(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """The liver + tumour recipe (``synthetic_tumor_detection.py``) once per seed; a finished seed is reused."""
+    rows = []
+    for seed in args.seeds:
+        name = f"std_e{args.liver_epochs}_s{seed}"
+        res_path = ROOT / "benchmarks" / "work" / f"{name}.json"
+        if not res_path.exists():
+            print(f"== liver_tumor seed {seed}", flush=True)
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_tumor_detection.py"),
+                            "--epochs", str(args.liver_epochs), "--seed", str(seed),
+                            "--run", str(ROOT / "benchmarks" / "work" / name), "--out", str(res_path)], check=True)
+        r = json.loads(res_path.read_text())
+        rows.append({"seed": seed, "tumor_dice": r["dice"]["tumor"]["mean"], "tumor_dice_ci": r["dice"]["tumor"]["ci"],
+                     "sensitivity": r["sensitivity_overall"]["sensitivity"],
+                     "sensitivity_ci": r["sensitivity_overall"]["ci"],
+                     "lesions_detected": f"{r['sensitivity_overall']['n_detected']}/{r['sensitivity_overall']['n_lesions']}",
+                     "fp_per_case": r["false_positives_per_case"]["mean"],
+                     "fp_per_case_ci": r["false_positives_per_case"]["ci"],
+                     "liver_dice": r["dice"]["liver"]["mean"], "liver_dice_ci": r["dice"]["liver"]["ci"],
+                     "sensitivity_by_size": {k: v["sensitivity"] for k, v in r["sensitivity_by_size"].items()},
+                     "seconds": r.get("seconds"), "amp": "auto (bf16 on this CPU after the start-up check)"})
+    agree = {m: _overlap([row[f"{m}_ci"] for row in rows]) for m in ("tumor_dice", "sensitivity", "fp_per_case",
+                                                                     "liver_dice")} if len(rows) > 1 else {}
+    out["liver_tumor"] = {"seeds": rows, "agreement": agree, "epochs": args.liver_epochs,
+                          "setup": "synthetic_tumor_detection.py: trained on the bundled 3 mm CT's liver with "
+                                   "synthetic tumours only; scored on the held-out DICOM CT with synthetic "
+                                   "validation tumours (4 versions x 2 tumours per size bin)",
+                          **provenance()}
+    _write(args, out)
+
+
+def part_repeat_test_suite(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """``make test`` on fresh clones (``repeat_test_suite.sh``), or the record of an earlier series (``--repeat-log``)."""
+    log = args.repeat_log or ROOT / "benchmarks" / "work" / "repeat_test_suite.jsonl"
+    if args.repeat_log is None:
+        subprocess.run(["bash", str(ROOT / "benchmarks" / "repeat_test_suite.sh"), str(args.repeats), str(log)],
+                       check=True)
+    runs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    out["repeat_test_suite"] = {"passed": sum(r["rc"] == 0 for r in runs), "of": len(runs), "runs": runs,
+                                "command": f"bash benchmarks/repeat_test_suite.sh {len(runs)}",
+                                "machine": provenance()["machine"]}
+    _write(args, out)
+
+
 PARTS = {"kvasir": part_kvasir, "pneumoniamnist": part_pneumoniamnist, "busi_active_cli": part_busi_active_cli,
-         "amp_variation": part_amp_variation}
+         "amp_variation": part_amp_variation, "liver_tumor": part_liver_tumor,
+         "repeat_test_suite": part_repeat_test_suite}
 
 
 def _write(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -151,6 +208,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--amp", default="none")
+    ap.add_argument("--liver-epochs", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=10, help="repeat_test_suite: make test runs")
+    ap.add_argument("--repeat-log", type=Path, default=None, help="repeat_test_suite: summarise this JSON-lines log")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "training_stability")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_stability.json")
     args = ap.parse_args()
