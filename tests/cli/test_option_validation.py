@@ -147,11 +147,17 @@ def test_train_takes_its_defaults_from_the_dataclasses(tmp_path: Path, monkeypat
     monkeypatch.setattr(run_mod, "train_run", lambda cfg, run, resume=False: seen.setdefault("cfg", cfg) and {})
     assert main(["train", "--data", "kvasir", "--out", str(tmp_path / "r")]) == 0  # new aliases of --dataset/--run
     cfg = seen["cfg"]
-    assert cfg.train == TrainConfig()
+    from aemia.cli.train import DEFAULT_MIN_STEPS_2D
+
+    assert cfg.train == TrainConfig(min_steps=DEFAULT_MIN_STEPS_2D)  # the one CLI-level choice: 2D trains by steps
     assert cfg.model == RunConfig(dataset="x").model
     seen.clear()
     assert main(["train", "-d", "kvasir", "-r", str(tmp_path / "r"), "--epochs", "3", "--no-deep-supervision"]) == 0
     assert seen["cfg"].train.epochs == 3 and seen["cfg"].train.deep_supervision is False
+    assert seen["cfg"].train.min_steps == 0  # --epochs given: exactly that many
+    seen.clear()
+    assert main(["train", "-d", "kvasir", "-r", str(tmp_path / "r"), "--epochs", "3", "--min-steps", "40"]) == 0
+    assert seen["cfg"].train.min_steps == 40
 
 
 def test_pretrain_accepts_the_train_spellings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

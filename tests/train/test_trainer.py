@@ -104,3 +104,29 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "m.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "m")
+
+
+def test_min_steps_raises_the_epochs_and_thins_validation(tmp_path: Path) -> None:
+    """Small labelled sets train by steps (training_stability.json: Kvasir 10% underfits in 600 steps)."""
+    import numpy as np
+
+    from aemia.train.data import ArrayDataset
+    from aemia.train.trainer import MAX_VALIDATIONS, Trainer
+
+    base = TrainConfig(epochs=5, min_steps=1000)
+    raised = base.with_min_steps(10)  # 10 steps per epoch -> 100 epochs, validation every 100 // 40 = 2 epochs
+    assert raised.epochs == 100 and raised.val_every == 100 // MAX_VALIDATIONS and raised.min_steps == 1000
+    assert raised.with_min_steps(10) == raised  # applying it again changes nothing
+    assert base.with_min_steps(7).epochs == 143  # ceil(1000 / 7): never fewer steps than asked
+    met = TrainConfig(epochs=200, min_steps=1000)
+    assert met.with_min_steps(10) is met and TrainConfig(epochs=5).with_min_steps(1) == TrainConfig(epochs=5)
+    with pytest.raises(ValueError, match="min_steps"):
+        TrainConfig(min_steps=-1)
+    # the trainer applies it: 12 images at batch 4 = 3 steps per epoch -> 34 epochs for 100 steps
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 16, 16), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    model = create_model("unet", 2, 1, 2, features=[4, 4, 8, 8, 8])
+    trainer = Trainer(model, ArrayDataset(x, y), None, TrainConfig(epochs=2, batch_size=4, min_steps=100, amp="none",
+                                                                   progress=False), tmp_path)
+    assert trainer.steps_per_epoch() == 3 and trainer.cfg.epochs == 34

@@ -172,9 +172,10 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
         semi = make_semi(cfg, ds, labelled, task, n_classes)
         hooks.append(semi.hook)
     run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, hooks=hooks, task=task)
+    cfg.train = trainer.cfg  # epochs raised to min_steps, if any: config.yaml records what actually runs
     folder.save_config(cfg)
     folder.save_splits({**ds.split_manifest(), "labelled": labelled, "label_fraction": cfg.label_fraction})
-    trainer = Trainer(model, train_set, val_set, cfg.train, run_dir, hooks=hooks, task=task)
     result = trainer.fit(resume=resume)
     if not trainer.is_main:
         return {}

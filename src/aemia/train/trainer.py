@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "poly", "constant", "step")
 TASKS = ("segmentation", "classification", "restoration")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+MAX_VALIDATIONS = 40  # validation passes when TrainConfig.with_min_steps raises the epochs
 #: Names of what the Trainer writes into its run folder; :class:`aemia.runs.RunFolder` uses the same constants.
 CHECKPOINTS_DIR = "checkpoints"
 LOG_FILE = "log.jsonl"
@@ -93,6 +94,7 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     val_every: int = 1
+    min_steps: int = 0  # at least this many optimiser steps: epochs raised to fit (see with_min_steps)
     val_roi: list[int] | None = None  # sliding-window size for 3D validation (the training patch)
     progress: bool = True
 
@@ -113,6 +115,22 @@ class TrainConfig:
             raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.min_steps < 0 or self.val_every < 1:
+            raise ValueError(f"min_steps must be >= 0 and val_every >= 1, got {self.min_steps} and {self.val_every}")
+
+    def with_min_steps(self, steps_per_epoch: int, validations: int = MAX_VALIDATIONS) -> "TrainConfig":
+        """This recipe with ``epochs`` raised to give at least ``min_steps`` optimiser steps at ``steps_per_epoch``.
+
+        Measured on Kvasir (``training_stability.json``): a small labelled set trained for a fixed number of
+        *epochs* gets few steps (10% of Kvasir, 50 epochs: 500) and underfits; the same 80 images trained for
+        3,000 steps reach a far higher Dice. When epochs are raised, validation runs every
+        ``epochs // validations`` epochs so it does not dominate the time. Unchanged when ``min_steps`` is 0 or
+        already met; applying it twice changes nothing.
+        """
+        need = math.ceil(self.min_steps / max(int(steps_per_epoch), 1)) if self.min_steps > 0 else 0
+        if need <= self.epochs:
+            return self
+        return replace(self, epochs=need, val_every=max(self.val_every, need // max(int(validations), 1)))
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int = 1) -> float:
@@ -177,6 +195,7 @@ class Trainer:
         self.val_set = val_set
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        self.cfg = config = config.with_min_steps(self.steps_per_epoch())
         self.is_main = self.rank == 0
         self.device = resolve_device(config.device)
         if self.world_size > 1 and not dist.is_initialized():
