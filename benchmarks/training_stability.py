@@ -90,7 +90,7 @@ def part_kvasir(args: argparse.Namespace, out: dict[str, Any]) -> None:
                          "steps": epochs * math.ceil(math.ceil(fraction * N_TRAIN["kvasir"]) / 8),
                          "best_epoch": metrics["run"]["best_epoch"], "train_seconds": metrics["run"]["train_seconds"]})
             key = (str(fraction) if args.subset_seed is None else f"{fraction}_fixed_subset{args.subset_seed}") + \
-                ("" if args.min_steps == 600 else f"_{args.min_steps}_steps")
+                ("" if args.min_steps == 3000 else f"_{args.min_steps}_steps")
             res[key] = {**_summary([r["dice"] for r in rows], "dice"), "runs": rows, "model": args.model,
                         "amp": args.amp, "labelled_subset": "seed of each run" if args.subset_seed is None
                         else f"fixed (seed {args.subset_seed}): seeds vary initialisation, order and augmentation only"}
