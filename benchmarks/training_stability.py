@@ -6,8 +6,8 @@ rewritten after every run so a partial result is never lost):
 * ``kvasir``: Kvasir-SEG test Dice at label fractions (default 0.1, 0.25, 1.0) over seeds (default 0-4),
   the default recipe of ``aemia train`` (MONAI augmentation, warm-up + cosine, EMA weights, best epoch on the
   100-image validation split, never the test split), 128 px training, test Dice at the native 256 px.
-  Every run trains ``--epochs`` epochs but at least ``--min-steps`` (3000) optimiser steps, validating about
-  ``--validations`` (40) times; 600 steps, the earlier setting, left 10% and 25% of Kvasir underfitted (the
+  Every run trains ``--epochs`` epochs but at least ``--min-steps`` (3000) optimiser steps
+  (``TrainConfig.min_steps``, which also thins validation to about 40 passes); 600 steps, the earlier setting, left 10% and 25% of Kvasir underfitted (the
   ``0.1`` and ``0.1_fixed_subset0`` rows). ``--amp none`` by
   default: fp32 gives the same numbers on every x86 CPU, bf16 does not (see ``amp_variation``).
 * ``pneumoniamnist``: test AUC of the ResNet at 5% labels over seeds.
@@ -79,9 +79,8 @@ def part_kvasir(args: argparse.Namespace, out: dict[str, Any]) -> None:
             epochs = _epochs("kvasir", fraction, 8, args)
             cfg = RunConfig(dataset="kvasir", model=args.model, preset="cpu", label_fraction=fraction, size=args.size,
                             subset_seed=args.subset_seed,
-                            train=TrainConfig(epochs=epochs, batch_size=8, lr=args.lr, amp=args.amp, seed=seed,
-                                              channels_last=args.amp != "none",
-                                              val_every=max(1, epochs // args.validations)))
+                            train=TrainConfig(epochs=args.epochs, min_steps=args.min_steps, batch_size=8, lr=args.lr,
+                                              amp=args.amp, seed=seed, channels_last=args.amp != "none"))
             sub = "" if args.subset_seed is None else f"_sub{args.subset_seed}"
             steps = "" if args.min_steps == 600 else f"_{args.min_steps}st"
             metrics, run_dir = _train(f"kvasir_{args.model}_{fraction}_s{seed}{sub}{steps}_{args.amp}", cfg, args.work)
@@ -212,8 +211,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--min-steps", type=int, default=3000,
                     help="at least this many optimiser steps per run (the recipe of aemia train; 600 before 2026-12-03)")
-    ap.add_argument("--validations", type=int, default=40,
-                    help="at most about this many validation passes per run (validate every epochs // N epochs)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--amp", default="none")
