@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 from aemia.active.ledger import Ledger  # noqa: E402
+from aemia.active import continual  # noqa: E402
 from aemia.active.continual import initial_model, train_round  # noqa: E402
 from aemia.active.importing import import_labels  # noqa: E402
 from aemia.active.pictures import decode_mask  # noqa: E402
@@ -275,7 +278,7 @@ def test_import_is_idempotent_and_refuses_silent_relabel(small: dict) -> None:
 def test_modes_and_strategies_on_a_trained_project(small: dict) -> None:
     proj = Project.open(small["proj"])
     import_labels(proj, small["labels"], progress=False)
-    s0 = train_round(proj, epochs=1, progress=False)
+    s0 = train_round(proj, epochs=1, progress=False, min_steps=0)
     assert s0["init"]["from"] == "M0"
     # from-scratch starts every round from M0; all-labelled and continual from the previous model
     m0, init = initial_model(proj, "from-scratch", s0)
@@ -296,7 +299,7 @@ def test_modes_and_strategies_on_a_trained_project(small: dict) -> None:
         train_round(proj, mode="sideways", progress=False)
 
 
-def test_classification_loop(tmp_path: Path) -> None:
+def test_classification_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     (tmp_path / "img").mkdir()
     truth = {}
@@ -313,11 +316,27 @@ def test_classification_loop(tmp_path: Path) -> None:
         labels = tmp_path / f"l{r}.csv"
         labels.write_text("case,label\n" + "".join(f"{c},{truth[c]}\n" for c in q.cases))
         assert len(import_labels(proj, labels, progress=False).annotated) == 6
-        s = train_round(proj, epochs=2, progress=False)
+        s = train_round(proj, epochs=2, progress=False, min_steps=12)
+    # --min-steps raises the epochs: at least 12 optimiser steps of batch 8 over the round's training cases
+    steps_per_epoch = math.ceil(len(s["trained_on"]) / 8)
+    assert s["min_steps"] == 12 and s["epochs"] == max(2, math.ceil(12 / steps_per_epoch)) > 2
     assert s["parent"] == 0 and s["init"]["from"] == "round_00"
     assert s["hard_threshold"] == "misclassified" and set(s["hard"]) <= set(json.loads(
         (proj.model_dir(0) / "summary.json").read_text())["labelled"])
     assert 0.0 <= s["validation"]["accuracy"] <= 1.0
+    # without --min-steps a 2D round trains at least DEFAULT_MIN_STEPS_2D steps (not what the tests above use)
+    seen: dict[str, Any] = {}
+
+    def _capture(*args: Any, **kwargs: Any) -> None:
+        seen.update(kwargs)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(continual, "fit_model", _capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        train_round(proj, epochs=2, progress=False, overwrite=True)
+    assert seen["min_steps"] == continual.DEFAULT_MIN_STEPS_2D == 1000 and seen["epochs"] == 2
+    with pytest.raises(InputError, match="min-steps"):
+        train_round(proj, epochs=2, progress=False, overwrite=True, min_steps=-1)
     bad = tmp_path / "bad.csv"
     bad.write_text("case,label\nc00,tumour\n")
     with pytest.raises(InputError, match="c00"):

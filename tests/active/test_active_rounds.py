@@ -101,9 +101,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     proj = init_project(tmp / "P", tmp / "img", task="classification", classes=CLASSES, size=32, features=[4, 8],
                         val_fraction=0.5, progress=False)
     _label_round(proj, truth, 16, tmp)
-    s0 = continual.train_round(proj, epochs=30, lr=3e-3, progress=False)
+    s0 = continual.train_round(proj, epochs=30, lr=3e-3, progress=False, min_steps=0)
     _label_round(proj, truth, 8, tmp)
-    s1 = continual.train_round(proj, epochs=30, lr=3e-3, progress=False)  # default mode: LQ
+    s1 = continual.train_round(proj, epochs=30, lr=3e-3, progress=False, min_steps=0)  # default mode: LQ
     return {"tmp": tmp, "truth": truth, "proj": proj, "s0": s0, "s1": s1}
 
 
@@ -142,7 +142,7 @@ def test_a_worse_round_is_not_promoted_and_status_says_so(project: dict[str, Any
     assert incumbent["validation"]["score"]["mean"] == 1.0  # the easy task is learnt (fixed seeds, fp32)
     _label_round(proj, truth, 8, tmp)
     monkeypatch.setattr(continual, "fit_model", _sabotaged_fit)
-    s2 = continual.train_round(proj, epochs=1, progress=False)
+    s2 = continual.train_round(proj, epochs=1, progress=False, min_steps=0)
     monkeypatch.undo()
     sc = s2["validation"]["score"]
     assert s2["decision"]["incumbent"] == 1 and s2["decision"]["incumbent_score"] > sc["ci"][1]
@@ -162,7 +162,7 @@ def test_a_worse_round_is_not_promoted_and_status_says_so(project: dict[str, Any
                                                      [row["case"] for row in csv.DictReader(
                                                          (proj.round_dir(3) / "worklist.csv").open())]))
     import_labels(proj, import_path, progress=False)
-    s3 = continual.train_round(proj, epochs=1, progress=False)
+    s3 = continual.train_round(proj, epochs=1, progress=False, min_steps=0)
     assert s3["parent"] == 1 and s3["init"]["from"] == "round_01"
     assert math.isfinite(s3["validation"]["score"]["mean"])
 

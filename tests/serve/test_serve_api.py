@@ -262,7 +262,7 @@ def test_model_prediction_is_the_starting_mask_when_there_is_no_ai_label(project
         img = np.asarray(PILImage.open(it.image_path))
         PILImage.fromarray(((img > 128) * 255).astype(np.uint8)).save(labels / f"{it.case_id}.png")
     import_labels(project_2d, labels, progress=False)
-    train_round(project_2d, epochs=1, progress=False)
+    train_round(project_2d, epochs=1, progress=False, min_steps=0)
     case = query_round(project_2d, "random", k=1, progress=False).cases[0]
     c = _client(project_2d)
     meta = c.get(f"/api/cases/{case}/meta").json()

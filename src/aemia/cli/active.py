@@ -138,7 +138,11 @@ def _report_cleaned(names: list[str]) -> None:
 
 def train_cmd(
     project: Path = typer.Option(..., "--project", "-p", help="Project folder.", callback=v.existing),
-    epochs: int = typer.Option(20, help="Epochs over this round's training cases.", callback=v.at_least_one),
+    epochs: int = typer.Option(20, help="Epochs over this round's training cases (raised to reach --min-steps).",
+                               callback=v.at_least_one),
+    min_steps: Optional[int] = typer.Option(None, help="At least this many optimiser steps per round "
+                                                       "[default: 1000 for 2D projects, 0 for 3D].",
+                                            callback=v.non_negative),
     mode: str = typer.Option("all-labelled", help="all-labelled (ACFT(LQ): the project model fine-tuned on every "
                                                   "label so far), continual (ACFT(HQ): new + hard old cases only), "
                                                   "new-only, or from-scratch.", callback=v.choice(v.active_modes)),
@@ -164,7 +168,7 @@ def train_cmd(
     from aemia.active.status import decision_line
 
     s = train_round(project, epochs=epochs, mode=mode, hard_threshold=hard_threshold, lr=lr, batch_size=batch_size,
-                    overwrite=overwrite, device=device, log=console.print, promotion=promotion)
+                    overwrite=overwrite, device=device, log=console.print, promotion=promotion, min_steps=min_steps)
     v = s.get("validation") or {}
     score = f"validation {v['metric']} {v['value']:.3f} (n = {v['n']})" if v.get("value") is not None else "no validation score"
     console.print(f"[bold green]round {s['round']:02d} trained[/] on {len(s['trained_on'])} cases: {score}")
