@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", type=int, default=4, help="synthetic validation versions of the held-out CT")
     ap.add_argument("--per-bin", type=int, default=2, help="tumors per size bin in each validation version")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loss", default="dice_ce", help="dice_ce (per-sample Dice) or dice_ce_batch (nnU-Net batch Dice)")
+    ap.add_argument("--min-steps", type=int, default=0, help="at least this many optimiser steps (epochs raised)")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--run", type=Path, default=ROOT / "benchmarks" / "work" / "synthetic_tumor_detection")
     ap.add_argument("--fresh", action="store_true", help="delete an existing run folder first")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "synthetic_tumor_detection.json")
@@ -65,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(dataset="totalseg_ct", model=args.model, preset="cpu", task="liver-tumor", synthetic_tumors=True,
                     patch=[int(v) for v in args.patch.split(",")], spacing=[float(v) for v in args.spacing.split(",")],
                     patches_per_volume=args.patches_per_volume,
-                    train=TrainConfig(epochs=args.epochs, batch_size=2, lr=1e-3, optimizer="adamw", weight_decay=1e-5,
-                                      seed=args.seed))
+                    train=TrainConfig(epochs=args.epochs, batch_size=2, lr=args.lr, optimizer="adamw", weight_decay=1e-5,
+                                      seed=args.seed, loss=args.loss, min_steps=args.min_steps))
     if not (args.run / "metrics.json").exists():  # train (or resume a killed training), evaluated with defaults
         train_run(cfg, args.run, resume=(args.run / "checkpoints" / "last.safetensors").exists())
     import json

@@ -43,7 +43,7 @@ def train(
     lr: Optional[float] = typer.Option(None, callback=v.positive, help=f"Peak learning rate {RECIPE}."),
     optimizer: Optional[str] = typer.Option(None, callback=v.choice(v.optimizers), help=f"adam, adamw or sgd {RECIPE}."),
     schedule: Optional[str] = typer.Option(None, callback=v.choice(v.schedules), help=f"cosine, poly or constant {RECIPE}."),
-    loss: Optional[str] = typer.Option(None, callback=v.choice(v.losses), help=f"dice_ce, or bce_dice (the UNet++ paper's 0.5*BCE + Dice) {RECIPE}."),
+    loss: Optional[str] = typer.Option(None, callback=v.choice(v.losses), help=f"dice_ce, dice_ce_batch (Dice pooled over the batch, nnU-Net's batch_dice), or bce_dice (the UNet++ paper's 0.5*BCE + Dice) {RECIPE}."),
     deep_supervision: Optional[bool] = typer.Option(None, "--deep-supervision/--no-deep-supervision", help="UNet++: loss summed over all heads (equal weights) " + RECIPE + "."),
     size: Optional[int] = typer.Option(None, callback=v.number(16), help="2D: resize images to SIZE x SIZE for training."),
     patch: Optional[str] = typer.Option(None, callback=v.int_list((3,), lo=8), help="3D: patch size, e.g. 64,64,64."),

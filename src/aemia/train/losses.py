@@ -2,6 +2,10 @@
 
 * ``dice_ce``: soft Dice over the foreground classes (softmax; background left out, as nnU-Net's
   ``do_bg=False``, so a small polyp is not drowned by the background's easy Dice) + cross-entropy, equal weights.
+* ``dice_ce_batch``: the same, with nnU-Net's ``batch_dice``: each class's Dice is summed over the whole batch
+  before the ratio. For a rare class that is absent from most patches (a synthetic liver tumour in a third of the
+  3D patches) the per-sample Dice of a tumour-free patch is ``smooth / (Σp + smooth)``: about 0 for any
+  prediction above 1e-5 voxels, so it pushes the whole class towards zero, not towards the right voxels.
 * ``bce_dice``: the UNet++ paper's per-head loss, 0.5·BCE + (1 − Dice) on sigmoid outputs with smooth 1
   (DLMIA'18 code ``helper_functions.py``; METHODS.md §2.2).
 * ``DeepSupervisionLoss``: Σ_k w_k · loss(head_k, y) with **equal weights by default**; the official PyTorch
@@ -24,18 +28,19 @@ def _one_hot(y: torch.Tensor, n: int) -> torch.Tensor:
     return F.one_hot(y.long(), n).movedim(-1, 1).to(torch.float32)
 
 
-def soft_dice_loss(probs: torch.Tensor, target_1h: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """1 − mean over batch and classes of soft Dice."""
-    dims = tuple(range(2, probs.ndim))
+def soft_dice_loss(probs: torch.Tensor, target_1h: torch.Tensor, smooth: float = 1e-5,
+                   batch: bool = False) -> torch.Tensor:
+    """1 − mean over batch and classes of soft Dice; ``batch=True``: one Dice per class over the whole batch."""
+    dims = tuple(range(2, probs.ndim)) if not batch else (0, *range(2, probs.ndim))
     inter = (probs * target_1h).sum(dims)
     denom = probs.sum(dims) + target_1h.sum(dims)
     return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
 
 
 class DiceCELoss(nn.Module):
-    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0) -> None:
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, batch_dice: bool = False) -> None:
         super().__init__()
-        self.dice_weight, self.ce_weight = dice_weight, ce_weight
+        self.dice_weight, self.ce_weight, self.batch_dice = dice_weight, ce_weight, batch_dice
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -43,7 +48,7 @@ class DiceCELoss(nn.Module):
         probs, target = logits.softmax(1), _one_hot(y, logits.shape[1])
         if logits.shape[1] > 1:
             probs, target = probs[:, 1:], target[:, 1:]
-        dice = soft_dice_loss(probs, target)
+        dice = soft_dice_loss(probs, target, batch=self.batch_dice)
         return self.ce_weight * ce + self.dice_weight * dice
 
 
@@ -79,8 +84,9 @@ class RestorationLoss(nn.Module):
         return F.mse_loss(torch.sigmoid(logits.float()), target.float())
 
 
-LOSSES: dict[str, Callable[[], nn.Module]] = {"dice_ce": DiceCELoss, "bce_dice": BCEDiceLoss, "ce": CELoss,
-                                              "restoration": RestorationLoss}
+LOSSES: dict[str, Callable[[], nn.Module]] = {"dice_ce": DiceCELoss,
+                                              "dice_ce_batch": lambda: DiceCELoss(batch_dice=True),
+                                              "bce_dice": BCEDiceLoss, "ce": CELoss, "restoration": RestorationLoss}
 
 
 def get_loss(name: str) -> nn.Module:
