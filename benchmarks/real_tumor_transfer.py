@@ -52,9 +52,10 @@ def make_config(args: argparse.Namespace, seed: int, n_cases: int) -> Any:
     per_volume = max(1, args.patches_per_epoch // n_cases)
     return RunConfig(dataset="liver_ct", model="unet", preset="cpu", task="liver-tumor", synthetic_tumors=True,
                      patch=[int(v) for v in args.patch.split(",")], spacing=[float(v) for v in args.spacing.split(",")],
-                     patches_per_volume=per_volume,
+                     patches_per_volume=per_volume, augment=args.augment,
                      train=TrainConfig(epochs=args.epochs, batch_size=2, lr=1e-3, optimizer="adamw",
-                                       weight_decay=1e-5, seed=seed, amp=args.amp, progress=False))
+                                       weight_decay=1e-5, seed=seed, amp=args.amp, progress=False,
+                                       loss=args.loss, min_steps=args.min_steps))
 
 
 def train(name: str, args: argparse.Namespace) -> Path:
@@ -453,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patch", default="64,64,48")
     ap.add_argument("--spacing", default="2,2,2")
     ap.add_argument("--amp", default="auto")
+    ap.add_argument("--loss", default="dice_ce", help="dice_ce (per-sample Dice) or dice_ce_batch (nnU-Net batch Dice)")
+    ap.add_argument("--min-steps", type=int, default=0, help="at least this many optimiser steps (epochs raised)")
+    ap.add_argument("--augment", default="strong", help="strong (STRONG_3D + HU jitter), light (pre-wave-2) or none")
     ap.add_argument("--variants", type=int, default=3, help="synthetic validation versions of each held-out case")
     ap.add_argument("--per-bin", type=int, default=2, help="synthetic validation tumours per size bin")
     ap.add_argument("--ship", action="store_true", help="write the shipped model (--ship-dir) from full-s0")

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loss", default="dice_ce", help="dice_ce (per-sample Dice) or dice_ce_batch (nnU-Net batch Dice)")
     ap.add_argument("--min-steps", type=int, default=0, help="at least this many optimiser steps (epochs raised)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--augment", default="strong", help="strong (STRONG_3D + HU jitter), light (pre-wave-2) or none")
     ap.add_argument("--run", type=Path, default=ROOT / "benchmarks" / "work" / "synthetic_tumor_detection")
     ap.add_argument("--fresh", action="store_true", help="delete an existing run folder first")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "synthetic_tumor_detection.json")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cfg = RunConfig(dataset="totalseg_ct", model=args.model, preset="cpu", task="liver-tumor", synthetic_tumors=True,
                     patch=[int(v) for v in args.patch.split(",")], spacing=[float(v) for v in args.spacing.split(",")],
-                    patches_per_volume=args.patches_per_volume,
+                    patches_per_volume=args.patches_per_volume, augment=args.augment,
                     train=TrainConfig(epochs=args.epochs, batch_size=2, lr=args.lr, optimizer="adamw", weight_decay=1e-5,
                                       seed=args.seed, loss=args.loss, min_steps=args.min_steps))
     if not (args.run / "metrics.json").exists():  # train (or resume a killed training), evaluated with defaults

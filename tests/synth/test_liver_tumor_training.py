@@ -11,7 +11,10 @@ import pytest
 from aemia.cli.main import main
 from aemia.evaluate.evaluate import EvalCase, evaluate_cases
 from aemia.infer.lesions import lesion_classes, lesion_csv, lesion_rows
-from aemia.recipes.liver_tumor import SyntheticTumorPatches, validation_case
+from aemia.data.normalise import ct_window
+from aemia.errors import InputError
+from aemia.recipes.liver_tumor import STRONG_3D, ScannerJitter, SyntheticTumorPatches, augmentation, validation_case
+from aemia.train.augment import AugmentConfig
 
 
 def _phantom(shape=(56, 52, 40)) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +43,26 @@ def test_patches_have_liver_and_tumor_labels_inside_the_organ() -> None:
     x, y = ds[0]
     assert -0.5 <= float(x.min()) and float(x.max()) <= 1.5  # windowed, then brightness/contrast augmentation
     assert tuple(x.shape) == (1, 32, 32, 24) and tuple(y.shape) == (32, 32, 24)
+
+
+def test_augment_setting_picks_patch_augmentation_and_hu_jitter() -> None:
+    assert augmentation("strong") == (STRONG_3D, ScannerJitter())
+    assert augmentation("light") == (AugmentConfig.light(), None)
+    assert augmentation("none") == (None, None)
+    with pytest.raises(InputError, match="light"):
+        augmentation("heavy")
+    hu, liver = _phantom()
+    plain = SyntheticTumorPatches([(hu, liver)], (2.0, 2.0, 2.0), (32, 32, 24), patches_per_volume=4, prob=1.0,
+                                  augment_cfg=None, jitter=None)
+    for i in range(4):  # no augmentation, no jitter: the patch is a window of the synthesized volume, voxel for voxel
+        x, y = plain[i]
+        image, label, _ = plain.synthesized(0, i // 2)
+        expected = ct_window(image, *plain.window)
+        hits = [(a, b, c) for a in range(image.shape[0] - 31) for b in range(image.shape[1] - 31)
+                for c in range(image.shape[2] - 23)
+                if np.array_equal(label[a:a + 32, b:b + 32, c:c + 24], y.numpy())
+                and np.allclose(expected[a:a + 32, b:b + 32, c:c + 24], x.numpy()[0])]
+        assert hits, f"patch {i} is not an unaugmented crop"
 
 
 def test_draws_differ_across_epochs_and_groups_but_repeat_for_the_same_key() -> None:

@@ -14,7 +14,8 @@ sample, worker and epoch. Published recipe, and what we keep:
   centred on a synthetic tumor voxel, a third on a liver voxel, the rest anywhere in the body (so the liver
   segmentation learns what is *not* liver); the paper's flips and intensity jitter widened for transfer across
   scanners (issue 17): :class:`ScannerJitter` in HU (contrast phase / scanner), then :data:`STRONG_3D` (rotation
-  about every axis, ±20 % zoom as spacing jitter, 3D elastic, gamma);
+  about every axis, ±20 % zoom as spacing jitter, 3D elastic, gamma); ``RunConfig.augment`` picks it
+  (:func:`augmentation`: ``strong``, the default, ``light`` or ``none``);
 * loss Dice + CE over 3 classes, AdamW (the paper: lr 4e-4, warm-up cosine) — the run's TrainConfig.
 
 The synthesis is :class:`aemia.synth.transform.RandTumorSynthesisd`, the MONAI dictionary transform a MONAI
@@ -105,6 +106,19 @@ STRONG_3D = AugmentConfig(rot90=False, rotate=15.0, rotate_all_axes=True, scale=
                           gamma=0.3, elastic3d=0.2)
 
 
+
+def augmentation(name: str) -> tuple[AugmentConfig | None, "ScannerJitter | None"]:
+    """(patch augmentation, HU jitter) of ``RunConfig.augment`` for this task: ``strong`` is :data:`STRONG_3D` with
+    :class:`ScannerJitter` (for transfer across scanners, issue 17); ``light`` the pre-wave-2 recipe (flips, 90°
+    rotations, brightness/contrast; no HU jitter), under which the 2000-step run of 2026-11-22 found 13/32
+    synthetic validation tumours; ``none`` neither."""
+    presets = {"strong": (STRONG_3D, ScannerJitter()), "light": (AugmentConfig.light(), None), "none": (None, None)}
+    if name not in presets:
+        raise InputError(None, f"unknown augmentation {name!r} for --task liver-tumor; choose one of "
+                               f"{', '.join(presets)}")
+    return presets[name]
+
+
 @dataclass(frozen=True)
 class ScannerJitter:
     """Per-patch HU changes between scanners and contrast phases, applied in raw HU before windowing:
@@ -138,15 +152,15 @@ class SyntheticTumorPatches(EpochDataset):
     network also sees the organs it must *not* call liver). Samples come in groups of ``patches_per_synthesis``
     that share one synthesis (probability ``prob`` of tumors, else the healthy liver), made in the liver's
     bounding box. A third of the patches are centred on a synthetic tumor voxel, a third on a liver voxel, the rest
-    anywhere in the body. Each patch gets :class:`ScannerJitter` in HU, the window, then ``augment_cfg``
-    (default :data:`STRONG_3D`). Returns (image (1, *patch) in [0, 1], label (*patch): 0 background, 1 organ,
+    anywhere in the body. Each patch gets ``jitter`` (:class:`ScannerJitter`, None: off) in HU, the window, then
+    ``augment_cfg`` (default :data:`STRONG_3D`; None: no augmentation). Returns (image (1, *patch) in [0, 1], label (*patch): 0 background, 1 organ,
     2 tumor).
     """
 
     def __init__(self, volumes: Sequence[tuple[np.ndarray, np.ndarray]], spacing: Sequence[float],
                  patch_size: Sequence[int], patches_per_volume: int = 16, patches_per_synthesis: int = 2,
                  prob: float = 0.9, window_hu: Sequence[float] = LIVER_TUMOR_WINDOW,
-                 tumor_config: TumorConfig | None = None, augment_cfg: AugmentConfig | None = None,
+                 tumor_config: TumorConfig | None = None, augment_cfg: AugmentConfig | None = STRONG_3D,
                  jitter: ScannerJitter | None = ScannerJitter(), seed: int = 0) -> None:
         self.patch = tuple(int(p) for p in patch_size)
         self.spacing = tuple(float(s) for s in spacing)
@@ -155,7 +169,7 @@ class SyntheticTumorPatches(EpochDataset):
         self.prob = float(prob)
         self.window = (float(window_hu[0]), float(window_hu[1]))
         self.tumor_config = tumor_config or TumorConfig()
-        self.augment_cfg = augment_cfg if augment_cfg is not None else STRONG_3D
+        self.augment_cfg = augment_cfg
         self.jitter = jitter
         self.seed = int(seed)
         self.volumes: list[tuple[np.ndarray, np.ndarray, tuple[slice, ...]]] = []
@@ -220,7 +234,9 @@ class SyntheticTumorPatches(EpochDataset):
         phu, plab = image[sl], label[sl]
         if self.jitter is not None:
             phu = self.jitter.apply(phu, rng)
-        pimg, plab = augment(window(phu, *self.window)[None], plab, rng, self.augment_cfg)
+        pimg = window(phu, *self.window)[None]
+        if self.augment_cfg is not None:
+            pimg, plab = augment(pimg, plab, rng, self.augment_cfg)
         return (torch.from_numpy(np.ascontiguousarray(pimg, np.float32)),
                 torch.from_numpy(np.ascontiguousarray(plab).astype(np.int64)))
 
@@ -276,8 +292,9 @@ def build_liver_tumor(cfg: "RunConfig", ds: CatalogDataset, labelled: list[str])
     cases = [c for c in ds.splits["train"] if c.id in set(labelled)]
     vols = [load_hu_and_organ(ds, c, organ, cfg.spacing)[:2] for c in cases]
     seed = cfg.train.seed
+    aug, jitter = augmentation(cfg.augment)
     train_set = SyntheticTumorPatches(vols, cfg.spacing, cfg.patch, cfg.patches_per_volume, prob=0.9,
-                                      window_hu=cfg.window, seed=seed)
+                                      window_hu=cfg.window, augment_cfg=aug, jitter=jitter, seed=seed)
     val_cases = []
     for k, (hu, organ_mask) in enumerate(vols):
         box = _bbox(organ_mask, [p // 2 for p in cfg.patch])
