@@ -28,7 +28,8 @@ def test_paths_follow_the_run_contract(tmp_path: Path) -> None:
 
 def test_config_round_trip_keeps_every_field(tmp_path: Path) -> None:
     cfg = RunConfig(dataset="kvasir", model="unet", features=[4, 8], label_fraction=0.25, size=64,
-                    labels={3: "liver"}, semi="mean_teacher", train=TrainConfig(epochs=3, lr=5e-4, seed=7))
+                    labels={3: "liver"}, semi="mean_teacher", train=TrainConfig(epochs=3, lr=5e-4, seed=7),
+                    postprocess={"kind": "liver_tumor", "tumor_threshold": 0.3, "tumor_dice_by_threshold": {"0.3": 0.5}})
     run = RunFolder(tmp_path / "r")
     written = run.save_config(cfg)
     assert written == run.config_path and run.is_run()

@@ -11,8 +11,9 @@ import pytest
 
 from aemia.cli.main import main
 from aemia.evaluate.froc import case_candidates, froc, sensitivity_at
-from aemia.infer.lesions import lesion_rows, postprocess_liver_tumor
-from aemia.recipes.liver_tumor import ScannerJitter, body_box
+from aemia.infer.lesions import lesion_rows, liver_tumor_labels, postprocess_liver_tumor
+from aemia.infer.predictor import Predictor
+from aemia.recipes.liver_tumor import ScannerJitter, body_box, choose_tumor_threshold
 
 
 def _scene() -> np.ndarray:
@@ -36,6 +37,58 @@ def test_postprocess_keeps_only_in_liver_tumours_above_the_threshold() -> None:
     # threshold 0 keeps both in-liver tumours; an empty prediction stays empty
     assert (postprocess_liver_tumor(_scene(), (2.0, 2.0, 2.0), 0.0) == 2).sum() == 216 + 8
     assert not postprocess_liver_tumor(np.zeros((5, 5, 5), np.uint8), (1, 1, 1), 0.0).any()
+
+
+def _probs(tumour_p: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (3, *S), truth): the liver is the argmax; the true tumour gets tumour probability
+    ``tumour_p`` (liver keeps the argmax), a dark spot outside the liver gets 0.35, the rest of the liver 0.02."""
+    truth = np.zeros((40, 40, 30), np.uint8)
+    truth[5:25, 5:25, 5:20] = 1
+    truth[8:14, 8:14, 8:14] = 2
+    p = np.zeros((3, *truth.shape), np.float32)
+    p[0] = 0.98
+    p[2] = 0.02
+    liver = truth > 0
+    p[1][liver], p[0][liver] = 0.96, 0.02
+    p[2][8:14, 8:14, 8:14], p[1][8:14, 8:14, 8:14] = tumour_p, 1 - tumour_p - 0.02
+    p[2][32:36, 32:36, 5:9], p[0][32:36, 32:36, 5:9] = 0.35, 0.63
+    return p, truth
+
+
+def test_tumour_threshold_finds_what_the_argmax_misses_and_only_inside_the_liver() -> None:
+    p, truth = _probs(0.3)
+    assert not (liver_tumor_labels(p, (2.0, 2.0, 2.0)) == 2).any()  # the argmax never calls tumour
+    out = liver_tumor_labels(p, (2.0, 2.0, 2.0), tumor_threshold=0.25)
+    assert np.array_equal(out == 2, truth == 2), "the in-liver tumour, voxel for voxel"
+    assert (out[32:36, 32:36, 5:9] == 0).all(), "the spot outside the liver is not a tumour"
+    assert not (liver_tumor_labels(p, (2.0, 2.0, 2.0), tumor_threshold=0.31) == 2).any()
+
+
+class _FixedPredictor:
+    def __init__(self, probs: np.ndarray) -> None:
+        self.probs = probs
+
+    def probabilities(self, image) -> np.ndarray:  # noqa: ANN001
+        assert image.array.shape == (1, *self.probs.shape[1:])
+        return self.probs
+
+
+def test_threshold_is_chosen_by_synthetic_validation_dice_with_ties_to_the_higher_one() -> None:
+    p, truth = _probs(0.3)
+    th, table = choose_tumor_threshold(_FixedPredictor(p), [(np.zeros(truth.shape), truth)], (2.0, 2.0, 2.0))
+    assert th == 0.3 and table["0.3"] == table["0.25"] == 1.0 and table["argmax"] == 0.0
+    p, truth = _probs(0.6)  # a confident model keeps the argmax
+    th, table = choose_tumor_threshold(_FixedPredictor(p), [(np.zeros(truth.shape), truth)], (2.0, 2.0, 2.0))
+    assert th is None and table["argmax"] == 1.0
+
+
+def test_predictor_applies_the_recorded_rule() -> None:
+    p, truth = _probs(0.3)
+    pred = Predictor(model=None, spatial_dims=3,  # type: ignore[arg-type]
+                     postprocess={"kind": "liver_tumor", "tumor_threshold": 0.3, "min_tumor_mm3": 0.0})
+    assert np.array_equal(pred.label_map(p, (2.0, 2.0, 2.0)), truth)
+    pred.postprocess = None
+    assert not (pred.label_map(p, (2.0, 2.0, 2.0)) == 2).any()
 
 
 def test_lesion_rows_carry_max_and_mean_probability() -> None:

@@ -101,3 +101,18 @@ def postprocess_liver_tumor(label_map: np.ndarray, spacing: Sequence[float], min
         big = np.flatnonzero(np.bincount(tcomp.ravel())[1:] * voxel_mm3 >= min_tumor_mm3) + 1
         out[np.isin(tcomp, big)] = tumor
     return out
+
+
+def liver_tumor_labels(probs: np.ndarray, spacing: Sequence[float], tumor_threshold: float | None = None,
+                       min_tumor_mm3: float = 0.0, organ: int = 1, tumor: int = 2) -> np.ndarray:
+    """Label map of liver + tumour probabilities ``(K, *S)``: the argmax, with every voxel whose tumour probability
+    reaches ``tumor_threshold`` called tumour (None: the argmax alone), then :func:`postprocess_liver_tumor`.
+
+    A tumour threshold below the argmax's is the operating point of a detector whose tumour probability is not
+    calibrated: a model trained on synthetic tumours in one liver gave real tumour voxels a probability of about
+    0.3 against 0.01 in the liver, never the argmax (``training_stability.json``, ``liver_tumor``). The threshold
+    is chosen on synthetic validation (:func:`aemia.recipes.liver_tumor.choose_tumor_threshold`), never on test."""
+    labels = np.asarray(probs).argmax(0).astype(np.uint8)
+    if tumor_threshold is not None:
+        labels[np.asarray(probs[tumor]) >= float(tumor_threshold)] = tumor
+    return postprocess_liver_tumor(labels, spacing, min_tumor_mm3, organ=organ, tumor=tumor)

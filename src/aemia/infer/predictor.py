@@ -63,7 +63,7 @@ class Predictor:
     tta: bool = False
     amp: str = "none"
     channels_last: bool = False
-    postprocess: dict[str, Any] | None = None  # e.g. {"kind": "liver_tumor", "min_tumor_mm3": 100.0}
+    postprocess: dict[str, Any] | None = None  # e.g. {"kind": "liver_tumor", "min_tumor_mm3": 100.0, "tumor_threshold": 0.3}
 
     @classmethod
     def from_shipped(cls, name: str, tta: bool = False, device: str = "auto", amp: str | None = None) -> "Predictor":
@@ -129,7 +129,7 @@ class Predictor:
         normaliser = cfg.normaliser or default_normaliser(modality, model.spatial_dims, cfg.window)
         return cls(model=model, spatial_dims=model.spatial_dims, size=cfg.size, patch=cfg.patch,
                    normaliser=normaliser, task=meta.get("task", "segmentation"), spacing=cfg.spacing, classes=classes,
-                   tta=cfg.tta if tta is None else tta, amp=amp or "none")
+                   tta=cfg.tta if tta is None else tta, amp=amp or "none", postprocess=cfg.postprocess)
 
     @property
     def in_channels(self) -> int:
@@ -194,15 +194,17 @@ class Predictor:
 
     def label_map(self, probs: np.ndarray, spacing: Any) -> np.ndarray:
         """The label map of ``(K, *S)`` probabilities in the input grid, with the model's post-processing
-        (:func:`aemia.infer.lesions.postprocess_liver_tumor` for ``kind: liver_tumor``)."""
-        labels = labels_from_probs(probs)
+        (:func:`aemia.infer.lesions.liver_tumor_labels` for ``kind: liver_tumor``: an optional tumour
+        probability threshold, the largest liver component, small tumours dropped)."""
         pp = self.postprocess or {}
         if pp.get("kind") == "liver_tumor":
-            from aemia.infer.lesions import postprocess_liver_tumor
+            from aemia.infer.lesions import liver_tumor_labels
 
-            labels = postprocess_liver_tumor(labels, spacing, float(pp.get("min_tumor_mm3", 0.0)),
-                                             organ=int(pp.get("organ", 1)), tumor=int(pp.get("tumor", 2)))
-        return labels
+            threshold = pp.get("tumor_threshold")
+            return liver_tumor_labels(probs, spacing, None if threshold is None else float(threshold),
+                                      float(pp.get("min_tumor_mm3", 0.0)), organ=int(pp.get("organ", 1)),
+                                      tumor=int(pp.get("tumor", 2)))
+        return labels_from_probs(probs)
 
     def segment(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
         """(label map after the model's post-processing, class probabilities (K, *S)) in the input grid."""

@@ -257,6 +257,45 @@ def validation_case(hu: np.ndarray, organ_mask: np.ndarray, spacing: Sequence[fl
     return image, label, res.tumors
 
 
+def training_validation_cases(volumes: Sequence[tuple[np.ndarray, np.ndarray]], patch: Sequence[int],
+                              spacing: Sequence[float], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One synthetic validation version (HU image, label) of each training CT at the working spacing, cropped to
+    its liver plus half a patch: the model-selection set, tumours unlike any training draw (fixed seed)."""
+    cases = []
+    for k, (hu, organ_mask) in enumerate(volumes):
+        box = _bbox(organ_mask, [p // 2 for p in patch])
+        img, lab, _ = validation_case(hu[box], organ_mask[box], spacing, seed=10_000 + 97 * seed + k)
+        cases.append((img, lab))
+    return cases
+
+
+TUMOR_LABEL = 2
+#: Tumour probability thresholds tried by :func:`choose_tumor_threshold` (None: the argmax alone).
+TUMOR_THRESHOLDS: tuple[float | None, ...] = (None, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
+
+
+def choose_tumor_threshold(predictor: Any, cases: Sequence[tuple[np.ndarray, np.ndarray]],
+                           spacing: Sequence[float],
+                           thresholds: Sequence[float | None] = TUMOR_THRESHOLDS) -> tuple[float | None, dict[str, float]]:
+    """The tumour probability threshold with the best mean tumour Dice on synthetic validation ``cases``
+    ((HU image, label) at ``spacing``), after :func:`aemia.infer.lesions.liver_tumor_labels`; ties go to the
+    higher threshold (fewer false positives). Returns (threshold, {threshold: mean tumour Dice})."""
+    from aemia.data.image import Image
+    from aemia.evaluate.metrics import dice
+    from aemia.infer.lesions import liver_tumor_labels
+
+    probs = [predictor.probabilities(Image(np.asarray(img, np.float32)[None], tuple(spacing))) for img, _ in cases]
+    table: dict[str, float] = {}
+    best: tuple[float, float | None] = (-1.0, None)
+    for th in thresholds:
+        scores = [dice(liver_tumor_labels(p, spacing, th) == TUMOR_LABEL, lab == TUMOR_LABEL)
+                  for p, (_, lab) in zip(probs, cases)]
+        table["argmax" if th is None else f"{th:g}"] = round(float(np.mean(scores)), 4)
+        if float(np.mean(scores)) > best[0] + 1e-9:
+            best = (float(np.mean(scores)), th)
+    return best[1], table
+
+
 class _WindowedVolumes:
     """(image, label) tensors for the trainer's sliding-window validation."""
 
@@ -295,12 +334,7 @@ def build_liver_tumor(cfg: "RunConfig", ds: CatalogDataset, labelled: list[str])
     aug, jitter = augmentation(cfg.augment)
     train_set = SyntheticTumorPatches(vols, cfg.spacing, cfg.patch, cfg.patches_per_volume, prob=0.9,
                                       window_hu=cfg.window, augment_cfg=aug, jitter=jitter, seed=seed)
-    val_cases = []
-    for k, (hu, organ_mask) in enumerate(vols):
-        box = _bbox(organ_mask, [p // 2 for p in cfg.patch])
-        img, lab, _ = validation_case(hu[box], organ_mask[box], cfg.spacing, seed=10_000 + 97 * seed + k)
-        val_cases.append((img, lab))
-    val_set = _WindowedVolumes(val_cases, cfg.window)
+    val_set = _WindowedVolumes(training_validation_cases(vols, cfg.patch, cfg.spacing, seed), cfg.window)
     torch.manual_seed(seed)
     model = create_model(cfg.model, 3, 1, 3, features=cfg.widths(),
                          deep_supervision=cfg.model == "unetpp" and cfg.train.deep_supervision)
@@ -311,6 +345,11 @@ def evaluate_liver_tumor(run_dir: str | Path, cfg: "RunConfig", ds: CatalogDatas
                          labelled: list[str], progress: bool = True, val_variants: int = 3,
                          per_bin: int = 2) -> dict[str, Any]:
     """Score the run on synthetic validation tumors in the held-out test CTs (their own geometry).
+
+    First, if the run has no ``postprocess`` yet, its decision rule is chosen and saved in its config: the tumour
+    probability threshold (:func:`choose_tumor_threshold`) on the training CTs' synthetic validation versions,
+    plus the largest liver component (:func:`aemia.infer.lesions.liver_tumor_labels`); ``aemia predict`` uses the
+    same rule.
 
     Writes metrics.json (liver / tumor Dice with CIs, lesion-wise sensitivity per size bin with CIs, false
     positives per case), per_case.csv, tumors.csv (every validation tumor: bin, diameter, detected) and
@@ -323,6 +362,16 @@ def evaluate_liver_tumor(run_dir: str | Path, cfg: "RunConfig", ds: CatalogDatas
     run_dir = Path(run_dir)
     organ = organ_label(ds)
     predictor = Predictor.from_run(run_dir, device=cfg.train.device)
+    if cfg.postprocess is None:  # choose the decision rule on the training CTs' synthetic validation, never on test
+        cases = [c for c in ds.splits["train"] if c.id in set(labelled)]
+        vols = [load_hu_and_organ(ds, c, organ, cfg.spacing)[:2] for c in cases]
+        val = training_validation_cases(vols, cfg.patch, cfg.spacing, cfg.train.seed)
+        threshold, table = choose_tumor_threshold(predictor, val, cfg.spacing)
+        cfg.postprocess = {"kind": "liver_tumor", "organ": 1, "tumor": TUMOR_LABEL, "min_tumor_mm3": 0.0,
+                           "tumor_threshold": threshold, "tumor_dice_by_threshold": table,
+                           "chosen_on": "synthetic validation versions of the training CTs"}
+        RunFolder(run_dir).save_config(cfg)
+        predictor.postprocess = cfg.postprocess
     cases: list[EvalCase] = []
     tumor_rows: list[dict[str, Any]] = []
     from aemia.utils.progress import Bar
@@ -348,7 +397,8 @@ def evaluate_liver_tumor(run_dir: str | Path, cfg: "RunConfig", ds: CatalogDatas
     classes = {0: "background", 1: "liver", 2: TUMOR_CLASS}
     recipe = _recipe(cfg, labelled, history)
     recipe.update({"validation": f"{val_variants} synthetic validation versions of each held-out {cfg.eval_split} "
-                                 f"CT, {per_bin} tumors per size bin", "tumor_annotations_used": 0})
+                                 f"CT, {per_bin} tumors per size bin", "tumor_annotations_used": 0,
+                   "postprocess": cfg.postprocess})
     title = f"aemia run: liver + tumor {cfg.model} trained on synthetic tumors only ({ds.name})"
     summary = evaluate_cases(cases, run_dir, classes, progress=progress, title=title, extra={"run": recipe},
                              curves=_curves(history), lesions=True, lesion_label=2)

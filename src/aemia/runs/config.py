@@ -69,6 +69,7 @@ class RunConfig:
     semi: str | None = None  # 2D: mean-teacher | pseudo-label on the unlabelled rest of the training split
     semi_weight: float | None = None  # max weight of the unlabelled term (None: the method's default)
     semi_threshold: float | None = None  # pseudo-label confidence (None: 0.95 classification, 0.9 segmentation)
+    postprocess: dict[str, Any] | None = None  # label-map rule chosen after training (liver-tumor: aemia.infer.predictor)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
