@@ -158,6 +158,12 @@ def test_train_takes_its_defaults_from_the_dataclasses(tmp_path: Path, monkeypat
     seen.clear()
     assert main(["train", "-d", "kvasir", "-r", str(tmp_path / "r"), "--epochs", "3", "--min-steps", "40"]) == 0
     assert seen["cfg"].train.min_steps == 40
+    seen.clear()  # the liver + tumour recipe trains by steps too (800 steps found no synthetic tumour)
+    from aemia.cli.train import DEFAULT_MIN_STEPS_LIVER_TUMOR
+
+    assert main(["train", "-d", "totalseg_ct", "-r", str(tmp_path / "lt"), "--task", "liver-tumor",
+                 "--synthetic-tumors"]) == 0
+    assert seen["cfg"].train.min_steps == DEFAULT_MIN_STEPS_LIVER_TUMOR == 1500
 
 
 def test_pretrain_accepts_the_train_spellings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
