@@ -170,7 +170,9 @@ def part_liver_tumor(args: argparse.Namespace, out: dict[str, Any]) -> None:
                      "sensitivity_by_size": {k: v["sensitivity"] for k, v in r["sensitivity_by_size"].items()},
                      "seconds": r.get("seconds"), "amp": "auto (bf16 on this CPU after the start-up check)",
                      "tumor_threshold": ((r.get("setup", {}).get("run") or {}).get("postprocess") or {}).get(
-                         "tumor_threshold", "argmax (before the decision rule)")})
+                         "tumor_threshold", "argmax (before the decision rule)"),
+                     "validation_tumor_dice_by_threshold": ((r.get("setup", {}).get("run") or {}).get("postprocess")
+                                                            or {}).get("tumor_dice_by_threshold")})
     agree = {m: _overlap([row[f"{m}_ci"] for row in rows]) for m in ("tumor_dice", "sensitivity", "fp_per_case",
                                                                      "liver_dice")} if len(rows) > 1 else {}
     out["liver_tumor"] = {"seeds": rows, "agreement": agree, "epochs": args.liver_epochs,
@@ -182,7 +184,44 @@ def part_liver_tumor(args: argparse.Namespace, out: dict[str, Any]) -> None:
                                    "synthetic tumours only; scored on the held-out DICOM CT with synthetic "
                                    "validation tumours (4 versions x 2 tumours per size bin)",
                           **provenance()}
+    out["liver_tumor"]["figure"] = liver_tumor_figure(rows, ROOT / "benchmarks" / "results"
+                                                      / "training_stability_liver_tumor.png")
     _write(args, out)
+
+
+def liver_tumor_figure(rows: list[dict[str, Any]], path: Path) -> str:
+    """Per seed: lesion sensitivity by size on the held-out CT (left) and the tumour Dice of each threshold on the
+    training CT's synthetic validation, where the threshold is chosen (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    bins = list(rows[0]["sensitivity_by_size"])
+    w = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        a.bar([k + i * w for k in range(len(bins))], [row["sensitivity_by_size"][x] for x in bins], w,
+              label=f"seed {row['seed']}: {row['lesions_detected']}, {row['fp_per_case']:g} FP/case")
+        table = row.get("validation_tumor_dice_by_threshold") or {}
+        if table:
+            b.plot(list(table), list(table.values()), marker="o", label=f"seed {row['seed']} (chose {row['tumor_threshold']})")
+    a.set_xticks([k + 0.4 - w / 2 for k in range(len(bins))], bins)
+    a.set_ylim(0, 1)
+    a.set_ylabel("lesion sensitivity")
+    a.set_title("held-out CT, synthetic validation tumours", fontsize=10)
+    a.legend(fontsize=8)
+    b.set_xlabel("tumour probability threshold")
+    b.set_ylabel("tumour Dice")
+    b.set_title("training CT's synthetic validation (the choice)", fontsize=10)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return str(path.relative_to(ROOT))
 
 
 def part_repeat_test_suite(args: argparse.Namespace, out: dict[str, Any]) -> None:
