@@ -169,8 +169,8 @@ def part_liver_tumor(args: argparse.Namespace, out: dict[str, Any]) -> None:
                      "liver_dice": r["dice"]["liver"]["mean"], "liver_dice_ci": r["dice"]["liver"]["ci"],
                      "sensitivity_by_size": {k: v["sensitivity"] for k, v in r["sensitivity_by_size"].items()},
                      "seconds": r.get("seconds"), "amp": "auto (bf16 on this CPU after the start-up check)",
-                     "tumor_threshold": ((r.get("setup", {}).get("run") or {}).get("postprocess") or {}).get(
-                         "tumor_threshold", "argmax (before the decision rule)"),
+                     "tumor_threshold": (((r.get("setup", {}).get("run") or {}).get("postprocess") or {}).get(
+                         "tumor_threshold", "argmax (before the decision rule)") or "argmax"),
                      "validation_tumor_dice_by_threshold": ((r.get("setup", {}).get("run") or {}).get("postprocess")
                                                             or {}).get("tumor_dice_by_threshold")})
     agree = {m: _overlap([row[f"{m}_ci"] for row in rows]) for m in ("tumor_dice", "sensitivity", "fp_per_case",
