@@ -75,6 +75,13 @@ def finetune(name: str, cfg: RunConfig, args: argparse.Namespace) -> dict:
     return train_run(cfg, run_dir, resume=resume)
 
 
+def _run_epochs(run_dir: Path) -> int:
+    """Epochs a finished run actually trained (its config.yaml records them after the step minimum)."""
+    from aemia.runs import RunFolder
+
+    return int(RunFolder(run_dir).config().train.epochs)
+
+
 def per_case_dice(run_dir: Path, column: str) -> list[float]:
     import csv
 
@@ -84,18 +91,25 @@ def per_case_dice(run_dir: Path, column: str) -> list[float]:
 
 def kvasir(args: argparse.Namespace, out: dict, save) -> dict:
     """Fine-tune every arm at every fraction; ``out`` holds fractions measured earlier and is saved after each."""
-    inits = {"scratch": None, **{m: str(pretrained(m, args)) for m in args.methods}}
+    arms = ["scratch", *args.methods]
+    train_arms = arms if args.train_arms is None else args.train_arms
+    inits = {"scratch": None, **{m: str(pretrained(m, args)) for m in args.methods if m in train_arms}}
     for frac in args.fractions:
-        steps_per_epoch = math.ceil(math.ceil(frac * N_TRAIN) / 8)
-        epochs = max(args.epochs, math.ceil(args.min_steps / steps_per_epoch))
         out[str(frac)] = {}
-        for arm, init in inits.items():
+        for arm in arms:
+            names = [f"kvasir_{arm}_{frac}_s{seed}" for seed in range(args.seeds)]
+            if arm not in train_arms and not all((args.work / n / "metrics.json").exists() for n in names):
+                print(f"== {arm} at {frac}: not trained by this invocation and not finished; left out", flush=True)
+                continue
             seeds = {}
-            for seed in range(args.seeds):
+            for seed, name in enumerate(names):
+                # --min-steps goes to the trainer, which raises the epochs and thins validation to ~40 passes
                 cfg = RunConfig(dataset="kvasir", model="unetpp", preset="cpu", label_fraction=frac, size=args.size,
-                                init=init, train=TrainConfig(epochs=epochs, batch_size=8, lr=2e-3, seed=seed))
-                m = finetune(f"kvasir_{arm}_{frac}_s{seed}", cfg, args)
+                                init=inits.get(arm), train=TrainConfig(epochs=args.epochs, batch_size=8, lr=2e-3,
+                                                                       seed=seed, min_steps=args.min_steps))
+                m = finetune(name, cfg, args)
                 seeds[seed] = {**m["segmentation"]["polyp"]["dice"], "train_seconds": m["run"]["train_seconds"]}
+            epochs = _run_epochs(args.work / names[0])
             pooled = bootstrap_ci(np.concatenate([per_case_dice(args.work / f"kvasir_{arm}_{frac}_s{s}", "polyp_dice")
                                                   for s in range(args.seeds)]))
             means = [v["mean"] for v in seeds.values()]
@@ -106,7 +120,8 @@ def kvasir(args: argparse.Namespace, out: dict, save) -> dict:
                                    "epochs": epochs, "labelled_cases": math.ceil(frac * N_TRAIN - 1e-9),
                                    "val_dice_curve": [round(float(np.mean(v)), 4) for v in zip(*curves)]}
         for arm in args.methods:
-            out[str(frac)][f"{arm}_minus_scratch"] = out[str(frac)][arm]["dice"] - out[str(frac)]["scratch"]["dice"]
+            if arm in out[str(frac)] and "scratch" in out[str(frac)]:
+                out[str(frac)][f"{arm}_minus_scratch"] = out[str(frac)][arm]["dice"] - out[str(frac)]["scratch"]["dice"]
         save()
     return out
 
@@ -278,7 +293,12 @@ def main() -> None:
     ap.add_argument("--methods", default="genesis,transvw")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--min-steps", type=int, default=600)
+    ap.add_argument("--min-steps", type=int, default=3000,
+                    help="at least this many fine-tuning steps (the training core's 2D default; 600 before wave 2)")
+    ap.add_argument("--train-arms", default=None,
+                    help="comma-separated arms this invocation trains (scratch and/or --methods); the other arms "
+                         "are summarised if their runs are finished (two invocations side by side, then one "
+                         "with --train-arms '' to summarise)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--pretrain-epochs", type=int, default=30)
     ap.add_argument("--cube", default="32,32,16")
@@ -299,6 +319,7 @@ def main() -> None:
         args.work = args.work.with_name(args.work.name + "_quick")
     args.fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     args.methods = [m for m in args.methods.split(",") if m]
+    args.train_arms = None if args.train_arms is None else [a for a in args.train_arms.split(",") if a]
     args.cube = [int(v) for v in args.cube.split(",")]
     args.brats_patch = [int(v) for v in args.brats_patch.split(",")]
     if "OMP_NUM_THREADS" not in os.environ:  # otherwise respect the caller's choice (e.g. two jobs side by side)

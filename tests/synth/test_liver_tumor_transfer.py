@@ -11,7 +11,7 @@ import pytest
 
 from aemia.cli.main import main
 from aemia.evaluate.froc import case_candidates, froc, sensitivity_at
-from aemia.infer.lesions import lesion_rows, liver_tumor_labels, postprocess_liver_tumor
+from aemia.infer.lesions import lesion_rows, liver_tumor_labels, postprocess_liver_tumor, threshold_tumor
 from aemia.infer.predictor import Predictor
 from aemia.recipes.liver_tumor import ScannerJitter, body_box, choose_tumor_threshold
 
@@ -62,6 +62,18 @@ def test_tumour_threshold_finds_what_the_argmax_misses_and_only_inside_the_liver
     assert np.array_equal(out == 2, truth == 2), "the in-liver tumour, voxel for voxel"
     assert (out[32:36, 32:36, 5:9] == 0).all(), "the spot outside the liver is not a tumour"
     assert not (liver_tumor_labels(p, (2.0, 2.0, 2.0), tumor_threshold=0.31) == 2).any()
+
+
+def test_threshold_on_the_argmax_and_tumour_probability_alone_matches_the_full_rule() -> None:
+    """The benchmark keeps only the argmax and the tumour probability: the rule from those two must equal the
+    rule from all class probabilities, and must not change its input."""
+    p, _ = _probs(0.3)
+    argmax = p.argmax(0).astype(np.uint8)
+    before = argmax.copy()
+    for th in (None, 0.25, 0.31):
+        two_arrays = postprocess_liver_tumor(threshold_tumor(argmax, p[2], th), (2.0, 2.0, 2.0))
+        assert np.array_equal(two_arrays, liver_tumor_labels(p, (2.0, 2.0, 2.0), th))
+    assert np.array_equal(argmax, before)
 
 
 class _FixedPredictor:

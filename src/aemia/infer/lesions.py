@@ -112,7 +112,16 @@ def liver_tumor_labels(probs: np.ndarray, spacing: Sequence[float], tumor_thresh
     calibrated: a model trained on synthetic tumours in one liver gave real tumour voxels a probability of about
     0.3 against 0.01 in the liver, never the argmax (``training_stability.json``, ``liver_tumor``). The threshold
     is chosen on synthetic validation (:func:`aemia.recipes.liver_tumor.choose_tumor_threshold`), never on test."""
-    labels = np.asarray(probs).argmax(0).astype(np.uint8)
-    if tumor_threshold is not None:
-        labels[np.asarray(probs[tumor]) >= float(tumor_threshold)] = tumor
+    labels = threshold_tumor(np.asarray(probs).argmax(0).astype(np.uint8), probs[tumor], tumor_threshold, tumor)
     return postprocess_liver_tumor(labels, spacing, min_tumor_mm3, organ=organ, tumor=tumor)
+
+
+def threshold_tumor(labels: np.ndarray, tumor_probability: np.ndarray, tumor_threshold: float | None,
+                    tumor: int = 2) -> np.ndarray:
+    """A copy of the argmax ``labels`` with every voxel whose tumour probability reaches ``tumor_threshold``
+    called ``tumor`` (None: the argmax unchanged). The first step of :func:`liver_tumor_labels`, for callers
+    that keep only the argmax and the tumour probability."""
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    if tumor_threshold is not None:
+        out[np.asarray(tumor_probability) >= float(tumor_threshold)] = tumor
+    return out
