@@ -91,7 +91,8 @@ def train(name: str, args: argparse.Namespace) -> Path:
 # ------------------------------------------------------------------------------------------------ evaluation
 THRESHOLDS_MM3 = (0.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)  # candidate minimum tumour volumes
 # candidate tumour probability thresholds (None: the argmax), the recipe's (aemia.recipes.liver_tumor)
-from aemia.recipes.liver_tumor import TUMOR_THRESHOLDS  # noqa: E402  (src/ is put on the path below)
+from aemia.recipes.liver_tumor import TUMOR_THRESHOLDS  # noqa: E402  (src/ is put on the path above)
+MIN_CONFIDENCES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidate minimum lesion confidences (max probability)
 INFER_AMP = "none"  # set from --infer-amp
 SIZE_BINS_MM = (0.0, 5.0, 10.0, 20.0, float("inf"))
 
@@ -116,17 +117,20 @@ def predicted(run_dir: Path, key: str, hu: Any, spacing: Any, affine: Any) -> tu
 
 
 def score(raw: Any, tumor_prob: Any, truth: Any, spacing: Any, min_mm3: float,
-          threshold: float | None = None) -> dict[str, Any]:
+          threshold: float | None = None, min_confidence: float = 0.0) -> dict[str, Any]:
     """Liver / tumour Dice, lesion detection and FROC candidates of one case after the decision rule: tumour
-    where its probability reaches ``threshold`` (None: the argmax), then the post-processing."""
+    where its probability reaches ``threshold`` (None: the argmax), then the post-processing, then tumours whose
+    confidence (maximum probability) is below ``min_confidence`` dropped."""
     import numpy as np
     from scipy import ndimage
 
     from aemia.evaluate.froc import case_candidates
     from aemia.evaluate.metrics import dice, lesion_detection
-    from aemia.infer.lesions import lesion_confidences, postprocess_liver_tumor, threshold_tumor
+    from aemia.infer.lesions import (drop_unconfident_tumors, lesion_confidences, postprocess_liver_tumor,
+                                     threshold_tumor)
 
     lab = postprocess_liver_tumor(threshold_tumor(raw, tumor_prob, threshold), spacing, min_mm3)
+    lab = drop_unconfident_tumors(lab, tumor_prob, min_confidence)
     comp, n = ndimage.label(lab == 2, structure=np.ones((3, 3, 3), bool))
     conf, _ = lesion_confidences(comp, n, tumor_prob)
     det = lesion_detection(lab == 2, truth == 2, spacing, SIZE_BINS_MM)
@@ -171,46 +175,64 @@ def evaluate_run(name: str, variants: int, per_bin: int) -> dict[str, Any]:
     return out
 
 
-def rule_scores(items: list[dict[str, Any]], min_mm3: float, threshold: float | None) -> dict[str, float]:
-    """Pooled lesion-level F1 (2 TP / (2 TP + FP + FN)) and mean tumour Dice of the synthetic validation cases
-    under one decision rule (tumour probability threshold, minimum tumour volume)."""
-    tp = fp = fn = 0
-    dices = []
+def rule_scores(items: list[dict[str, Any]], min_mm3: float,
+                threshold: float | None) -> dict[float, dict[str, float]]:
+    """For each minimum confidence of ``MIN_CONFIDENCES``: pooled lesion-level F1 (2 TP / (2 TP + FP + FN), FROC
+    matching: a lesion is found when a kept component overlaps it) and mean tumour Dice of the synthetic
+    validation cases under the rule (tumour probability threshold, minimum tumour volume, minimum confidence).
+    The components are labelled once per case; each confidence only drops the components below it."""
+    import numpy as np
+    from scipy import ndimage
+
+    from aemia.evaluate.metrics import dice
+
+    per_case = []
     for it in items:
         sc = score(*it["raw"], it["truth"], it["spacing"], min_mm3, threshold)
-        det = sc["detection"]
-        tp += det["n_detected"]
-        fn += det["n_lesions"] - det["n_detected"]
-        fp += det["false_positives"]
-        dices.append(sc["tumor_dice"])
-    return {"lesion_f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4),
-            "tumor_dice": round(sum(dices) / max(1, len(dices)), 4)}
+        comp, _ = ndimage.label(sc["labels"] == 2, structure=np.ones((3, 3, 3), bool))
+        per_case.append((sc["candidates"], comp, it["truth"] == 2))
+    out = {}
+    for c in MIN_CONFIDENCES:
+        tp = fp = n_les = 0
+        dices = []
+        for cand, comp, gt in per_case:
+            tp += int((cand.lesion_best >= c).sum())
+            n_les += len(cand.lesion_best)
+            fp += int(((cand.confidence >= c) & cand.false_positive).sum())
+            kept = np.flatnonzero(cand.confidence >= c) + 1
+            dices.append(dice(np.isin(comp, kept), gt))
+        out[c] = {"lesion_f1": round(2 * tp / max(1, tp + fp + n_les), 4),
+                  "tumor_dice": round(float(np.mean(dices)), 4)}
+    return out
 
 
-def choose_rule(items: list[dict[str, Any]]) -> tuple[float | None, float, dict[str, dict[str, float]]]:
-    """(tumour threshold, minimum tumour volume, table) with the best pooled lesion F1 on synthetic validation,
-    ties to the better tumour Dice, then the higher threshold and the smaller volume. Never looks at ircad_17."""
+def choose_rule(items: list[dict[str, Any]]) -> tuple[float | None, float, float, dict[str, dict[str, float]]]:
+    """(tumour threshold, minimum tumour volume, minimum confidence, table) with the best pooled lesion F1 on
+    synthetic validation, ties to the better tumour Dice, then the higher threshold, the smaller volume and the
+    lower confidence. Never looks at ircad_17."""
     table: dict[str, dict[str, float]] = {}
-    best: tuple[tuple[float, ...], float | None, float] | None = None
+    best: tuple[tuple[float, ...], float | None, float, float] | None = None
     for rank, thr in enumerate(TUMOR_THRESHOLDS):
         for vol in THRESHOLDS_MM3:
-            r = rule_scores(items, vol, thr)
-            table[f"{'argmax' if thr is None else f'{thr:g}'}|{vol:g}"] = r
-            key = (r["lesion_f1"], r["tumor_dice"], -rank, -vol)
-            if best is None or key > best[0]:
-                best = (key, thr, vol)
+            for conf, r in rule_scores(items, vol, thr).items():
+                table[f"{'argmax' if thr is None else f'{thr:g}'}|{vol:g}|{conf:g}"] = r
+                key = (r["lesion_f1"], r["tumor_dice"], -rank, -vol, -conf)
+                if best is None or key > best[0]:
+                    best = (key, thr, vol, conf)
+        print(f"  rule grid: threshold {thr} scored", flush=True)
     assert best is not None
-    return best[1], best[2], table
+    return best[1], best[2], best[3], table
 
 
-def synthetic_summary(items: list[dict[str, Any]], min_mm3: float, threshold: float | None) -> dict[str, Any]:
+def synthetic_summary(items: list[dict[str, Any]], min_mm3: float, threshold: float | None,
+                      min_confidence: float = 0.0) -> dict[str, Any]:
     """Tumour Dice (CI over validation versions), sensitivity by size (CI over lesions), FP per case, FROC."""
     import numpy as np
 
     from aemia.evaluate.froc import froc
     from aemia.evaluate.metrics import bootstrap_ci, bootstrap_ratio_ci, ci_dict
 
-    scores = [score(*it["raw"], it["truth"], it["spacing"], min_mm3, threshold) for it in items]
+    scores = [score(*it["raw"], it["truth"], it["spacing"], min_mm3, threshold, min_confidence) for it in items]
     dices = np.array([sc["tumor_dice"] for sc in scores])
     lesions = [les for sc in scores for les in sc["detection"]["lesions"]]
     by_size = {}
@@ -231,11 +253,12 @@ def synthetic_summary(items: list[dict[str, Any]], min_mm3: float, threshold: fl
             "froc": [[round(f, 3), round(se, 4)] for _, f, se in froc([sc["candidates"] for sc in scores])]}
 
 
-def ircad_summary(item: dict[str, Any], min_mm3: float, threshold: float | None) -> dict[str, Any]:
+def ircad_summary(item: dict[str, Any], min_mm3: float, threshold: float | None,
+                  min_confidence: float = 0.0) -> dict[str, Any]:
     """Liver / tumour Dice, each real tumour (diameter, detected, confidence), false positives and FROC."""
     from aemia.evaluate.froc import froc
 
-    sc = score(*item["raw"], item["truth"], item["spacing"], min_mm3, threshold)
+    sc = score(*item["raw"], item["truth"], item["spacing"], min_mm3, threshold, min_confidence)
     det = sc["detection"]
     lesions = [{"diameter_mm": round(les["diameter_mm"], 1), "volume_ml": round(les["volume_mm"] / 1000, 2),
                 "detected": les["detected"],
@@ -269,7 +292,8 @@ def overlay_figure(hu: Any, truth: Any, labels: Any, path: Path, title: str) -> 
     return save_figure(fig, path, dpi=110)
 
 
-def ship(run_dir: Path, dest: Path, min_mm3: float, threshold: float | None, card: str) -> None:
+def ship(run_dir: Path, dest: Path, min_mm3: float, threshold: float | None, min_confidence: float,
+         card: str) -> None:
     """Write the shipped model folder: model.safetensors (the run's best weights), config.json, MODEL_CARD.md."""
     import json
     import shutil
@@ -287,7 +311,7 @@ def ship(run_dir: Path, dest: Path, min_mm3: float, threshold: float | None, car
         "spacing": cfg.spacing, "patch": cfg.patch, "window_hu": cfg.window,
         "normaliser": default_normaliser("CT (HU)", 3, cfg.window),
         "postprocess": {"kind": "liver_tumor", "organ": 1, "tumor": 2, "min_tumor_mm3": min_mm3,
-                        "tumor_threshold": threshold},
+                        "tumor_threshold": threshold, "min_confidence": min_confidence},
         "trained_by": "benchmarks/real_tumor_transfer.py", "run": run_dir.name})
     write_text_atomic(dest / "MODEL_CARD.md", card)
 
@@ -334,9 +358,9 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     loo = [results[r] for r in done if r.startswith("loo-")]
     syn_items = [it for res in loo for it in res["synthetic"]]
     if syn_items:
-        threshold, chosen, rule_table = choose_rule(syn_items)
+        threshold, chosen, min_conf, rule_table = choose_rule(syn_items)
     else:
-        threshold, chosen, rule_table = None, 0.0, {}
+        threshold, chosen, min_conf, rule_table = None, 0.0, 0.0, {}
     liver_loo, liver_loo_raw = {}, {}
     for res in loo:
         h = res["held_out_case"]
@@ -344,9 +368,9 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         liver_loo[res["held_out"]] = round(dice(lab > 0, h["truth"] > 0), 4)
         liver_loo_raw[res["held_out"]] = round(dice(h["raw"][0] > 0, h["truth"] > 0), 4)
     seeds = [{"run": res["run"], "seed": res["seed"], "held_out": res["held_out"],
-              **synthetic_summary(res["synthetic"], chosen, threshold)} for res in loo]
-    per_run = {r: ircad_summary(results[r]["ircad"], chosen, threshold) for r in done}
-    # the same runs under the plain argmax (no tumour threshold), to show what the decision rule changes
+              **synthetic_summary(res["synthetic"], chosen, threshold, min_conf)} for res in loo]
+    per_run = {r: ircad_summary(results[r]["ircad"], chosen, threshold, min_conf) for r in done}
+    # the same runs under the plain argmax (no tumour threshold, no confidence cut), to show what the rule changes
     per_run_argmax = {r: {k: v for k, v in ircad_summary(results[r]["ircad"], chosen, None).items() if k != "_labels"}
                       for r in done}
     main_run = "full-s0" if "full-s0" in per_run else done[0]
@@ -355,7 +379,7 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                          per_run[main_run]["_labels"], ROOT / "docs" / "figures" / "liver_tumor_ircad17.png",
                          f"3D-IRCADb-01 patient 17 (real tumours, never trained on), model {main_run}: liver Dice "
                          f"{ircad['liver_dice']:.3f}, tumour Dice {ircad['tumor_dice']:.3f}")
-    pooled = froc([score(*it["raw"], it["truth"], it["spacing"], chosen, threshold)["candidates"]
+    pooled = froc([score(*it["raw"], it["truth"], it["spacing"], chosen, threshold)["candidates"]  # before the cut
                    for it in syn_items])
     lesions = ircad["lesions"]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
@@ -373,11 +397,13 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "ircad_17_per_run": {r: {k: v for k, v in d.items() if k != "_labels"} for r, d in per_run.items()},
         "ircad_17_spread": {k: _spread([d[k] for d in per_run.values()]) for k in ("liver_dice", "tumor_dice")},
         "ircad_17_per_run_argmax": per_run_argmax,
-        "postprocess": {"tumor_threshold": threshold, "min_tumor_mm3": chosen,
+        "postprocess": {"tumor_threshold": threshold, "min_tumor_mm3": chosen, "min_confidence": min_conf,
                         "synthetic_validation_by_rule": rule_table,
-                        "rule_key": "tumour probability threshold | minimum tumour volume (mm^3)",
+                        "rule_key": "tumour probability threshold | minimum tumour volume (mm^3) | minimum "
+                                    "lesion confidence (maximum tumour probability)",
                         "chosen_on": "pooled synthetic validation of the leave-one-out runs only (lesion F1, ties "
-                                     "to tumour Dice, then the higher threshold and the smaller volume)"},
+                                     "to tumour Dice, then the higher threshold, the smaller volume and the "
+                                     "lower confidence)"},
         "targets_ircad_17": {"liver_dice>=0.90": ircad["liver_dice"] >= 0.90,
                              "both_tumours_detected": bool(lesions) and all(x["detected"] for x in lesions),
                              "false_positives<=2": ircad["false_positives"] <= 2,
@@ -402,7 +428,7 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
     write_json_atomic(args.out, result)
     if args.ship and "full-s0" in done:
-        ship(WORK / "full-s0", args.ship_dir, chosen, threshold, model_card(result))
+        ship(WORK / "full-s0", args.ship_dir, chosen, threshold, min_conf, model_card(result))
     return result
 
 
@@ -454,7 +480,8 @@ maximum and `confidence_mean` = mean tumour probability over the lesion).
   the input grid.
 - Decision rule: the argmax, with every voxel whose tumour probability reaches {_thr(r['postprocess'])} called
   tumour; then the largest connected liver component (liver + tumour voxels) is kept, tumour voxels outside it
-  are removed, tumour components smaller than {r['postprocess']['min_tumor_mm3']:g} mm^3 become liver. Both
+  are removed, tumour components smaller than {r['postprocess']['min_tumor_mm3']:g} mm^3 or with a confidence
+  (maximum tumour probability) below {r['postprocess'].get('min_confidence', 0.0):g} become liver. The three
   thresholds were chosen together by lesion F1 on synthetic validation tumours in held-out healthy livers only
   (never on the real-tumour case); `config.json` records them under `postprocess`.
 

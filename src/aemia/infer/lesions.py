@@ -104,16 +104,34 @@ def postprocess_liver_tumor(label_map: np.ndarray, spacing: Sequence[float], min
 
 
 def liver_tumor_labels(probs: np.ndarray, spacing: Sequence[float], tumor_threshold: float | None = None,
-                       min_tumor_mm3: float = 0.0, organ: int = 1, tumor: int = 2) -> np.ndarray:
+                       min_tumor_mm3: float = 0.0, organ: int = 1, tumor: int = 2,
+                       min_confidence: float = 0.0) -> np.ndarray:
     """Label map of liver + tumour probabilities ``(K, *S)``: the argmax, with every voxel whose tumour probability
-    reaches ``tumor_threshold`` called tumour (None: the argmax alone), then :func:`postprocess_liver_tumor`.
+    reaches ``tumor_threshold`` called tumour (None: the argmax alone), then :func:`postprocess_liver_tumor`,
+    then :func:`drop_unconfident_tumors` (tumours whose maximum probability is below ``min_confidence``).
 
     A tumour threshold below the argmax's is the operating point of a detector whose tumour probability is not
     calibrated: a model trained on synthetic tumours in one liver gave real tumour voxels a probability of about
     0.3 against 0.01 in the liver, never the argmax (``training_stability.json``, ``liver_tumor``). The threshold
     is chosen on synthetic validation (:func:`aemia.recipes.liver_tumor.choose_tumor_threshold`), never on test."""
     labels = threshold_tumor(np.asarray(probs).argmax(0).astype(np.uint8), probs[tumor], tumor_threshold, tumor)
-    return postprocess_liver_tumor(labels, spacing, min_tumor_mm3, organ=organ, tumor=tumor)
+    labels = postprocess_liver_tumor(labels, spacing, min_tumor_mm3, organ=organ, tumor=tumor)
+    return drop_unconfident_tumors(labels, probs[tumor], min_confidence, organ=organ, tumor=tumor)
+
+
+def drop_unconfident_tumors(labels: np.ndarray, tumor_probability: np.ndarray, min_confidence: float,
+                            organ: int = 1, tumor: int = 2) -> np.ndarray:
+    """Tumour components (full connectivity) whose confidence, the maximum tumour probability over the
+    component (the lesion CSV's ``confidence``), is below ``min_confidence`` become ``organ``: the operating point
+    of the FROC curve (:mod:`aemia.evaluate.froc`). 0 keeps every component. Returns a new label map."""
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    if min_confidence <= 0:
+        return out
+    comp, n = ndimage.label(out == tumor, structure=ndimage.generate_binary_structure(out.ndim, out.ndim))
+    if n:
+        best, _ = lesion_confidences(comp, n, tumor_probability)
+        out[np.isin(comp, np.flatnonzero(best < float(min_confidence)) + 1)] = organ
+    return out
 
 
 def threshold_tumor(labels: np.ndarray, tumor_probability: np.ndarray, tumor_threshold: float | None,
