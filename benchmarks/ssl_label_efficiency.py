@@ -53,6 +53,7 @@ def pretrained(method: str, args: argparse.Namespace, dims: int = 2) -> Path:
     if not (out / "metrics.json").exists():
         if dims == 2:
             cfg = PretrainConfig(data="kvasir", dims=2, method=method, preset="cpu", size=[args.size, args.size],
+                                 model=args.model,
                                  train=TrainConfig(epochs=args.pretrain_epochs, batch_size=8, lr=2e-3, optimizer="adam",
                                                    schedule="cosine", deep_supervision=False))
         else:
@@ -64,6 +65,15 @@ def pretrained(method: str, args: argparse.Namespace, dims: int = 2) -> Path:
         print(f"== pretraining {method} {dims}D{' (resuming)' if resume else ''}", flush=True)
         pretrain(cfg, out, resume=resume)
     return out
+
+
+def ft_config(args: argparse.Namespace, frac: float, init: str | None, seed: int) -> RunConfig:
+    """The fine-tuning recipe of every arm: the training core's 2D recipe as ``training_stability.py`` runs it
+    (batch 8, Adam 2e-3, at least ``--min-steps`` steps, validation thinned by the trainer; channels-last only
+    under bf16), so ``--model unet --amp none`` scratch runs are that benchmark's Kvasir runs, seed for seed."""
+    return RunConfig(dataset="kvasir", model=args.model, preset="cpu", label_fraction=frac, size=args.size, init=init,
+                     train=TrainConfig(epochs=args.epochs, batch_size=8, lr=2e-3, seed=seed, min_steps=args.min_steps,
+                                       amp=args.amp, channels_last=args.amp != "none"))
 
 
 def finetune(name: str, cfg: RunConfig, args: argparse.Namespace) -> dict:
@@ -98,16 +108,15 @@ def kvasir(args: argparse.Namespace, out: dict, save) -> dict:
         out[str(frac)] = {}
         for arm in arms:
             names = [f"kvasir_{arm}_{frac}_s{seed}" for seed in range(args.seeds)]
-            if arm not in train_arms and not all((args.work / n / "metrics.json").exists() for n in names):
-                print(f"== {arm} at {frac}: not trained by this invocation and not finished; left out", flush=True)
+            if arm in train_arms:
+                for seed in range(args.seeds) if args.train_seeds is None else args.train_seeds:
+                    finetune(names[seed], ft_config(args, frac, inits.get(arm), seed), args)
+            if not all((args.work / n / "metrics.json").exists() for n in names):
+                print(f"== {arm} at {frac}: not every seed is finished yet; left out of the summary", flush=True)
                 continue
             seeds = {}
             for seed, name in enumerate(names):
-                # --min-steps goes to the trainer, which raises the epochs and thins validation to ~40 passes
-                cfg = RunConfig(dataset="kvasir", model="unetpp", preset="cpu", label_fraction=frac, size=args.size,
-                                init=inits.get(arm), train=TrainConfig(epochs=args.epochs, batch_size=8, lr=2e-3,
-                                                                       seed=seed, min_steps=args.min_steps))
-                m = finetune(name, cfg, args)
+                m = json.loads((args.work / name / "metrics.json").read_text())
                 seeds[seed] = {**m["segmentation"]["polyp"]["dice"], "train_seconds": m["run"]["train_seconds"]}
             epochs = _run_epochs(args.work / names[0])
             pooled = bootstrap_ci(np.concatenate([per_case_dice(args.work / f"kvasir_{arm}_{frac}_s{s}", "polyp_dice")
@@ -154,7 +163,7 @@ def diagnose(args: argparse.Namespace, kvasir_result: dict) -> dict:
 
     def model(weights: Path | None) -> torch.nn.Module:
         torch.manual_seed(0)
-        m = create_model("unetpp", 2, 3, 2, features=PRESETS["cpu"], deep_supervision=True)
+        m = create_model(args.model, 2, 3, 2, features=PRESETS["cpu"], deep_supervision=args.model == "unetpp")
         if weights is not None:
             load_weights(m, weights, strict=False)
         return m
@@ -295,6 +304,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--min-steps", type=int, default=3000,
                     help="at least this many fine-tuning steps (the training core's 2D default; 600 before wave 2)")
+    ap.add_argument("--model", default="unetpp", help="unetpp (the benchmark's first setting) or unet")
+    ap.add_argument("--amp", default="none", help="fine-tuning and pretraining precision: none (fp32) or auto")
+    ap.add_argument("--train-seeds", default=None,
+                    help="comma-separated seeds this invocation trains (default all); the arm is summarised once "
+                         "every seed is finished")
     ap.add_argument("--train-arms", default=None,
                     help="comma-separated arms this invocation trains (scratch and/or --methods); the other arms "
                          "are summarised if their runs are finished (two invocations side by side, then one "
@@ -320,6 +334,7 @@ def main() -> None:
     args.fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     args.methods = [m for m in args.methods.split(",") if m]
     args.train_arms = None if args.train_arms is None else [a for a in args.train_arms.split(",") if a]
+    args.train_seeds = None if args.train_seeds is None else [int(v) for v in args.train_seeds.split(",") if v]
     args.cube = [int(v) for v in args.cube.split(",")]
     args.brats_patch = [int(v) for v in args.brats_patch.split(",")]
     if "OMP_NUM_THREADS" not in os.environ:  # otherwise respect the caller's choice (e.g. two jobs side by side)
