@@ -55,7 +55,8 @@ def pretrained(method: str, args: argparse.Namespace, dims: int = 2) -> Path:
             cfg = PretrainConfig(data="kvasir", dims=2, method=method, preset="cpu", size=[args.size, args.size],
                                  model=args.model,
                                  train=TrainConfig(epochs=args.pretrain_epochs, batch_size=8, lr=2e-3, optimizer="adam",
-                                                   schedule="cosine", deep_supervision=False))
+                                                   schedule="cosine", deep_supervision=False, amp=args.amp,
+                                                   channels_last=args.amp != "none"))
         else:
             cfg = PretrainConfig(data=str(args.brats_unlabelled), dims=3, method=method, preset="cpu",
                                  size=list(args.cube), cubes_per_volume=args.cubes_per_volume,
