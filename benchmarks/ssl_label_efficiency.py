@@ -132,8 +132,44 @@ def kvasir(args: argparse.Namespace, out: dict, save) -> dict:
         for arm in args.methods:
             if arm in out[str(frac)] and "scratch" in out[str(frac)]:
                 out[str(frac)][f"{arm}_minus_scratch"] = out[str(frac)][arm]["dice"] - out[str(frac)]["scratch"]["dice"]
+        paired = paired_with_training_stability(args, frac, out[str(frac)])
+        if paired:
+            out[str(frac)]["paired_with_training_stability"] = paired
         save()
     return out
+
+
+def paired_with_training_stability(args: argparse.Namespace, frac: float, arms: dict) -> dict | None:
+    """With ``--model unet --amp none`` every scratch run is, seed for seed, a Kvasir run of
+    ``training_stability.py`` (same recipe, labelled subset and initialisation): pair each pretrained arm's seeds
+    with that benchmark's recorded scratch seeds (its JSON), and report any scratch seed re-run here beside the
+    recorded value (same code path, this machine: how well the pairing holds)."""
+    ts_path = ROOT / "benchmarks" / "results" / "training_stability.json"
+    if args.model != "unet" or args.amp != "none" or not ts_path.exists():
+        return None
+    ts = json.loads(ts_path.read_text()).get("kvasir", {}).get(str(frac), {})
+    if ts.get("model") != "unet" or ts.get("amp") != "none":
+        return None
+    recorded = {r["seed"]: r["dice"] for r in ts.get("runs", [])}
+    result: dict = {"scratch_recorded": recorded, "source": "benchmarks/results/training_stability.json "
+                    f"kvasir[{frac}] ({ts.get('note', '')})"}
+    rerun = {}
+    for seed in range(args.seeds):
+        f = args.work / f"kvasir_scratch_{frac}_s{seed}" / "metrics.json"
+        if f.exists():
+            rerun[seed] = json.loads(f.read_text())["segmentation"]["polyp"]["dice"]["mean"]
+    result["scratch_rerun_here"] = rerun
+    for arm in args.methods:
+        if arm not in arms:
+            continue
+        diffs = [arms[arm]["per_seed"][s] - recorded[s] for s in range(len(arms[arm]["per_seed"])) if s in recorded]
+        if diffs:
+            ci = bootstrap_ci(np.asarray(diffs))
+            result[f"{arm}_minus_scratch_per_seed"] = [round(d, 4) for d in diffs]
+            result[f"{arm}_minus_scratch_mean"] = round(float(np.mean(diffs)), 4)
+            result[f"{arm}_minus_scratch_sd"] = round(float(np.std(diffs, ddof=1)), 4) if len(diffs) > 1 else None
+            result[f"{arm}_minus_scratch_ci"] = [round(ci.lo, 4), round(ci.hi, 4)]
+    return result
 
 
 def brats(args: argparse.Namespace) -> dict:
