@@ -123,8 +123,10 @@ def kvasir(args: argparse.Namespace, out: dict, save) -> dict:
             pooled = bootstrap_ci(np.concatenate([per_case_dice(args.work / f"kvasir_{arm}_{frac}_s{s}", "polyp_dice")
                                                   for s in range(args.seeds)]))
             means = [v["mean"] for v in seeds.values()]
-            curves = [[json.loads(ln).get("val_dice") for ln in (args.work / f"kvasir_{arm}_{frac}_s{s}" / "log.jsonl")
-                       .read_text().splitlines() if ln.strip()] for s in range(args.seeds)]
+            # validated epochs only (the trainer thins validation under --min-steps; other epochs log no val_dice)
+            curves = [[v for v in (json.loads(ln).get("val_dice") for ln in
+                                   (args.work / f"kvasir_{arm}_{frac}_s{s}" / "log.jsonl").read_text().splitlines()
+                                   if ln.strip()) if v is not None] for s in range(args.seeds)]
             out[str(frac)][arm] = {"dice": pooled.point, "ci": [pooled.lo, pooled.hi], "per_seed": means,
                                    "seed_sd": float(np.std(means, ddof=1)) if len(means) > 1 else None,
                                    "epochs": epochs, "labelled_cases": math.ceil(frac * N_TRAIN - 1e-9),
@@ -318,6 +320,62 @@ def figure(result: dict, path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
+def paired_figure(result: dict, path: Path) -> bool:
+    """When a fraction's pretrained arms are paired with training_stability's scratch seeds (and no scratch arm
+    ran here): each seed's scratch and pretrained test Dice joined by a line, and the paired differences with
+    their mean and bootstrap 95% CI. Returns False (nothing drawn) when there is no such pairing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aemia.utils.io import save_figure
+
+    k = result.get("kvasir", {})
+    fracs = [f for f, a in k.items() if "scratch" not in a and
+             any(key.endswith("_minus_scratch_per_seed") for key in a.get("paired_with_training_stability", {}))]
+    if not fracs:
+        return False
+    frac = sorted(fracs, key=float)[0]
+    a, p = k[frac], k[frac]["paired_with_training_stability"]
+    arms = [m for m in ("genesis", "transvw") if f"{m}_minus_scratch_per_seed" in p]
+    model = result.get("setup", {}).get("model", "")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    recorded = {int(s): v for s, v in p["scratch_recorded"].items()}  # int keys in memory, str once in JSON
+    for arm in arms:
+        for s in sorted(recorded)[:len(a[arm]["per_seed"])]:
+            ax.plot([0, 1], [recorded[s], a[arm]["per_seed"][s]], "-o", color="0.5", alpha=0.7)
+            ax.annotate(f"seed {s}", (1.02, a[arm]["per_seed"][s]), fontsize=8, va="center")
+    for s, v in p.get("scratch_rerun_here", {}).items():
+        ax.scatter([0], [v], marker="x", s=60, color="tab:red", zorder=5, label=f"scratch seed {s} re-run here")
+    ax.set_xticks([0, 1], ["scratch (training_stability)", " / ".join(arms) + " start"])
+    ax.set_xlim(-0.3, 1.35)
+    ax.set_ylabel("test Dice (Kvasir, 100 images)")
+    ax.set_title(f"{model} at {float(frac):.0%} labels, same subset and seed per line", fontsize=10)
+    ax.grid(alpha=0.3)
+    if p.get("scratch_rerun_here"):
+        ax.legend(fontsize=8, loc="lower left")
+    ax = axes[1]
+    for i, arm in enumerate(arms):
+        d = np.asarray(p[f"{arm}_minus_scratch_per_seed"]) * 100
+        lo, hi = (np.asarray(p[f"{arm}_minus_scratch_ci"]) * 100).tolist()
+        mean = p[f"{arm}_minus_scratch_mean"] * 100
+        ax.scatter(np.full(len(d), i), d, s=18, alpha=0.6)
+        ax.errorbar([i], [mean], yerr=[[mean - lo], [hi - mean]], fmt="D", capsize=5, color="k")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.axhline(3, color="tab:green", lw=0.8, ls="--", label="target +3 points")
+    ax.set_xticks(range(len(arms)), [f"{m} − scratch" for m in arms])
+    ax.set_xlim(-0.8, len(arms) - 0.2)
+    ax.set_ylabel("paired difference (Dice points)")
+    ax.set_title("per seed, and mean with a bootstrap 95% CI", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    return True
+
+
 def brats_unlabelled_folder(work: Path) -> Path:
     """The BraTS train + validation images as a folder of 2-channel NIfTIs (labels left out), built once."""
     from aemia.data.catalog import get_dataset
@@ -407,8 +465,11 @@ def main() -> None:
         if any(args.work.glob("kvasir_*_s0/metrics.json")):
             result["diagnosis"] = diagnose(args, k)
         result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        result["setup"] = {"model": args.model, "amp": args.amp, "min_steps": args.min_steps,
+                           "pretrain_epochs": args.pretrain_epochs, "size": args.size}
         write_json_atomic(args.out, result)
-        figure(result, args.out.with_suffix(".png"))
+        if not paired_figure(result, args.out.with_suffix(".png")):
+            figure(result, args.out.with_suffix(".png"))
 
     if args.summarise_only:
         save()
