@@ -18,6 +18,13 @@ Runs live in ``benchmarks/work/ssl_label_efficiency/`` and finished ones are reu
     .venv/bin/python benchmarks/ssl_label_efficiency.py                      # full (several hours on 2 cores)
     .venv/bin/python benchmarks/ssl_label_efficiency.py --fractions 0.1 --skip-3d      # one fraction; merged into the JSON
     .venv/bin/python benchmarks/ssl_label_efficiency.py --quick --out /tmp/ssl.json   # smoke run
+
+New core, paired with training_stability's scratch seeds (two invocations side by side, then a summary):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ssl_label_efficiency.py --fractions 0.1 --seeds 5 --methods genesis \
+        --model unet --amp none --pretrain-epochs 12 --skip-3d --work benchmarks/work/ssl_new_core \
+        --out benchmarks/results/ssl_label_efficiency_new_core.json --train-arms genesis --train-seeds 0,2,4
+    (the same with --train-seeds 1,3 beside it; then with --train-arms '' to write the summary)
 """
 
 from __future__ import annotations

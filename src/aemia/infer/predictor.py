@@ -63,7 +63,8 @@ class Predictor:
     tta: bool = False
     amp: str = "none"
     channels_last: bool = False
-    postprocess: dict[str, Any] | None = None  # e.g. {"kind": "liver_tumor", "min_tumor_mm3": 100.0, "tumor_threshold": 0.3, "min_confidence": 0.5}
+    # e.g. {"kind": "liver_tumor", "min_tumor_mm3": 100.0, "tumor_threshold": 0.3, "min_confidence": 0.5}
+    postprocess: dict[str, Any] | None = None
 
     @classmethod
     def from_shipped(cls, name: str, tta: bool = False, device: str = "auto", amp: str | None = None) -> "Predictor":
