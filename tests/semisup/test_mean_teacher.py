@@ -272,6 +272,19 @@ def test_short_real_run_logs_the_consistency_term(tmp_path: Path) -> None:
     assert 0.0 <= metrics["classification"]["auc"]["mean"] <= 1.0
 
 
+@pytest.mark.needs_data("pneumoniamnist")
+def test_ramp_up_is_a_share_of_the_epochs_raised_by_min_steps(tmp_path: Path) -> None:
+    """aemia train raises epochs to reach --min-steps; the ramp-up must follow (30% of 4 epochs, not of 1)."""
+    from aemia.recipes.run import train_run
+    from aemia.runs import RunConfig, RunFolder
+
+    cfg = RunConfig(dataset="pneumoniamnist", model="resnet", preset="tiny", label_fraction=0.05, semi="mean-teacher",
+                    train=TrainConfig(epochs=1, min_steps=60, batch_size=16, progress=False))  # 236 cases: 15 steps
+    metrics = train_run(cfg, tmp_path / "pn_mt_steps")
+    assert RunFolder(tmp_path / "pn_mt_steps").config().train.epochs == 4
+    assert metrics["run"]["semi_rampup_epochs"] == pytest.approx(0.3 * 4)
+
+
 # --------------------------------------------------------------------------------------------- teacher BN
 def test_reestimate_batchnorm_is_the_cumulative_average_and_keeps_weights_mode_and_momentum() -> None:
     from aemia.semisup.mean_teacher import reestimate_batchnorm

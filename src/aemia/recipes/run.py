@@ -19,6 +19,7 @@ never imports ``semisup``: the methods register themselves in :data:`aemia.train
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,9 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, extras:
     labelled = labelled_subset(ds.case_ids("train"), cfg.label_fraction, cfg.labelled_seed())
     model, train_set, val_set, task = build(cfg, ds, labelled)
     cfg.normaliser = cfg.normaliser or default_normaliser(ds.modality, ds.dims, cfg.window)  # recorded in config.yaml
+    # epochs raised to min_steps now, not only inside Trainer, so the semi method's ramp-up (a share of the epochs)
+    # is a share of the epochs that actually run
+    cfg.train = cfg.train.with_min_steps(math.ceil(len(train_set) / cfg.train.batch_size))
     hooks: list[Any] = []
     semi = None
     if make_semi is not None:  # the method may write its resolved settings into cfg (saved in config.yaml)
