@@ -7,6 +7,8 @@ Runs the four parts in ``benchmarks/semi_weak_parts/`` one after the other in th
   PneumoniaMNIST AUC (``semi_weak_parts/semi.py``);
 * ``semi_long`` — the Kvasir 10% comparison again with the supervised benchmarks' 600-step budget
   (``semi_weak_parts/semi.py: run_long``);
+* ``semi_new_core`` — the mean teacher at Kvasir 10% with the training core's 3000-step recipe, paired seed for
+  seed with ``training_stability.py``'s supervised runs (``semi_weak_parts/semi.py: run_new_core``);
 * ``ssac``   — SSAC vs the same classifier alone: PneumoniaMNIST 5%, BUSI 10% (``semi_weak_parts/ssac.py``);
 * ``mbdcnn`` — MB-DCNN on PH2 under a fixed 5-fold split: coarse vs enhanced segmentation (Jaccard), plain vs
   mask-guided classifier (melanoma AUC), with a "more training, no CAM" control (``semi_weak_parts/mbdcnn.py``);
@@ -19,6 +21,7 @@ an interruption keeps what is done. Run alone on the machine (2 cores): about 1.
     .venv/bin/python benchmarks/semi_weak.py                         # all parts, seed 0
     .venv/bin/python benchmarks/semi_weak.py --parts semi,ssac --seeds 0,1,2
     .venv/bin/python benchmarks/semi_weak.py --quick --out /tmp/sw.json   # smoke run (a few minutes)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/semi_weak.py --parts semi_new_core --seeds 0,1,2,3,4
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from typing import Any
 from provenance import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("semi", "semi_long", "ssac", "mbdcnn", "arl_cam")
+PARTS = ("semi", "semi_long", "semi_new_core", "ssac", "mbdcnn", "arl_cam")
 #: part -> (file in semi_weak_parts/, function)
-ENTRY = {"semi_long": ("semi", "run_long")}
+ENTRY = {"semi_long": ("semi", "run_long"), "semi_new_core": ("semi", "run_new_core")}
 
 
 def _load(name: str) -> Any:

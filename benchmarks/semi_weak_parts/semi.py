@@ -207,3 +207,65 @@ if __name__ == "__main__":  # pragma: no cover - manual smoke run
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     args = ap.parse_args()
     print(json.dumps(run(args.quick, [int(s) for s in args.seeds.split(",")], args.work), indent=1))
+
+
+#: the training core's 2D recipe exactly as ``training_stability.py`` runs Kvasir (U-Net ``cpu`` widths, 128 px,
+#: batch 8, Adam 2e-3 with warm-up and cosine, at least 3000 optimiser steps, fp32), so that benchmark's recorded
+#: supervised seeds are this part's supervised arm, seed for seed (same labelled subset and initialisation)
+NEW_CORE_MIN_STEPS = 3000
+NEW_CORE_ARMS = ("mean_teacher",)
+
+
+def _new_core_config(semi: str | None, seed: int, quick: bool) -> RunConfig:
+    return RunConfig(dataset="kvasir", model="unet", preset="tiny" if quick else "cpu", size=32 if quick else 128,
+                     label_fraction=0.1, semi=semi,
+                     train=TrainConfig(epochs=1 if quick else 40, min_steps=0 if quick else NEW_CORE_MIN_STEPS,
+                                       batch_size=8, lr=2e-3, amp="none", seed=seed, channels_last=False,
+                                       progress=False))
+
+
+def _recorded_supervised() -> tuple[dict[int, float], str]:
+    """``training_stability.json``'s Kvasir 10% U-Net fp32 runs: seed -> test Dice, and where they come from."""
+    path = ROOT / "benchmarks" / "results" / "training_stability.json"
+    ts = json.loads(path.read_text()).get("kvasir", {}).get("0.1", {}) if path.exists() else {}
+    if ts.get("model") != "unet" or ts.get("amp") != "none":
+        return {}, ""
+    return {int(r["seed"]): float(r["dice"]) for r in ts.get("runs", [])}, \
+        f"benchmarks/results/training_stability.json kvasir[0.1] ({ts.get('note', '')})"
+
+
+def run_new_core(quick: bool, seeds: list[int], work: Path) -> dict:
+    """Kvasir at 10% labels with the training core's 3000-step recipe: the mean teacher against the supervised
+    seeds recorded by ``training_stability.py`` (not re-trained here), paired seed for seed. ``{"kvasir": {"0.1":
+    {"mean_teacher": {...}, "supervised_recorded": {seed: dice}, "mean_teacher_minus_supervised_per_seed": [...],
+    "..._mean", "..._ci"}}, "recipe": ...}``; the CI of the paired difference is a bootstrap over seeds."""
+    from aemia.evaluate.metrics import bootstrap_ci
+
+    work = Path(work) / ("semi_new_core_quick" if quick else "semi_new_core")
+    started = time.perf_counter()
+    recorded, source = _recorded_supervised()
+    res: dict[str, Any] = {"supervised_recorded": {str(s): d for s, d in recorded.items() if s in seeds},
+                           "supervised_source": source}
+    for arm in NEW_CORE_ARMS:
+        semi, _ = ARMS[arm]
+        dirs = []
+        for seed in seeds:
+            run_dir = work / f"kvasir_0.1_{arm}_s{seed}"
+            _train(_new_core_config(semi, seed, quick), run_dir)
+            dirs.append(run_dir)
+        res[arm] = {**_aggregate(dirs, "dice"), "last_epoch": [_semi_log(d) for d in dirs]}
+        diffs = [d - recorded[s] for s, d in zip(seeds, res[arm]["per_seed"]) if s in recorded and not quick]
+        if diffs:
+            ci = bootstrap_ci(np.asarray(diffs))
+            res[f"{arm}_minus_supervised_per_seed"] = [round(d, 4) for d in diffs]
+            res[f"{arm}_minus_supervised_mean"] = round(float(np.mean(diffs)), 4)
+            res[f"{arm}_minus_supervised_ci"] = [round(ci.lo, 4), round(ci.hi, 4)]
+    return {"kvasir": {"0.1": res},
+            "recipe": {"kvasir": "the training core's 2D recipe (training_stability.py): U-Net cpu preset, 128 px, "
+                                 f"batch 8, Adam 2e-3 warm-up + cosine, at least {NEW_CORE_MIN_STEPS} steps, fp32; "
+                                 "semi run defaults (mean teacher weight 0.1, EMA 0.99, teacher_bn clean, ramp-up "
+                                 "over 30% of the epochs that run)",
+                       "pairing": "supervised arm = training_stability's recorded seeds (same recipe, labelled "
+                                  "subset and initialisation); paired CI = bootstrap over seeds",
+                       "seeds": list(seeds), "quick": quick, "work": str(work),
+                       "wall_seconds": round(time.perf_counter() - started, 1)}}
