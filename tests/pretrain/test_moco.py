@@ -170,3 +170,43 @@ def test_cli_pretrains_a_folder_into_a_run_that_init_loads_with_reported_keys(tm
     assert f"init from {out / 'checkpoints' / 'best'}" in printed and "loaded:" in printed and "nodes" in printed
     assert "skipped (shape differs" in printed
     assert main(["pretrain", method, "--data", str(tmp_path / "imgs"), "--size", "40", "--out", str(tmp_path / "b")]) == 2
+
+
+def _identification_nce(group: int, steps: int = 60) -> float:
+    """Pure MoCo (no restoration, m = 0) on identical query and key images of 64 smooth random pictures: the
+    NCE after ``steps`` Adam steps. With a working key branch it falls well below chance, ln(1 + K)."""
+    torch.manual_seed(0)
+    images = torch.nn.functional.avg_pool2d(torch.rand(64, 3, 64, 64), 4, 2, 1)
+    m = MoCo(create_model("unetpp", 2, 3, 1, features=[4, 8, 16]), dim=16, queue=32, momentum=0.0,
+             temperature=0.2, key_bn_group=group)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+    loss = ContrastiveRestorationLoss(1.0, 0.0)
+    order = torch.Generator().manual_seed(0)
+    m.train()
+    for _ in range(steps):
+        x = images[torch.randperm(64, generator=order)[:16]]
+        value = loss(m.forward_train(torch.cat([x, x], 1)), torch.zeros(16, 1, 32, 32))
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        m.momentum_update()
+        m.enqueue(m.last_keys)
+    return loss.last["nce"]
+
+
+def test_default_key_bn_learns_instance_discrimination_and_running_statistics_stay_at_chance() -> None:
+    """The cause of the 'MoCo collapse' of the first CPU runs: keys normalised with running statistics (eval
+    mode) are another function than their batch-normalised queries, so even identical views are not identified
+    (NCE stays at ln(1 + K)); ghost BN over shuffled key groups, the default, learns."""
+    chance = float(np.log(1 + 32))
+    assert MoCo(create_model("unetpp", 2, 3, 1, features=[4, 8, 16])).key_bn_group == 32  # paper per-GPU batch
+    assert ContrastiveConfig.cpu("caid", "kvasir").key_bn_group == 8
+    assert _identification_nce(8) < 0.75 * chance
+    assert _identification_nce(0) > 0.9 * chance
+
+
+def test_identification_accuracy_counts_ties_as_misses() -> None:
+    """A collapsed embedding gives equal logits; argmax would call every positive identified."""
+    loss = ContrastiveRestorationLoss(1.0, 0.0)
+    loss((torch.zeros(2, 1, 4, 4), torch.tensor([[5.0, 5.0, 5.0], [6.0, 5.0, 1.0]])), torch.zeros(2, 1, 4, 4))
+    assert loss.last["id_acc"] == 0.5

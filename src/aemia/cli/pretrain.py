@@ -156,8 +156,9 @@ _MOCO = dict(
     momentum=typer.Option(0.99, help="Key-encoder momentum m in [0, 1) (CPU preset 0.99; paper 0.999).",
                           callback=v.number(0, 1, hi_open=True)),
     temperature=typer.Option(0.2, help="InfoNCE temperature (paper 0.2).", callback=v.positive),
-    key_bn_group=typer.Option(0, help="Key-encoder batch norm (the shuffle-BN replacement): 0 = the query encoder's "
-                                      "running statistics; G = ghost BN over shuffled groups of G (1 collapses).",
+    key_bn_group=typer.Option(8, help="Key-encoder batch norm (the shuffle-BN replacement): batch statistics over "
+                                      "shuffled groups of G keys (CPU preset 8; 1, and 0 = the query's running "
+                                      "statistics, collapse to chance).",
                               callback=v.non_negative),
 )
 

@@ -18,18 +18,23 @@ Self-supervised Learning in Medical Imaging", MIDL 2022; both on MoCo-v2 (Chen e
 
 **Shuffle-BN, single process.** MoCo shuffles the key batch across GPUs so that a query and its key are
 never normalised with the same batch statistics (otherwise the pair can be matched through the statistics
-instead of the content). One process has no other GPU to shuffle to. Here the key encoder's batch norm uses
-**running statistics** (``key_bn_group = 0``, the default): the key encoder runs in eval mode with the query
-encoder's running means and variances, copied at every momentum update. A key then depends on its own image
-only, not on the batch or its order, so no statistics path joins a query to its key, and no sample's key
-changes when the batch does. ``key_bn_group = G ≥ 1`` instead normalises shuffled sub-batches of G samples
-with their own statistics (ghost BN); **G = 1 (per-sample statistics) collapses**: standardising each
-bottleneck channel over one image's positions, then ReLU and global averaging, leaves nearly the same vector
-for every image. Measured on Kvasir (4 epochs, 64 px): pairwise key cosine 0.99998, NCE stuck near ln(1 + K).
-The query branch keeps ordinary batch norm, as in MoCo.
+instead of the content). One process has no other GPU to shuffle to. Here the key encoder normalises
+**shuffled groups of** ``key_bn_group`` **keys with their own batch statistics** (ghost BN), while the query
+branch keeps ordinary batch norm over the whole batch, as in MoCo: a key's statistics come from a random subset
+that differs from its query's. Default G = 32, the paper's per-GPU batch (256 over 8 GPUs); CPU preset G = 8,
+half of its batch of 16.
 
-**Known problem (open):** on the CPU runs so far the instance discrimination collapses with any key BN, even
-without restoration (w_rec 0): NCE → ln(1 + K), keys one vector (docs/dira_caid.md). The cause is not found.
+**Why not running statistics (the earlier default, ``key_bn_group = 0``).** Keys normalised with the query
+encoder's running statistics (eval mode) while queries use batch statistics (train mode) come from a different
+function than their queries: at initialisation, with *identical* query and key images and ``m = 0``, a
+positive's cosine was 0.65–0.78 while the in-batch negatives' averaged 0.92. Training never closes that gap, so
+the instance discrimination stays at chance: NCE ≈ ln(1 + K) and every key the same vector, with or without
+restoration (Kvasir, 32 px, identical views, ``m = 0``: identification accuracy fell from 0.51 to 0.12, while
+batch-statistic keys reached 1.0 and NCE 1.8 in 6 epochs). That was the "MoCo collapse" of the first CPU runs.
+G = 1 (per-sample statistics) also collapses: standardising each bottleneck channel over one image's positions,
+then ReLU and global averaging, leaves nearly the same vector for every image (Kvasir, 64 px: key cosine
+0.99998). Both stay available for the record (tests pin the difference).
+The query branch keeps ordinary batch norm, as in MoCo.
 
 **CPU preset** (:meth:`ContrastiveConfig.cpu`): queue 256, batch 16 (METHODS §6.2's smallest version),
 m 0.99 (0.999 barely moves the key encoder in the few hundred steps a CPU run takes: 0.999^500 ≈ 0.61 of the
@@ -77,7 +82,7 @@ class ContrastiveConfig:
     queue: int = 65_536
     momentum: float = 0.999
     temperature: float = 0.2
-    key_bn_group: int = 0  # the single-process shuffle-BN replacement: 0 = running statistics, G = ghost BN over G
+    key_bn_group: int = 32  # shuffle-BN replacement: ghost BN over shuffled groups of G keys (0, 1: collapse)
     w_nce: float = 1.0
     w_rec: float = 10.0
     w_adv: float = 0.0  # DiRA: 0.001
@@ -103,8 +108,8 @@ class ContrastiveConfig:
         """The CPU preset of ``method`` (see the module docstring); ``overrides`` replace any field."""
         train = TrainConfig(epochs=epochs, batch_size=16, lr=1e-3, optimizer="adam", schedule="cosine", warmup=0.0,
                             ema=0.0, deep_supervision=False)
-        base = cls(data=data, method=method, size=size, queue=256, momentum=0.99, disc_width=16, train=train,
-                   **METHODS[method].weights)
+        base = cls(data=data, method=method, size=size, queue=256, momentum=0.99, disc_width=16, key_bn_group=8,
+                   train=train, **METHODS[method].weights)
         return replace(base, **overrides)
 
     def widths(self) -> list[int]:
@@ -144,9 +149,10 @@ class KeyEncoder(nn.Module):
 
 
 def grouped_embed(encoder: KeyEncoder, x: torch.Tensor, group: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Key embeddings (the single-process shuffle-BN): ``group`` 0 = batch norm with running statistics (eval
-    mode; each key depends on its own image only); ``group`` G ≥ 1 = batch statistics over sub-batches of G
-    samples of a random permutation (1 = each sample alone: collapses, see the module docstring)."""
+    """Key embeddings (the single-process shuffle-BN): ``group`` G ≥ 1 = batch statistics over sub-batches of G
+    samples of a random permutation (the default; 1 = each sample alone: collapses); 0 = batch norm with running
+    statistics (eval mode; each key depends on its own image only, but keys then come from another function than
+    their queries and the discrimination stays at chance; see the module docstring)."""
     n = x.shape[0]
     if group == 0:
         was = encoder.training
@@ -171,7 +177,7 @@ class MoCo(nn.Module):
     the batch's keys in ``last_keys`` for :meth:`enqueue`."""
 
     def __init__(self, backbone: nn.Module, dim: int = 128, queue: int = 65_536, momentum: float = 0.999,
-                 temperature: float = 0.2, key_bn_group: int = 0) -> None:
+                 temperature: float = 0.2, key_bn_group: int = 32) -> None:
         super().__init__()
         if backbone.spatial_dims != 2:
             raise InputError(None, "DiRA / CAiD pretraining is 2D")
@@ -239,7 +245,8 @@ class MoCo(nn.Module):
 
 class ContrastiveRestorationLoss(nn.Module):
     """``w_nce·InfoNCE + w_rec·MSE(sigmoid(restoration), target)``; the last batch's terms and the
-    instance-discrimination accuracy (positive logit largest) are kept for logging."""
+    instance-discrimination accuracy (positive logit strictly above every negative: a collapsed embedding, all
+    logits equal, scores 0, not 1 as ``argmax`` would give) are kept for logging."""
 
     def __init__(self, w_nce: float = 1.0, w_rec: float = 10.0) -> None:
         super().__init__()
@@ -253,7 +260,7 @@ class ContrastiveRestorationLoss(nn.Module):
         nce = F.cross_entropy(logits, labels)
         mse = F.mse_loss(torch.sigmoid(rec.float()), target.float())
         self.last = {"nce": float(nce.detach()), "mse": float(mse.detach()),
-                     "id_acc": float((logits.argmax(1) == 0).float().mean())}
+                     "id_acc": float((logits[:, :1] > logits[:, 1:]).all(1).float().mean())}  # ties are misses
         return self.w_nce * nce + self.w_rec * mse
 
 
