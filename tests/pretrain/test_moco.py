@@ -90,6 +90,35 @@ def test_key_bn_with_running_statistics_is_independent_of_batch_order_and_conten
     assert ghost.shape == keys.shape and torch.isfinite(ghost).all()
 
 
+@pytest.mark.parametrize(("n", "group", "sizes"), [
+    (8, 32, [4, 4]),  # a group never spans a batch of 4 or more: capped at B // 2
+    (16, 8, [8, 8]),  # the CPU preset
+    (9, 4, [4, 5]),  # a trailing one-sample group would collapse: it joins the previous group
+    (10, 4, [4, 4, 2]),
+    (3, 2, [3]),  # too small to split without a one-sample group
+    (4, 1, [1, 1, 1, 1]),  # G = 1 asked for explicitly stays per-sample
+])
+def test_key_groups_split_the_batch_without_whole_batch_or_single_sample_groups(n: int, group: int,
+                                                                                   sizes: list[int]) -> None:
+    m = _moco(group=group)
+    seen: list[int] = []
+    embed = m.key_encoder.embed
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(int(x.shape[0]))
+        return embed(x)
+
+    m.key_encoder.embed = spy  # type: ignore[method-assign]
+    x = torch.rand(n, 3, 16, 16)
+    keys = grouped_embed(m.key_encoder, x, group, torch.Generator().manual_seed(1))
+    assert seen == sizes and keys.shape[0] == n
+    # every key is its own image's: the permutation is undone
+    g = torch.Generator().manual_seed(1)
+    order = torch.randperm(n, generator=g) if group > 1 and sizes != [n] else torch.arange(n)
+    first = order[:sizes[0]]
+    torch.testing.assert_close(keys[first], embed(x[first]), rtol=1e-5, atol=1e-6)
+
+
 def test_adversary_trains_only_the_right_parameters() -> None:
     m = _moco()
     hook = AdversarialHook(weight=1.0, width=4)

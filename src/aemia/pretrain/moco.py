@@ -152,7 +152,12 @@ def grouped_embed(encoder: KeyEncoder, x: torch.Tensor, group: int, generator: t
     """Key embeddings (the single-process shuffle-BN): ``group`` G ≥ 1 = batch statistics over sub-batches of G
     samples of a random permutation (the default; 1 = each sample alone: collapses); 0 = batch norm with running
     statistics (eval mode; each key depends on its own image only, but keys then come from another function than
-    their queries and the discrimination stays at chance; see the module docstring)."""
+    their queries and the discrimination stays at chance; see the module docstring).
+
+    A group never spans the whole batch of 4 or more samples: ``G`` is capped at ``B // 2``, so every key is
+    normalised over a random half (or less) of the batch while its query sees all of it, as shuffle-BN intends.
+    Batches of 2 or 3 cannot be split without a one-sample group (which collapses) and use the whole batch; a
+    trailing one-sample group (e.g. B = 9, G = 4) joins the group before it."""
     n = x.shape[0]
     if group == 0:
         was = encoder.training
@@ -161,10 +166,16 @@ def grouped_embed(encoder: KeyEncoder, x: torch.Tensor, group: int, generator: t
             return encoder.embed(x)
         finally:
             encoder.train(was)
+    if n >= 4:
+        group = min(group, n // 2)
     if group >= n:
         return encoder.embed(x)
     order = torch.randperm(n, generator=generator) if group > 1 else torch.arange(n)
-    out = torch.cat([encoder.embed(x[order[i:i + group]]) for i in range(0, n, group)])
+    starts = list(range(0, n, group))
+    if group > 1 and n - starts[-1] == 1:
+        starts.pop()  # a trailing one-sample group would collapse its key: it joins the previous group
+    ends = starts[1:] + [n]
+    out = torch.cat([encoder.embed(x[order[a:b]]) for a, b in zip(starts, ends)])
     return out[torch.argsort(order)]
 
 
