@@ -78,20 +78,23 @@ def part_kvasir(args: argparse.Namespace, out: dict[str, Any]) -> None:
         for seed in args.seeds:
             epochs = _epochs("kvasir", fraction, 8, args)
             cfg = RunConfig(dataset="kvasir", model=args.model, preset="cpu", label_fraction=fraction, size=args.size,
-                            subset_seed=args.subset_seed,
+                            subset_seed=args.subset_seed, init=args.init,
                             train=TrainConfig(epochs=args.epochs, min_steps=args.min_steps, batch_size=8, lr=args.lr,
                                               amp=args.amp, seed=seed, channels_last=args.amp != "none"))
             sub = "" if args.subset_seed is None else f"_sub{args.subset_seed}"
             steps = "" if args.min_steps == 600 else f"_{args.min_steps}st"
-            metrics, run_dir = _train(f"kvasir_{args.model}_{fraction}_s{seed}{sub}{steps}_{args.amp}", cfg, args.work)
+            start = "" if args.init is None else f"_init-{Path(args.init).name}"
+            metrics, run_dir = _train(f"kvasir_{args.model}_{fraction}_s{seed}{sub}{steps}{start}_{args.amp}", cfg,
+                                      args.work)
             dice = metrics["segmentation"]["polyp"]["dice"]
             rows.append({"seed": seed, "dice": dice["mean"], "ci": dice["ci"], "epochs": epochs,
                          "steps": epochs * math.ceil(math.ceil(fraction * N_TRAIN["kvasir"]) / 8),
                          "best_epoch": metrics["run"]["best_epoch"], "train_seconds": metrics["run"]["train_seconds"]})
             key = (str(fraction) if args.subset_seed is None else f"{fraction}_fixed_subset{args.subset_seed}") + \
-                ("" if args.min_steps == 3000 else f"_{args.min_steps}_steps")
+                ("" if args.min_steps == 3000 else f"_{args.min_steps}_steps") + \
+                ("" if args.init is None else f"_init_{Path(args.init).name}")
             res[key] = {**_summary([r["dice"] for r in rows], "dice"), "runs": rows, "model": args.model,
-                        "amp": args.amp, "labelled_subset": "seed of each run" if args.subset_seed is None
+                        "amp": args.amp, "init": args.init or "scratch", "labelled_subset": "seed of each run" if args.subset_seed is None
                         else f"fixed (seed {args.subset_seed}): seeds vary initialisation, order and augmentation only"}
             _write(args, out)
 
@@ -254,6 +257,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--model", default="unetpp")
     ap.add_argument("--subset-seed", type=int, default=None, help="kvasir: fix the labelled subset (default: each seed's own)")
+    ap.add_argument("--init", default=None,
+                    help="kvasir: start from these weights (a run folder or a shipped model, e.g. universal2d-no-kvasir)")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--min-steps", type=int, default=3000,
                     help="at least this many optimiser steps per run (the recipe of aemia train; 600 before 2026-12-03)")
