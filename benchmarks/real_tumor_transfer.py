@@ -654,8 +654,8 @@ def diagnose(out: Path, argv: list[str]) -> dict[str, Any]:
         "predicted_liver_recall": round(float((organ & ref).sum() / ref.sum()), 4),
         "mean_hu_expert_liver": round(float(hu[truth == 1].mean()), 1),
         "mean_hu_expert_tumour": round(float(hu[truth == 2].mean()), 1),
-        "false_positive_voxels_outside_expert_liver": round(
-            float(sum(r["outside_expert_liver"] * r["volume_ml"] for r in fps) / max(1e-9, sum(r["volume_ml"] for r in fps))), 3),
+        "false_positive_voxels_outside_expert_liver": round(float(
+            sum(r["outside_expert_liver"] * r["volume_ml"] for r in fps) / max(1e-9, sum(r["volume_ml"] for r in fps))), 3),
         "fragments_below_0.1_ml": fragments,
         "model": "src/aemia/shipped/liver-tumor (full-s0)",
         "command": "python benchmarks/real_tumor_transfer.py " + " ".join(argv),
