@@ -95,7 +95,8 @@ def part_kvasir(args: argparse.Namespace, out: dict[str, Any]) -> None:
                 ("" if args.init is None else f"_init_{Path(args.init).name}")
             res[key] = {**_summary([r["dice"] for r in rows], "dice"), "runs": rows, "model": args.model,
                         "amp": args.amp, "init": args.init or "scratch",
-                        "labelled_subset": "seed of each run" if args.subset_seed is None else f"fixed (seed {args.subset_seed}): seeds vary initialisation, order and augmentation only"}
+                        "labelled_subset": "seed of each run" if args.subset_seed is None else
+                        f"fixed (seed {args.subset_seed}): seeds vary initialisation, order and augmentation only"}
             _write(args, out)
 
 
