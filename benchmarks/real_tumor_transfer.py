@@ -679,7 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=f"examples:\n{example} --stage train --runs full-s0,loo-chaos_ct_sample\n"
-                                        f"{example} --stage eval --ship")
+                                        f"{example} --stage eval --ship\n"
+                                        f"{example} --stage diagnose")
     ap.add_argument("--stage", choices=("train", "predict", "eval", "all", "diagnose"), default="all",
                     help="predict: cache one run's predictions (parallel-friendly); eval: score all finished runs; "
                          "diagnose: where the shipped model's tumour components on ircad_17 lie (explains, never tunes)")
