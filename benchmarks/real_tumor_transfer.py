@@ -618,6 +618,9 @@ def diagnose(out: Path, argv: list[str]) -> dict[str, Any]:
     from aemia.utils.io import write_json_atomic
 
     case = data_root() / "liver_ct_real" / "ircad_17"
+    missing = [f for f in ("ct.nii.gz", "label.nii.gz") if not (case / f).is_file()]
+    if missing:
+        raise SystemExit(f"{case}: {', '.join(missing)} not found (the real-tumour test case; see its SOURCE.md)")
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "aemia.cli.main", "predict", "--pretrained", "liver-tumor",
                "--input", str(case / "ct.nii.gz"), "--out", tmp]
