@@ -384,6 +384,7 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from aemia.evaluate.froc import froc
     from aemia.evaluate.metrics import dice
     from aemia.infer.lesions import postprocess_liver_tumor, threshold_tumor
+    from aemia.runs import RunFolder
     from aemia.utils.io import write_json_atomic
 
     done = [r for r in ALL_RUNS if (WORK / r / "trained.txt").exists()]
@@ -409,9 +410,10 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     per_run_argmax = {r: {k: v for k, v in ircad_summary(results[r]["ircad"], chosen, None).items() if k != "_labels"}
                       for r in done}
     main_run = "full-s0" if "full-s0" in per_run else done[0]
+    trained = RunFolder(WORK / main_run).config()
     ircad = {"model": main_run, **{k: v for k, v in per_run[main_run].items() if k != "_labels"}}
     fig = overlay_figure(results[main_run]["ircad"]["hu"], results[main_run]["ircad"]["truth"],
-                         per_run[main_run]["_labels"], ROOT / "docs" / "figures" / "liver_tumor_ircad17.png",
+                         per_run[main_run]["_labels"], args.figure,
                          f"3D-IRCADb-01 patient 17 (real tumours, never trained on), model {main_run}: liver Dice "
                          f"{ircad['liver_dice']:.3f}, tumour Dice {ircad['tumor_dice']:.3f}")
     pooled = froc([score(*it["raw"], it["truth"], it["spacing"], chosen, threshold)["candidates"]  # before the cut
@@ -455,12 +457,15 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "setup": {"data": "train: chaos_ct_sample (expert liver), ts_example_ct + ts_example_ct_dicom "
                           "(TotalSegmentator liver pseudo-labels); test: ircad_17 (never trained on)",
                   "tumour_annotations_used": 0, "model": "3D U-Net, cpu preset (16,16,32,64,128)",
-                  "spacing_mm": args.spacing, "patch": args.patch, "epochs": args.epochs,
+                  # the recipe as the main run was trained (its config), not this command's flags
+                  "spacing_mm": (f"{trained.spacing[0]:g}" if len(set(trained.spacing)) == 1
+                                 else ",".join(f"{v:g}" for v in trained.spacing)),
+                  "patch": ",".join(str(v) for v in trained.patch), "epochs": args.epochs,
                   "min_steps": args.min_steps, "loss": args.loss, "augment": args.augment,
                   "patches_per_epoch": args.patches_per_epoch, "amp": args.amp,
                   "inference_amp": args.infer_amp,
                   "synthetic_versions_per_held_out_case": args.variants, "tumours_per_size_bin": args.per_bin,
-                  "figure": str(fig.relative_to(ROOT))},
+                  "figure": str(fig.resolve().relative_to(ROOT)) if fig.resolve().is_relative_to(ROOT) else str(fig)},
         "command": " ".join(shlex.quote(a) for a in [sys.executable, "benchmarks/real_tumor_transfer.py", *argv]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
@@ -542,9 +547,9 @@ maximum and `confidence_mean` = mean tumour probability over the lesion).
   steps of batch 2 ({st['patches_per_epoch']} patches of {st['patch']} voxels per epoch, epochs raised to reach the
   step count) at {st['spacing_mm']} mm, AdamW 1e-3, warm-up + cosine, EMA 0.99, `--amp {st['amp']}`;
   {r['train_minutes'].get('full-s0')} min single-threaded on a 2-core machine.
-- Preprocessing: canonical RAS orientation, resampling to 2 mm isotropic (a CPU compromise: the paper uses 1 mm),
-  HU window [-21, 189] -> [0, 1]; sliding window with Gaussian blending (overlap 0.5); probabilities resampled to
-  the input grid.
+- Preprocessing: canonical RAS orientation, resampling to {st['spacing_mm']} mm isotropic (a CPU compromise: the
+  paper uses 1 mm), HU window [-21, 189] -> [0, 1]; sliding window with Gaussian blending (overlap 0.5);
+  probabilities resampled to the input grid.
 - Decision rule: the argmax, with every voxel whose tumour probability reaches {_thr(r['postprocess'])} called
   tumour; then the largest connected liver component (liver + tumour voxels) is kept, tumour voxels outside it
   are removed, tumour components smaller than {r['postprocess']['min_tumor_mm3']:g} mm^3 become liver
@@ -587,8 +592,8 @@ Issue-17 targets on ircad_17: {", ".join(f"{TARGET_WORDS.get(k, k)} {'met' if v 
 
 For comparison, the paper reports DSC 59.8 on real LiTS tumours, trained on dozens of healthy livers at 1 mm
 on GPUs for thousands of epochs; this model saw three healthy livers (two of them the same TotalSegmentator CT in
-two formats; one expert mask) at 2 mm for about {st.get('min_steps', 0)} steps on a CPU. {_verdict(r)} Figures
-come from one real-tumour case and are not a clinical validation.
+two formats; one expert mask) at {st['spacing_mm']} mm for about {st.get('min_steps', 0)} steps on a CPU.
+{_verdict(r)} Figures come from one real-tumour case and are not a clinical validation.
 
 ## Licence and use
 Research use. The weights derive from CC BY-SA 4.0 (CHAOS) and CC BY 4.0 / Apache-2.0 (TotalSegmentator) data;
@@ -706,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="inference precision of the benchmark's predictions (the CLI default is none)")
     ap.add_argument("--note", default="", help="a note recorded in the JSON (e.g. how a run was resumed)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "real_tumor_transfer.json")
+    ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "liver_tumor_ircad17.png",
+                    help="the ircad_17 overlay figure of the eval stage (give another path for a variant recipe)")
     args = ap.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     WORK = args.work

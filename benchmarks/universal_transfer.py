@@ -204,9 +204,8 @@ def write(args: argparse.Namespace, universal_note: str | None) -> None:
                       "per-case Dice; minus_scratch: paired per seed, bootstrap of per-case differences"},
            "targets": {"universal_minus_scratch_at_0.1": 0.03}}
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    for key in ("notes", "pretraining"):
-        if key in previous:
-            out[key] = previous[key]
+    for key, value in previous.items():  # what other commands recorded (notes, transfer_new_core, ...) stays
+        out.setdefault(key, value)
     if universal_note:
         out.setdefault("notes", {})["universal"] = universal_note
     pre = {}
@@ -217,6 +216,52 @@ def write(args: argparse.Namespace, universal_note: str | None) -> None:
     if pre:
         out["pretraining"] = pre
     write_json_atomic(args.out, out)
+
+
+def diagnose_new_core(args: argparse.Namespace) -> dict[str, Any]:
+    """Why the universal start loses at the new core's recipe (``transfer_new_core``): for the random
+    initialisation, the universal start and every finished Kvasir-10% U-Net run of ``training_stability.py`` in
+    ``--stability-work`` (universal starts and scratch), the effective rank of each encoder level on 32 Kvasir
+    validation images (:mod:`aemia.pretrain.diagnostics`, as ``ssl_label_efficiency.py`` does for Genesis), the
+    first and best validation Dice and the last epoch's training loss. Merged into the JSON's
+    ``transfer_new_core["diagnosis"]``."""
+    import torch
+
+    from aemia.data.catalog import get_dataset
+    from aemia.nets import create_model, load_weights
+    from aemia.pretrain.diagnostics import encoder_feature_ranks
+    from aemia.runs import PRESETS
+    from aemia.runs.init import init_weights
+
+    x = get_dataset("kvasir").arrays("val", 128)[0][:32]
+
+    def unet() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return create_model("unet", 2, 3, 2, features=PRESETS["cpu"])
+
+    start = unet()
+    init_weights(start, args.universal, say=lambda _s: None)
+    ranks = {"random_init": encoder_feature_ranks(unet(), x), "universal_start": encoder_feature_ranks(start, x)}
+    runs: dict[str, dict[str, Any]] = {}
+    for run in sorted(args.stability_work.glob("kvasir_unet_0.1_s*_3000st*")):
+        if not (run / "metrics.json").exists():
+            continue
+        m = unet()
+        load_weights(m, run / "checkpoints" / "best", strict=True)
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        val = [(e["epoch"], round(e["val_dice"], 3)) for e in log if "val_dice" in e]
+        runs[run.name] = {"start": "universal" if "_init-" in run.name else "scratch",
+                          "effective_rank": encoder_feature_ranks(m, x),
+                          "final_train_loss": round(log[-1]["train_loss"], 3),
+                          "first_val_dice": val[0], "best_val_dice": max(val, key=lambda v: v[1])}
+    if not runs:
+        raise SystemExit(f"{args.stability_work}: no finished kvasir_unet_0.1_s*_3000st* run (training_stability.py)")
+    data = json.loads(args.out.read_text()) if args.out.exists() else {}
+    diagnosis = {"effective_rank": ranks, "fine_tuned": runs, "images": "32 Kvasir validation images at 128 px",
+                 **provenance()}
+    data.setdefault("transfer_new_core", {})["diagnosis"] = diagnosis
+    write_json_atomic(args.out, data)
+    return diagnosis
 
 
 def main() -> None:
@@ -235,7 +280,17 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true", help="only rewrite the JSON from finished runs")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "universal_transfer")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "universal_transfer.json")
+    ap.add_argument("--diagnose-new-core", action="store_true",
+                    help="only add transfer_new_core['diagnosis'] (feature ranks, losses) from --stability-work")
+    ap.add_argument("--stability-work", type=Path, default=ROOT / "benchmarks" / "work" / "training_stability",
+                    help="training_stability.py's work folder (its Kvasir 10%% U-Net runs)")
     args = ap.parse_args()
+    if args.diagnose_new_core:
+        import torch
+
+        torch.set_num_threads(1)
+        print(json.dumps(diagnose_new_core(args)["effective_rank"], indent=1))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     starts = [s for s in args.starts.split(",") if s]
     unknown = set(starts) - set(STARTS)
