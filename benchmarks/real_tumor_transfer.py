@@ -12,7 +12,10 @@ Runs (each resumable; ``benchmarks/work/real_tumor_transfer/<run>``):
 * ``loo-<case>`` leave-one-case-out runs, one per training case, with seeds 0, 1, 2: each is scored on its held-out
   case's real liver mask (liver Dice) and on synthetic validation tumours in that held-out healthy liver
   (tumour Dice, sensitivity by size, false positives per case, FROC). They are the recipe's three seeds; their
-  spread mixes seed and held-out case, and the JSON says so.
+  spread mixes seed and held-out case, and the JSON says so;
+* ``loo-<case>-s<k>`` (opt-in through ``--runs``): the same held-out case with another seed. With them the eval
+  stage reports ``synthetic_validation_same_liver``: the seeds' synthetic-validation figures on one liver and
+  whether their CIs agree (issue 17's reproducibility check, without the held-out case changing).
 
 Every run is also applied to ``ircad_17``: liver Dice, tumour Dice, each real tumour (diameter, detected,
 confidence), false positives, FROC. The tumour volume threshold of the post-processing
@@ -39,13 +42,78 @@ ALL_RUNS = (*FULL_RUNS, *(f"loo-{c}" for c in TRAIN_CASES))
 
 
 def run_spec(name: str) -> tuple[int, str | None]:
-    """(seed, held-out case or None) of a run name."""
+    """(seed, held-out case or None) of a run name: ``full-s<k>``, ``loo-<case>`` (seed = the case's index in
+    :data:`TRAIN_CASES`) or ``loo-<case>-s<k>`` (that held-out case with seed k: the same-liver seed runs)."""
     if name in FULL_RUNS:
         return int(name.removeprefix("full-s")), None
+    case, _, seed = name.removeprefix("loo-").rpartition("-s")
+    if case in TRAIN_CASES and seed.isdigit():
+        return int(seed), case
     case = name.removeprefix("loo-")
     if case not in TRAIN_CASES:
-        raise SystemExit(f"unknown run {name!r}; runs: {', '.join(ALL_RUNS)}")
+        raise SystemExit(f"unknown run {name!r}; runs: {', '.join(ALL_RUNS)} or loo-<case>-s<seed>")
     return TRAIN_CASES.index(case), case
+
+
+def same_liver_runs() -> dict[str, list[str]]:
+    """{held-out case: finished runs holding it out} for every case with a finished ``loo-<case>-s<k>`` run:
+    the recipe's seeds on one held-out liver, so their synthetic-validation figures can be compared."""
+    out: dict[str, list[str]] = {}
+    for case in TRAIN_CASES:
+        extra = sorted(p.name for p in WORK.glob(f"loo-{case}-s*") if (p / "trained.txt").exists())
+        if extra:
+            base = [f"loo-{case}"] if (WORK / f"loo-{case}" / "trained.txt").exists() else []
+            out[case] = sorted(base + extra, key=lambda r: run_spec(r)[0])
+    return out
+
+
+def same_liver_summary(args: argparse.Namespace, threshold: float | None, min_mm3: float, min_confidence: float,
+                       results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Synthetic validation of the recipe's seeds on one held-out liver (:func:`same_liver_runs`) under a fixed
+    decision rule, and whether their 95% CIs agree pairwise; {} when no ``loo-<case>-s<k>`` run has finished."""
+    out: dict[str, Any] = {}
+    for case, names in same_liver_runs().items():
+        rows = []
+        for r in names:
+            res = (results or {}).get(r) or evaluate_run(r, args.variants, args.per_bin)
+            summary = synthetic_summary(res["synthetic"], min_mm3, threshold, min_confidence)
+            rows.append({"run": r, "seed": res["seed"], **{k: v for k, v in summary.items() if k != "froc"}})
+        out[case] = {
+            "seeds": rows,
+            "agree_within_ci": {k: _cis_overlap([x[f"{k}_ci"] for x in rows])
+                                for k in ("tumor_dice", "sensitivity", "fp_per_case")},
+            "spread": {k: _spread([x[k] for x in rows]) for k in ("tumor_dice", "sensitivity", "fp_per_case")}}
+    if out:
+        out["rule"] = {"tumor_threshold": threshold, "min_tumor_mm3": min_mm3, "min_confidence": min_confidence}
+        out["note"] = ("the recipe's seeds with the same held-out liver (loo-<case> and loo-<case>-s<k>), scored with "
+                       "one fixed decision rule (never chosen on these runs); agree_within_ci: every pair of seeds' "
+                       "95% CIs overlaps")
+    return out
+
+
+def seeds_stage(out: Path, argv: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """``--stage seeds``: :func:`same_liver_summary` under the shipped model's decision rule (its config's
+    ``postprocess``), merged into ``out`` as ``synthetic_validation_same_liver`` with command and date."""
+    from datetime import datetime, timezone
+
+    from aemia.utils.io import write_json_atomic
+
+    if not same_liver_runs():
+        raise SystemExit(f"{WORK}: no finished loo-<case>-s<seed> run; train some first, e.g. "
+                         "--stage train --runs loo-chaos_ct_sample-s0,loo-chaos_ct_sample-s2")
+    pp = json.loads((args.ship_dir / "config.json").read_text())["postprocess"]
+    result = same_liver_summary(args, pp["tumor_threshold"], pp["min_tumor_mm3"], pp.get("min_confidence", 0.0))
+    result["command"] = "python benchmarks/real_tumor_transfer.py " + " ".join(argv)
+    result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    data["synthetic_validation_same_liver"] = result
+    write_json_atomic(out, data)
+    return result
+
+
+def _cis_overlap(cis: list[list[float]]) -> bool:
+    """True when every pair of intervals overlaps (the figures agree within their CIs)."""
+    return all(a[0] <= b[1] and b[0] <= a[1] for i, a in enumerate(cis) for b in cis[i + 1:])
 
 
 def make_config(args: argparse.Namespace, seed: int, n_cases: int) -> Any:
@@ -405,6 +473,7 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         liver_loo_raw[res["held_out"]] = round(dice(h["raw"][0] > 0, h["truth"] > 0), 4)
     seeds = [{"run": res["run"], "seed": res["seed"], "held_out": res["held_out"],
               **synthetic_summary(res["synthetic"], chosen, threshold, min_conf)} for res in loo]
+    same_liver = same_liver_summary(args, threshold, chosen, min_conf, results)
     per_run = {r: ircad_summary(results[r]["ircad"], chosen, threshold, min_conf) for r in done}
     # the same runs under the plain argmax (no tumour threshold, no confidence cut), to show what the rule changes
     per_run_argmax = {r: {k: v for k, v in ircad_summary(results[r]["ircad"], chosen, None).items() if k != "_labels"}
@@ -431,6 +500,7 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "note": "each seed is a leave-one-case-out run (seed k holds out TRAIN_CASES[k]), so the spread mixes "
                     "the seed and the held-out liver; synthetic validation tumours are made in that held-out "
                     "healthy liver at its own resolution"},
+        "synthetic_validation_same_liver": same_liver,
         "ircad_17_per_run": {r: {k: v for k, v in d.items() if k != "_labels"} for r, d in per_run.items()},
         "ircad_17_spread": {k: _spread([d[k] for d in per_run.values()]) for k in ("liver_dice", "tumor_dice")},
         "ircad_17_shipped_recipe_seeds": {
@@ -688,11 +758,15 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=f"examples:\n{example} --stage train --runs full-s0,loo-chaos_ct_sample\n"
                                         f"{example} --stage eval --ship\n"
-                                        f"{example} --stage diagnose")
-    ap.add_argument("--stage", choices=("train", "predict", "eval", "all", "diagnose"), default="all",
+                                        f"{example} --stage diagnose\n"
+                                        f"{example} --stage train --runs loo-chaos_ct_sample-s0,loo-chaos_ct_sample-s2\n"
+                                        f"{example} --stage seeds   # the seeds on one held-out liver, shipped rule")
+    ap.add_argument("--stage", choices=("train", "predict", "eval", "all", "diagnose", "seeds"), default="all",
                     help="predict: cache one run's predictions (parallel-friendly); eval: score all finished runs; "
-                         "diagnose: where the shipped model's tumour components on ircad_17 lie (explains, never tunes)")
-    ap.add_argument("--runs", default=",".join(ALL_RUNS), help="comma-separated: " + ", ".join(ALL_RUNS))
+                         "diagnose: where the shipped model's tumour components on ircad_17 lie (explains, never tunes); "
+                         "seeds: the loo-<case>-s<k> runs' synthetic validation under the shipped rule")
+    ap.add_argument("--runs", default=",".join(ALL_RUNS),
+                    help="comma-separated: " + ", ".join(ALL_RUNS) + ", or loo-<case>-s<seed>")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--patches-per-epoch", type=int, default=48)
     ap.add_argument("--patch", default="64,64,48")
@@ -723,6 +797,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = [r for r in args.runs.split(",") if r]
     if args.stage == "diagnose":
         print(json.dumps(diagnose(args.out, argv), indent=1))
+        return 0
+    if args.stage == "seeds":
+        res = seeds_stage(args.out, argv, args)
+        print(json.dumps({c: v["agree_within_ci"] for c, v in res.items() if isinstance(v, dict) and "seeds" in v},
+                         indent=1))
         return 0
     if args.stage in ("train", "all"):
         for name in runs:
