@@ -708,6 +708,9 @@ def diagnose(out: Path, argv: list[str]) -> dict[str, Any]:
     truth = np.asarray(nib.load(case / "label.nii.gz").dataobj)
     voxel_ml = float(np.prod(ct.header.get_zooms()[:3])) / 1000.0
     comps, n = ndimage.label(pred == 2)
+    # how deep inside the predicted liver each component lies (mm to its surface): a leak at the liver's edge or a
+    # lesion inside the organ
+    depth = ndimage.distance_transform_edt(pred > 0, sampling=[float(z) for z in ct.header.get_zooms()[:3]])
     table, fragments = [], 0
     for i in range(1, n + 1):
         m = comps == i
@@ -722,6 +725,8 @@ def diagnose(out: Path, argv: list[str]) -> dict[str, Any]:
                       "expert_liver": round(float((truth[m] == 1).mean()), 3),
                       "outside_expert_liver": round(float((truth[m] == 0).mean()), 3),
                       "mean_hu": round(float(hu[m].mean()), 1),
+                      "mean_depth_in_predicted_liver_mm": round(float(depth[m].mean()), 1),
+                      "max_depth_in_predicted_liver_mm": round(float(depth[m].max()), 1),
                       "true_positive": bool((truth[m] == 2).any())})
     table.sort(key=lambda r: -r["volume_ml"])
     organ, ref = pred > 0, truth > 0
