@@ -70,14 +70,25 @@ def same_liver_runs() -> dict[str, list[str]]:
 def same_liver_summary(args: argparse.Namespace, threshold: float | None, min_mm3: float, min_confidence: float,
                        results: dict[str, Any] | None = None) -> dict[str, Any]:
     """Synthetic validation of the recipe's seeds on one held-out liver (:func:`same_liver_runs`) under a fixed
-    decision rule, and whether their 95% CIs agree pairwise; {} when no ``loo-<case>-s<k>`` run has finished."""
+    decision rule, and whether their 95% CIs agree pairwise, with each seed's held-out liver Dice and ``ircad_17``
+    figures; {} when no ``loo-<case>-s<k>`` run has finished."""
+    from aemia.evaluate.metrics import dice
+    from aemia.infer.lesions import postprocess_liver_tumor, threshold_tumor
+
     out: dict[str, Any] = {}
     for case, names in same_liver_runs().items():
         rows = []
         for r in names:
             res = (results or {}).get(r) or evaluate_run(r, args.variants, args.per_bin)
             summary = synthetic_summary(res["synthetic"], min_mm3, threshold, min_confidence)
-            rows.append({"run": r, "seed": res["seed"], **{k: v for k, v in summary.items() if k != "froc"}})
+            h = res["held_out_case"]
+            liver = postprocess_liver_tumor(threshold_tumor(*h["raw"], threshold), h["spacing"], min_mm3) > 0
+            ircad = ircad_summary(res["ircad"], min_mm3, threshold, min_confidence)
+            rows.append({"run": r, "seed": res["seed"], **{k: v for k, v in summary.items() if k != "froc"},
+                         "held_out_liver_dice": round(dice(liver, h["truth"] > 0), 4),
+                         "ircad_17": {k: v for k, v in ircad.items() if k in ("liver_dice", "tumor_dice",
+                                                                                "false_positives")}
+                         | {"both_tumours_detected": all(x["detected"] for x in ircad["lesions"])}})
         out[case] = {
             "seeds": rows,
             "agree_within_ci": {k: _cis_overlap([x[f"{k}_ci"] for x in rows])
@@ -106,6 +117,14 @@ def seeds_stage(out: Path, argv: list[str], args: argparse.Namespace) -> dict[st
     result["command"] = "python benchmarks/real_tumor_transfer.py " + " ".join(argv)
     result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = json.loads(out.read_text()) if out.is_file() else {}
+    # a run that the eval stage recorded earlier and that was trained again here: does it reproduce?
+    recorded = {s["run"]: s for s in data.get("synthetic_validation", {}).get("seeds", [])}
+    rerun = {row["run"]: {k: {"recorded": recorded[row["run"]][k], "now": row[k]}
+                          for k in ("tumor_dice", "sensitivity", "fp_per_case")}
+             for case, v in result.items() if isinstance(v, dict) and "seeds" in v
+             for row in v["seeds"] if row["run"] in recorded}
+    if rerun:
+        result["rerun_of_recorded_runs"] = rerun
     data["synthetic_validation_same_liver"] = result
     write_json_atomic(out, data)
     return result
