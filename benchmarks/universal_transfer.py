@@ -250,7 +250,8 @@ def diagnose_new_core(args: argparse.Namespace) -> dict[str, Any]:
         load_weights(m, run / "checkpoints" / "best", strict=True)
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         val = [(e["epoch"], round(e["val_dice"], 3)) for e in log if "val_dice" in e]
-        runs[run.name] = {"start": "universal" if "_init-" in run.name else "scratch",
+        start = run.name.split("_init-", 1)[1].rsplit("_", 1)[0] if "_init-" in run.name else "scratch"
+        runs[run.name] = {"start": start,
                           "effective_rank": encoder_feature_ranks(m, x),
                           "final_train_loss": round(log[-1]["train_loss"], 3),
                           "first_val_dice": val[0], "best_val_dice": max(val, key=lambda v: v[1])}
@@ -262,6 +263,30 @@ def diagnose_new_core(args: argparse.Namespace) -> dict[str, Any]:
     data.setdefault("transfer_new_core", {})["diagnosis"] = diagnosis
     write_json_atomic(args.out, data)
     return diagnosis
+
+
+def reinit_start(args: argparse.Namespace) -> Path:
+    """A copy of the universal start without the tensors under ``--reinit-start`` (e.g. ``encoder.4``, the
+    deepest encoder level), written to ``<--work>/<name>-reinit-<module>/``: fine-tuned with
+    ``training_stability.py --init <that folder>``, those layers start from the seeded random initialisation and
+    everything else from the universal model. Tests the diagnosis that the narrow deepest level is what costs."""
+    from safetensors.torch import load_file, save_file
+
+    src = universal_init(args.universal)
+    if src is None:
+        raise SystemExit(f"{args.universal!r}: universal start not found")
+    folder = Path(src).parent if Path(src).is_file() else Path(src)
+    tensors = load_file(str(folder / "model.safetensors"))
+    prefixes = tuple(f"{p}{m}." for m in args.reinit_start.split(",") for p in ("", "backbone."))
+    kept = {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
+    if len(kept) == len(tensors):
+        raise SystemExit(f"{folder}: no tensor under {args.reinit_start!r}")
+    dest = args.work / f"{folder.name}-reinit-{args.reinit_start.replace(',', '+')}"
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file(kept, str(dest / "model.safetensors"))
+    (dest / "config.json").write_text((folder / "config.json").read_text())
+    print(f"{dest}: {len(tensors) - len(kept)} of {len(tensors)} tensors left out ({args.reinit_start})")
+    return dest
 
 
 def main() -> None:
@@ -284,7 +309,14 @@ def main() -> None:
                     help="only add transfer_new_core['diagnosis'] (feature ranks, losses) from --stability-work")
     ap.add_argument("--stability-work", type=Path, default=ROOT / "benchmarks" / "work" / "training_stability",
                     help="training_stability.py's work folder (its Kvasir 10%% U-Net runs)")
+    ap.add_argument("--reinit-start", default=None, metavar="MODULES",
+                    help="only write a copy of the universal start without these modules (comma-separated, e.g. "
+                         "encoder.4) for training_stability.py --init")
     args = ap.parse_args()
+    if args.reinit_start:
+        args.work.mkdir(parents=True, exist_ok=True)
+        reinit_start(args)
+        return
     if args.diagnose_new_core:
         import torch
 
