@@ -28,6 +28,8 @@ several workers with different ``--starts`` / ``--seeds`` can share one work fol
     OMP_NUM_THREADS=1 nohup python benchmarks/universal_transfer.py --fractions 0.1 --starts scratch,genesis \\
         --seeds 0,1,2,3,4 > benchmarks/work/universal_transfer/a.log 2>&1 &
     python benchmarks/universal_transfer.py --collect-only     # rewrite the JSON from the finished runs
+    python benchmarks/universal_transfer.py --diagnose-new-core   # feature ranks of the 3000-step fine-tunes
+    python benchmarks/universal_transfer.py --reinit-start encoder.4   # the start without its deepest level
 """
 
 from __future__ import annotations
@@ -250,8 +252,8 @@ def diagnose_new_core(args: argparse.Namespace) -> dict[str, Any]:
         load_weights(m, run / "checkpoints" / "best", strict=True)
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         val = [(e["epoch"], round(e["val_dice"], 3)) for e in log if "val_dice" in e]
-        start = run.name.split("_init-", 1)[1].rsplit("_", 1)[0] if "_init-" in run.name else "scratch"
-        runs[run.name] = {"start": start,
+        init = run.name.split("_init-", 1)[1].rsplit("_", 1)[0] if "_init-" in run.name else "scratch"
+        runs[run.name] = {"start": init,
                           "effective_rank": encoder_feature_ranks(m, x),
                           "final_train_loss": round(log[-1]["train_loss"], 3),
                           "first_val_dice": val[0], "best_val_dice": max(val, key=lambda v: v[1])}
@@ -283,8 +285,9 @@ def reinit_start(args: argparse.Namespace) -> Path:
         raise SystemExit(f"{folder}: no tensor under {args.reinit_start!r}")
     dest = args.work / f"{folder.name}-reinit-{args.reinit_start.replace(',', '+')}"
     dest.mkdir(parents=True, exist_ok=True)
-    save_file(kept, str(dest / "model.safetensors"))
-    (dest / "config.json").write_text((folder / "config.json").read_text())
+    save_file(kept, str(dest / "model.safetensors.tmp"))  # temp file, then rename: never a half-written start
+    (dest / "model.safetensors.tmp").replace(dest / "model.safetensors")
+    write_json_atomic(dest / "config.json", json.loads((folder / "config.json").read_text()))
     print(f"{dest}: {len(tensors) - len(kept)} of {len(tensors)} tensors left out ({args.reinit_start})")
     return dest
 
