@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,35 @@ WORK = ROOT / "benchmarks" / "work" / "real_tumor_transfer"
 TRAIN_CASES = ("ts_example_ct_dicom", "chaos_ct_sample", "ts_example_ct")  # loo seed k holds out TRAIN_CASES[k]
 FULL_RUNS = ("full-s0", "full-s1", "full-s2")  # the shipped recipe on all three livers, seeds 0-2
 ALL_RUNS = (*FULL_RUNS, *(f"loo-{c}" for c in TRAIN_CASES))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The decision rule after the network, as the shipped model's ``config.json`` ``postprocess`` records it
+    (:func:`aemia.infer.lesions.liver_tumor_labels`): tumour where its probability reaches ``threshold`` (None:
+    the argmax), the largest liver component, then tumour components smaller than ``min_mm3``, with confidence
+    (maximum probability) below ``min_confidence`` or with mean depth inside the predicted liver below
+    ``min_depth_mm`` become liver."""
+
+    threshold: float | None = None
+    min_mm3: float = 0.0
+    min_confidence: float = 0.0
+    min_depth_mm: float = 0.0
+
+    @classmethod
+    def from_postprocess(cls, pp: dict[str, Any]) -> "Rule":
+        t = pp.get("tumor_threshold")
+        return cls(None if t is None else float(t), float(pp.get("min_tumor_mm3", 0.0)),
+                   float(pp.get("min_confidence", 0.0)), float(pp.get("min_depth_mm", 0.0)))
+
+    def as_postprocess(self) -> dict[str, Any]:
+        return {"tumor_threshold": self.threshold, "min_tumor_mm3": self.min_mm3,
+                "min_confidence": self.min_confidence, "min_depth_mm": self.min_depth_mm}
+
+    def key(self) -> str:
+        """``threshold|volume|confidence|depth``, the key of ``postprocess.synthetic_validation_by_rule``."""
+        t = "argmax" if self.threshold is None else f"{self.threshold:g}"
+        return f"{t}|{self.min_mm3:g}|{self.min_confidence:g}|{self.min_depth_mm:g}"
 
 
 def run_spec(name: str) -> tuple[int, str | None]:
@@ -67,8 +97,7 @@ def same_liver_runs() -> dict[str, list[str]]:
     return out
 
 
-def same_liver_summary(args: argparse.Namespace, threshold: float | None, min_mm3: float, min_confidence: float,
-                       results: dict[str, Any] | None = None) -> dict[str, Any]:
+def same_liver_summary(args: argparse.Namespace, rule: Rule, results: dict[str, Any] | None = None) -> dict[str, Any]:
     """Synthetic validation of the recipe's seeds on one held-out liver (:func:`same_liver_runs`) under a fixed
     decision rule, and whether their 95% CIs agree pairwise, with each seed's held-out liver Dice and ``ircad_17``
     figures; {} when no ``loo-<case>-s<k>`` run has finished."""
@@ -80,10 +109,10 @@ def same_liver_summary(args: argparse.Namespace, threshold: float | None, min_mm
         rows = []
         for r in names:
             res = (results or {}).get(r) or evaluate_run(r, args.variants, args.per_bin)
-            summary = synthetic_summary(res["synthetic"], min_mm3, threshold, min_confidence)
+            summary = synthetic_summary(res["synthetic"], rule)
             h = res["held_out_case"]
-            liver = postprocess_liver_tumor(threshold_tumor(*h["raw"], threshold), h["spacing"], min_mm3) > 0
-            ircad = ircad_summary(res["ircad"], min_mm3, threshold, min_confidence)
+            liver = postprocess_liver_tumor(threshold_tumor(*h["raw"], rule.threshold), h["spacing"], rule.min_mm3) > 0
+            ircad = ircad_summary(res["ircad"], rule)
             rows.append({"run": r, "seed": res["seed"], **{k: v for k, v in summary.items() if k != "froc"},
                          "held_out_liver_dice": round(dice(liver, h["truth"] > 0), 4),
                          "ircad_17": {k: v for k, v in ircad.items() if k in ("liver_dice", "tumor_dice",
@@ -95,7 +124,7 @@ def same_liver_summary(args: argparse.Namespace, threshold: float | None, min_mm
                                 for k in ("tumor_dice", "sensitivity", "fp_per_case")},
             "spread": {k: _spread([x[k] for x in rows]) for k in ("tumor_dice", "sensitivity", "fp_per_case")}}
     if out:
-        out["rule"] = {"tumor_threshold": threshold, "min_tumor_mm3": min_mm3, "min_confidence": min_confidence}
+        out["rule"] = rule.as_postprocess()
         out["note"] = ("the recipe's seeds with the same held-out liver (loo-<case> and loo-<case>-s<k>), scored with "
                        "one fixed decision rule (never chosen on these runs); agree_within_ci: every pair of seeds' "
                        "95% CIs overlaps")
@@ -113,7 +142,7 @@ def seeds_stage(out: Path, argv: list[str], args: argparse.Namespace) -> dict[st
         raise SystemExit(f"{WORK}: no finished loo-<case>-s<seed> run; train some first, e.g. "
                          "--stage train --runs loo-chaos_ct_sample-s0,loo-chaos_ct_sample-s2")
     pp = json.loads((args.ship_dir / "config.json").read_text())["postprocess"]
-    result = same_liver_summary(args, pp["tumor_threshold"], pp["min_tumor_mm3"], pp.get("min_confidence", 0.0))
+    result = same_liver_summary(args, Rule.from_postprocess(pp))
     result["command"] = "python benchmarks/real_tumor_transfer.py " + " ".join(argv)
     result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = json.loads(out.read_text()) if out.is_file() else {}
@@ -182,6 +211,8 @@ THRESHOLDS_MM3 = (0.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)  # candidate m
 # candidate tumour probability thresholds (None: the argmax), the recipe's (aemia.recipes.liver_tumor)
 from aemia.recipes.liver_tumor import TUMOR_THRESHOLDS  # noqa: E402  (src/ is put on the path above)
 MIN_CONFIDENCES = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # candidate minimum lesion confidences (max probability)
+# candidate minimum mean depths (mm) of a tumour inside the predicted liver (the rim rule); 0 keeps every component
+MIN_DEPTHS_MM = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 INFER_AMP = "none"  # set from --infer-amp
 SIZE_BINS_MM = (0.0, 5.0, 10.0, 20.0, float("inf"))
 
@@ -205,21 +236,19 @@ def predicted(run_dir: Path, key: str, hu: Any, spacing: Any, affine: Any) -> tu
     return raw, tumor
 
 
-def score(raw: Any, tumor_prob: Any, truth: Any, spacing: Any, min_mm3: float,
-          threshold: float | None = None, min_confidence: float = 0.0) -> dict[str, Any]:
-    """Liver / tumour Dice, lesion detection and FROC candidates of one case after the decision rule: tumour
-    where its probability reaches ``threshold`` (None: the argmax), then the post-processing, then tumours whose
-    confidence (maximum probability) is below ``min_confidence`` dropped."""
+def score(raw: Any, tumor_prob: Any, truth: Any, spacing: Any, rule: Rule) -> dict[str, Any]:
+    """Liver / tumour Dice, lesion detection and FROC candidates of one case after the decision ``rule``."""
     import numpy as np
     from scipy import ndimage
 
     from aemia.evaluate.froc import case_candidates
     from aemia.evaluate.metrics import dice, lesion_detection
-    from aemia.infer.lesions import (drop_unconfident_tumors, lesion_confidences, postprocess_liver_tumor,
-                                     threshold_tumor)
+    from aemia.infer.lesions import (drop_shallow_tumors, drop_unconfident_tumors, lesion_confidences,
+                                     postprocess_liver_tumor, threshold_tumor)
 
-    lab = postprocess_liver_tumor(threshold_tumor(raw, tumor_prob, threshold), spacing, min_mm3)
-    lab = drop_unconfident_tumors(lab, tumor_prob, min_confidence)
+    lab = postprocess_liver_tumor(threshold_tumor(raw, tumor_prob, rule.threshold), spacing, rule.min_mm3)
+    lab = drop_unconfident_tumors(lab, tumor_prob, rule.min_confidence)
+    lab = drop_shallow_tumors(lab, spacing, rule.min_depth_mm)
     comp, n = ndimage.label(lab == 2, structure=np.ones((3, 3, 3), bool))
     conf, _ = lesion_confidences(comp, n, tumor_prob)
     det = lesion_detection(lab == 2, truth == 2, spacing, SIZE_BINS_MM)
@@ -280,17 +309,18 @@ def evaluate_run(name: str, variants: int, per_bin: int) -> dict[str, Any]:
     return out
 
 
-def rule_scores(items: list[dict[str, Any]], threshold: float | None) -> dict[tuple[float, float], dict[str, float]]:
-    """For every (minimum volume of ``THRESHOLDS_MM3``, minimum confidence of ``MIN_CONFIDENCES``): pooled
-    lesion-level F1 (2 TP / (2 TP + FP + FN), FROC matching: a lesion is found when a kept component overlaps it)
-    and mean tumour Dice of the synthetic validation cases under the rule (tumour probability ``threshold``, then
-    the post-processing). Exact and fast: the rule without cuts is applied once per case; a volume or confidence
-    cut only removes whole components (the components themselves do not change), so each cut is a mask over
-    per-component volume, confidence and overlap with the reference."""
+def rule_scores(items: list[dict[str, Any]], threshold: float | None,
+                depths: tuple[float, ...] = MIN_DEPTHS_MM) -> dict[Rule, dict[str, float]]:
+    """For every rule with tumour probability ``threshold``, a minimum volume of ``THRESHOLDS_MM3``, a minimum
+    confidence of ``MIN_CONFIDENCES`` and a minimum depth of ``depths``: pooled lesion-level F1 (2 TP / (2 TP + FP
+    + FN), FROC matching: a lesion is found when a kept component overlaps it) and mean tumour Dice of the
+    synthetic validation cases. Exact and fast: the rule without cuts is applied once per case; a volume,
+    confidence or depth cut only removes whole components (the components and the liver they lie in do not
+    change), so each cut is a mask over per-component volume, confidence, depth and overlap with the reference."""
     import numpy as np
     from scipy import ndimage
 
-    from aemia.infer.lesions import lesion_confidences, postprocess_liver_tumor, threshold_tumor
+    from aemia.infer.lesions import lesion_confidences, postprocess_liver_tumor, threshold_tumor, tumor_depths_mm
 
     full = np.ones((3, 3, 3), bool)
     cases = []
@@ -302,59 +332,63 @@ def rule_scores(items: list[dict[str, Any]], threshold: float | None) -> dict[tu
         gt_lab, n_gt = ndimage.label(gt, structure=full)
         voxels = np.bincount(comp.ravel(), minlength=n + 1)[1:]
         conf, _ = lesion_confidences(comp, n, tumor)
+        depth = tumor_depths_mm(comp, n, lab > 0, it["spacing"])
         both = (comp > 0) & (gt_lab > 0)
         pairs = np.unique(np.stack([comp[both], gt_lab[both]], axis=1), axis=0) if both.any() else np.zeros((0, 2), int)
         inter = np.bincount(comp[gt].ravel(), minlength=n + 1)[1:]  # reference voxels inside each component
-        cases.append((voxels, voxels * float(np.prod(it["spacing"])), conf, pairs, n_gt, inter, int(gt.sum())))
+        cases.append((voxels, voxels * float(np.prod(it["spacing"])), conf, depth, pairs, n_gt, inter, int(gt.sum())))
     out = {}
     for vol in THRESHOLDS_MM3:
         for c in MIN_CONFIDENCES:
-            tp = fp = n_les = 0
-            dices = []
-            for voxels, mm3, conf, pairs, n_gt, inter, gt_sum in cases:
-                kept = (mm3 >= vol) & (conf >= c)
-                hit_comp = np.zeros(len(kept), bool)
-                found = np.zeros(n_gt, bool)
-                for k, g in pairs:
-                    if kept[k - 1]:
-                        hit_comp[k - 1] = True
-                        found[g - 1] = True
-                tp += int(found.sum())
-                n_les += n_gt
-                fp += int((kept & ~hit_comp).sum())
-                denom = int(voxels[kept].sum()) + gt_sum
-                dices.append(2.0 * int(inter[kept].sum()) / denom if denom else 1.0)
-            out[(vol, c)] = {"lesion_f1": round(2 * tp / max(1, tp + fp + n_les), 4),
-                             "tumor_dice": round(float(np.mean(dices)), 4)}
+            for d in depths:
+                tp = fp = n_les = 0
+                dices = []
+                for voxels, mm3, conf, depth, pairs, n_gt, inter, gt_sum in cases:
+                    kept = (mm3 >= vol) & (conf >= c) & (depth >= d)
+                    hit_comp = np.zeros(len(kept), bool)
+                    found = np.zeros(n_gt, bool)
+                    for k, g in pairs:
+                        if kept[k - 1]:
+                            hit_comp[k - 1] = True
+                            found[g - 1] = True
+                    tp += int(found.sum())
+                    n_les += n_gt
+                    fp += int((kept & ~hit_comp).sum())
+                    denom = int(voxels[kept].sum()) + gt_sum
+                    dices.append(2.0 * int(inter[kept].sum()) / denom if denom else 1.0)
+                out[Rule(threshold, vol, c, d)] = {"lesion_f1": round(2 * tp / max(1, tp + fp + n_les), 4),
+                                                   "tumor_dice": round(float(np.mean(dices)), 4),
+                                                   "fp_per_case": round(fp / max(1, len(cases)), 3),
+                                                   "sensitivity": round(tp / max(1, n_les), 4)}
     return out
 
 
-def choose_rule(items: list[dict[str, Any]]) -> tuple[float | None, float, float, dict[str, dict[str, float]]]:
-    """(tumour threshold, minimum tumour volume, minimum confidence, table) with the best pooled lesion F1 on
-    synthetic validation, ties to the better tumour Dice, then the higher threshold, the smaller volume and the
-    lower confidence. Never looks at ircad_17."""
+def choose_rule(items: list[dict[str, Any]],
+                depths: tuple[float, ...] = MIN_DEPTHS_MM) -> tuple[Rule, dict[str, dict[str, float]]]:
+    """(rule, table) with the best pooled lesion F1 on synthetic validation, ties to the better tumour Dice, then
+    the higher threshold, the smaller volume, the lower confidence and the smaller depth. Never looks at
+    ircad_17. ``depths=(0.0,)`` is the rule without the rim cut."""
     table: dict[str, dict[str, float]] = {}
-    best: tuple[tuple[float, ...], float | None, float, float] | None = None
+    best: tuple[tuple[float, ...], Rule] | None = None
     for rank, thr in enumerate(TUMOR_THRESHOLDS):
-        for (vol, conf), r in rule_scores(items, thr).items():
-            table[f"{'argmax' if thr is None else f'{thr:g}'}|{vol:g}|{conf:g}"] = r
-            key = (r["lesion_f1"], r["tumor_dice"], -rank, -vol, -conf)
+        for rule, r in rule_scores(items, thr, depths).items():
+            table[rule.key()] = r
+            key = (r["lesion_f1"], r["tumor_dice"], -rank, -rule.min_mm3, -rule.min_confidence, -rule.min_depth_mm)
             if best is None or key > best[0]:
-                best = (key, thr, vol, conf)
+                best = (key, rule)
         print(f"  rule grid: threshold {thr} scored", flush=True)
     assert best is not None
-    return best[1], best[2], best[3], table
+    return best[1], table
 
 
-def synthetic_summary(items: list[dict[str, Any]], min_mm3: float, threshold: float | None,
-                      min_confidence: float = 0.0) -> dict[str, Any]:
+def synthetic_summary(items: list[dict[str, Any]], rule: Rule) -> dict[str, Any]:
     """Tumour Dice (CI over validation versions), sensitivity by size (CI over lesions), FP per case, FROC."""
     import numpy as np
 
     from aemia.evaluate.froc import froc
     from aemia.evaluate.metrics import bootstrap_ci, bootstrap_ratio_ci, ci_dict
 
-    scores = [score(*it["raw"], it["truth"], it["spacing"], min_mm3, threshold, min_confidence) for it in items]
+    scores = [score(*it["raw"], it["truth"], it["spacing"], rule) for it in items]
     dices = np.array([sc["tumor_dice"] for sc in scores])
     lesions = [les for sc in scores for les in sc["detection"]["lesions"]]
     by_size = {}
@@ -375,12 +409,11 @@ def synthetic_summary(items: list[dict[str, Any]], min_mm3: float, threshold: fl
             "froc": [[round(f, 3), round(se, 4)] for _, f, se in froc([sc["candidates"] for sc in scores])]}
 
 
-def ircad_summary(item: dict[str, Any], min_mm3: float, threshold: float | None,
-                  min_confidence: float = 0.0) -> dict[str, Any]:
+def ircad_summary(item: dict[str, Any], rule: Rule) -> dict[str, Any]:
     """Liver / tumour Dice, each real tumour (diameter, detected, confidence), false positives and FROC."""
     from aemia.evaluate.froc import froc
 
-    sc = score(*item["raw"], item["truth"], item["spacing"], min_mm3, threshold, min_confidence)
+    sc = score(*item["raw"], item["truth"], item["spacing"], rule)
     det = sc["detection"]
     lesions = [{"diameter_mm": round(les["diameter_mm"], 1), "volume_ml": round(les["volume_mm"] / 1000, 2),
                 "detected": les["detected"],
@@ -414,8 +447,7 @@ def overlay_figure(hu: Any, truth: Any, labels: Any, path: Path, title: str) -> 
     return save_figure(fig, path, dpi=110)
 
 
-def ship(run_dir: Path, dest: Path, min_mm3: float, threshold: float | None, min_confidence: float,
-         card: str) -> None:
+def ship(run_dir: Path, dest: Path, rule: Rule, card: str) -> None:
     """Write the shipped model folder: model.safetensors (the run's best weights), config.json, MODEL_CARD.md."""
     import json
     import shutil
@@ -432,8 +464,7 @@ def ship(run_dir: Path, dest: Path, min_mm3: float, threshold: float | None, min
         "model": model_cfg, "task": "segmentation", "classes": {"0": "background", "1": "liver", "2": "liver tumor"},
         "spacing": cfg.spacing, "patch": cfg.patch, "window_hu": cfg.window,
         "normaliser": default_normaliser("CT (HU)", 3, cfg.window),
-        "postprocess": {"kind": "liver_tumor", "organ": 1, "tumor": 2, "min_tumor_mm3": min_mm3,
-                        "tumor_threshold": threshold, "min_confidence": min_confidence},
+        "postprocess": {"kind": "liver_tumor", "organ": 1, "tumor": 2, **rule.as_postprocess()},
         "trained_by": "benchmarks/real_tumor_transfer.py", "run": run_dir.name})
     write_text_atomic(dest / "MODEL_CARD.md", card)
 
@@ -481,22 +512,25 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     loo = [results[r] for r in done if r.startswith("loo-")]
     syn_items = [it for res in loo for it in res["synthetic"]]
     if syn_items:
-        threshold, chosen, min_conf, rule_table = choose_rule(syn_items)
+        rule, rule_table = choose_rule(syn_items)
+        rule_no_rim, _ = choose_rule(syn_items, (0.0,))
     else:
-        threshold, chosen, min_conf, rule_table = None, 0.0, 0.0, {}
+        rule, rule_table, rule_no_rim = Rule(), {}, Rule()
     liver_loo, liver_loo_raw = {}, {}
     for res in loo:
         h = res["held_out_case"]
-        lab = postprocess_liver_tumor(threshold_tumor(*h["raw"], threshold), h["spacing"], chosen)
+        lab = postprocess_liver_tumor(threshold_tumor(*h["raw"], rule.threshold), h["spacing"], rule.min_mm3)
         liver_loo[res["held_out"]] = round(dice(lab > 0, h["truth"] > 0), 4)
         liver_loo_raw[res["held_out"]] = round(dice(h["raw"][0] > 0, h["truth"] > 0), 4)
     seeds = [{"run": res["run"], "seed": res["seed"], "held_out": res["held_out"],
-              **synthetic_summary(res["synthetic"], chosen, threshold, min_conf)} for res in loo]
-    same_liver = same_liver_summary(args, threshold, chosen, min_conf, results)
-    per_run = {r: ircad_summary(results[r]["ircad"], chosen, threshold, min_conf) for r in done}
-    # the same runs under the plain argmax (no tumour threshold, no confidence cut), to show what the rule changes
-    per_run_argmax = {r: {k: v for k, v in ircad_summary(results[r]["ircad"], chosen, None).items() if k != "_labels"}
-                      for r in done}
+              **synthetic_summary(res["synthetic"], rule)} for res in loo]
+    same_liver = same_liver_summary(args, rule, results)
+    per_run = {r: ircad_summary(results[r]["ircad"], rule) for r in done}
+    # the same runs under the plain argmax (no tumour threshold, no confidence or rim cut), to show what the rule
+    # changes; and under the best rule without the rim cut (the rule family before the rim rule was added)
+    per_run_argmax = {r: _public(ircad_summary(results[r]["ircad"], Rule(None, rule.min_mm3))) for r in done}
+    no_rim = {"rule": rule_no_rim.as_postprocess(), "synthetic_validation": rule_table.get(rule_no_rim.key()),
+              "ircad_17_per_run": {r: _public(ircad_summary(results[r]["ircad"], rule_no_rim)) for r in done}}
     main_run = "full-s0" if "full-s0" in per_run else done[0]
     trained = RunFolder(WORK / main_run).config()
     ircad = {"model": main_run, **{k: v for k, v in per_run[main_run].items() if k != "_labels"}}
@@ -504,8 +538,8 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                          per_run[main_run]["_labels"], args.figure,
                          f"3D-IRCADb-01 patient 17 (real tumours, never trained on), model {main_run}: liver Dice "
                          f"{ircad['liver_dice']:.3f}, tumour Dice {ircad['tumor_dice']:.3f}")
-    pooled = froc([score(*it["raw"], it["truth"], it["spacing"], chosen, threshold)["candidates"]  # before the cut
-                   for it in syn_items])
+    pooled = froc([score(*it["raw"], it["truth"], it["spacing"], Rule(rule.threshold, rule.min_mm3))["candidates"]
+                   for it in syn_items])  # before the confidence and rim cuts
     lesions = ircad["lesions"]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
     result: dict[str, Any] = {
@@ -529,13 +563,16 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "both_tumours_detected": [all(x["detected"] for x in per_run[r]["lesions"]) for r in FULL_RUNS
                                       if r in per_run]},
         "ircad_17_per_run_argmax": per_run_argmax,
-        "postprocess": {"tumor_threshold": threshold, "min_tumor_mm3": chosen, "min_confidence": min_conf,
+        "postprocess": {**rule.as_postprocess(),
                         "synthetic_validation_by_rule": rule_table,
                         "rule_key": "tumour probability threshold | minimum tumour volume (mm^3) | minimum "
-                                    "lesion confidence (maximum tumour probability)",
+                                    "lesion confidence (maximum tumour probability) | minimum mean depth inside "
+                                    "the predicted liver (mm)",
                         "chosen_on": "pooled synthetic validation of the leave-one-out runs only (lesion F1, ties "
-                                     "to tumour Dice, then the higher threshold, the smaller volume and the "
-                                     "lower confidence)"},
+                                     "to tumour Dice, then the higher threshold, the smaller volume, the "
+                                     "lower confidence and the smaller depth)",
+                        "rim_rule_origin": RIM_RULE_ORIGIN},
+        "postprocess_without_rim_rule": no_rim,
         "targets_ircad_17": {"liver_dice>=0.90": ircad["liver_dice"] >= 0.90,
                              "both_tumours_detected": bool(lesions) and all(x["detected"] for x in lesions),
                              "false_positives<=2": ircad["false_positives"] <= 2,
@@ -561,16 +598,91 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     "python": platform.python_version(), "threads": 1,
                     "note": "runs trained two at a time, one thread each"},
     }
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result = merge_previous(result, previous, results, done)
     write_json_atomic(args.out, result)
     if args.ship and "full-s0" in done:
-        ship(WORK / "full-s0", args.ship_dir, chosen, threshold, min_conf, model_card(result))
+        ship(WORK / "full-s0", args.ship_dir, rule, model_card(result))
     return result
 
 
+RIM_RULE_ORIGIN = (
+    "the minimum-depth (rim) cut was added after ircad_17_false_positive_diagnosis showed the shipped model's "
+    "three false positives at a mean depth of 3.0-4.5 mm inside the predicted liver (the real tumour 14.5 mm): "
+    "its value is chosen on synthetic validation only, like the other cuts, but the idea came from the test "
+    "case, so ircad_17 is no longer a blind test of this rule family; postprocess_without_rim_rule is the best "
+    "rule without it")
+
+
+def _public(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k != "_labels"}
+
+
+def merge_previous(result: dict[str, Any], previous: dict[str, Any], results: dict[str, Any],
+                   done: list[str]) -> dict[str, Any]:
+    """``result`` with the keys other stages wrote into ``previous`` kept (diagnosis, pilots, same-liver seeds
+    when none was re-scored here), and, when ``previous`` was measured on another CPU, ``rerun_on_another_machine``:
+    its recorded figures beside this machine's runs scored under its own recorded rule (a re-run of the same
+    recipe, not of the same weights)."""
+    out = {k: v for k, v in previous.items() if k not in result} | result
+    if not result.get("synthetic_validation_same_liver") and previous.get("synthetic_validation_same_liver"):
+        out["synthetic_validation_same_liver"] = previous["synthetic_validation_same_liver"]
+    old_machine = (previous.get("machine") or {}).get("cpu")
+    if old_machine and old_machine != result["machine"]["cpu"]:
+        old_rule = Rule.from_postprocess(previous["postprocess"])
+        old_syn = {s["run"]: s for s in previous.get("synthetic_validation", {}).get("seeds", [])}
+        keys = ("liver_dice", "tumor_dice", "false_positives")
+        runs = {}
+        for r in done:
+            now = ircad_summary(results[r]["ircad"], old_rule)
+            row: dict[str, Any] = {"ircad_17": {
+                k: {"recorded": previous.get("ircad_17_per_run", {}).get(r, {}).get(k), "now": now[k]} for k in keys}}
+            row["ircad_17"]["both_tumours_detected"] = {
+                "recorded": all(x["detected"] for x in previous.get("ircad_17_per_run", {}).get(r, {}).get("lesions", [{"detected": False}])),
+                "now": all(x["detected"] for x in now["lesions"])}
+            if r in old_syn:
+                syn = synthetic_summary(results[r]["synthetic"], old_rule)
+                row["synthetic_validation"] = {k: {"recorded": old_syn[r][k], "now": syn[k],
+                                                   "recorded_ci": old_syn[r].get(f"{k}_ci"), "now_ci": syn[f"{k}_ci"]}
+                                               for k in ("tumor_dice", "sensitivity", "fp_per_case")}
+                row["synthetic_validation_agrees_within_ci"] = all(
+                    _cis_overlap([v["recorded_ci"], v["now_ci"]]) for v in row["synthetic_validation"].values()
+                    if v["recorded_ci"])
+            runs[r] = row
+        out["rerun_on_another_machine"] = {
+            "recorded": {"machine": previous.get("machine"), "date": previous.get("date"),
+                         "setup_amp": (previous.get("setup") or {}).get("amp"),
+                         "liver_dice_leave_one_out": previous.get("liver_dice_leave_one_out")},
+            "now": {"machine": result["machine"], "date": result["date"],
+                    "liver_dice_leave_one_out": result["liver_dice_leave_one_out"]},
+            "rule": old_rule.as_postprocess(), "runs": runs,
+            "note": "the same recipe and seeds trained again on this machine and scored under the rule recorded "
+                    "before (so only the machine differs: CPU, and with --amp auto the precision when one CPU has "
+                    "native bf16 and the other not)"}
+    return out
+
+
 def _confidence_words(pp: dict[str, Any]) -> str:
-    c = float(pp.get("min_confidence", 0.0))
-    return ("(no minimum confidence: every remaining component is kept)" if c <= 0 else
-            f"and so do those whose confidence (maximum tumour probability) is below {c:g}")
+    c, d = float(pp.get("min_confidence", 0.0)), float(pp.get("min_depth_mm", 0.0))
+    words = ("(no minimum confidence" if c <= 0 else
+             f"and so do those whose confidence (maximum tumour probability) is below {c:g}")
+    if d > 0:
+        return words + (f"{')' if c <= 0 else ''} and those whose mean depth inside the predicted liver is below "
+                        f"{d:g} mm (the rim rule: it also removes real tumours lying mostly within {d:g} mm of the "
+                        "liver surface)")
+    return words + (": every remaining component is kept)" if c <= 0 else "")
+
+
+def _rim_words(r: dict[str, Any]) -> str:
+    """The rim rule's provenance, when the chosen rule uses it (the card must say the test case inspired it)."""
+    if float(r["postprocess"].get("min_depth_mm", 0.0)) <= 0:
+        return ""
+    nr = r.get("postprocess_without_rim_rule") or {}
+    fps = (nr.get("ircad_17_per_run") or {}).get("full-s0", {}).get("false_positives")
+    return ("\n  The rim rule was added after this model's predecessor's false positives on the real-tumour case were "
+            "seen at the liver's rim, so that case is no longer a blind test of it" +
+            (f"; without it (the best rule without a depth cut) this model has {fps} false positive(s) there." if
+             fps is not None else "."))
 
 
 def _thr(pp: dict[str, Any]) -> str:
@@ -642,9 +754,9 @@ maximum and `confidence_mean` = mean tumour probability over the lesion).
 - Decision rule: the argmax, with every voxel whose tumour probability reaches {_thr(r['postprocess'])} called
   tumour; then the largest connected liver component (liver + tumour voxels) is kept, tumour voxels outside it
   are removed, tumour components smaller than {r['postprocess']['min_tumor_mm3']:g} mm^3 become liver
-  {_confidence_words(r['postprocess'])}. The three
-  thresholds were chosen together by lesion F1 on synthetic validation tumours in held-out healthy livers only
-  (never on the real-tumour case); `config.json` records them under `postprocess`.
+  {_confidence_words(r['postprocess'])}. The
+  cuts were chosen together by lesion F1 on synthetic validation tumours in held-out healthy livers only
+  (never on the real-tumour case); `config.json` records them under `postprocess`.{_rim_words(r)}
 
 ## Training data (no tumour label anywhere)
 Tumours are synthesized on the fly in healthy livers (Hu et al., "Label-Free Liver Tumor Segmentation",

@@ -30,22 +30,22 @@ WORK = ROOT / "benchmarks" / "work" / "real_tumor_transfer_1p5"
 OUT = ROOT / "benchmarks" / "results" / "real_tumor_transfer.json"
 
 
-def _ircad(item: dict[str, Any], vol: float, thr: float | None, conf: float = 0.0) -> dict[str, Any]:
-    return {k: v for k, v in rtt.ircad_summary(item, vol, thr, conf).items() if k not in ("_labels", "froc")}
+def _ircad(item: dict[str, Any], rule: rtt.Rule) -> dict[str, Any]:
+    return {k: v for k, v in rtt.ircad_summary(item, rule).items() if k not in ("_labels", "froc")}
 
 
-def score_run(name: str, data: dict[str, Any], thr: float | None, vol: float, conf: float) -> dict[str, Any]:
+def score_run(name: str, data: dict[str, Any], rule: rtt.Rule) -> dict[str, Any]:
     """One finished 1.5 mm run under the shipped rule, beside the same run at 2 mm from ``data``."""
     res = rtt.evaluate_run(name, 3, 2)
     h = res["held_out_case"]
-    lab = postprocess_liver_tumor(threshold_tumor(*h["raw"], thr), h["spacing"], vol)
-    ss = rtt.synthetic_summary(res["synthetic"], vol, thr, conf)
+    lab = postprocess_liver_tumor(threshold_tumor(*h["raw"], rule.threshold), h["spacing"], rule.min_mm3)
+    ss = rtt.synthetic_summary(res["synthetic"], rule)
     old = next(s for s in data["synthetic_validation"]["seeds"] if s["run"] == name)
     return {
         "at_1.5mm": {"liver_dice_leave_one_out": round(dice(lab > 0, h["truth"] > 0), 4),
                      "synthetic_tumor_dice": ss["tumor_dice"], "synthetic_sensitivity": ss["sensitivity"],
-                     "synthetic_fp_per_case": ss["fp_per_case"], "ircad_17": _ircad(res["ircad"], vol, thr, conf),
-                     "ircad_17_argmax": _ircad(res["ircad"], vol, None)},
+                     "synthetic_fp_per_case": ss["fp_per_case"], "ircad_17": _ircad(res["ircad"], rule),
+                     "ircad_17_argmax": _ircad(res["ircad"], rtt.Rule(None, rule.min_mm3))},
         "at_2mm (recorded above)": {
             "liver_dice_leave_one_out": data["liver_dice_leave_one_out"][res["held_out"]],
             "ircad_17": {k: v for k, v in data["ircad_17_per_run"][name].items() if k != "froc"},
@@ -79,18 +79,17 @@ def main() -> None:
     rtt.WORK = WORK
     data = json.loads(OUT.read_text())
     pp = data["postprocess"]
-    thr, vol, conf = pp["tumor_threshold"], pp["min_tumor_mm3"], pp["min_confidence"]
+    rule = rtt.Rule.from_postprocess(pp)
     names = [n for n in ("loo-chaos_ct_sample", "loo-ts_example_ct_dicom", "loo-ts_example_ct")
              if (WORK / n / "trained.txt").exists()]
     if not names:
         raise SystemExit(f"{WORK}: no finished 1.5 mm run; train first (see this script's docstring)")
-    runs = {n: score_run(n, data, thr, vol, conf) for n in names}
+    runs = {n: score_run(n, data, rule) for n in names}
     data["recipe_1p5mm_pilot"] = {
         "runs": runs, "reading": reading(runs),
         "recipe": "the shipped recipe (64x64x48 patch, 1500 steps, strong augmentation, bf16 autocast) resampled to "
                   "1.5 mm: the patch covers 96x96x72 mm instead of 128x128x96",
-        "rule": {"tumor_threshold": thr, "min_tumor_mm3": vol, "min_confidence": conf,
-                 "from": "the shipped rule (postprocess)"},
+        "rule": {**rule.as_postprocess(), "from": "the shipped rule (postprocess)"},
         "command": "benchmarks/real_tumor_transfer.py --stage train --spacing 1.5,1.5,1.5 --work "
                    "benchmarks/work/real_tumor_transfer_1p5 --runs " + ",".join(names) +
                    "; then benchmarks/real_tumor_transfer_parts/spacing_pilot.py",

@@ -7,11 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from aemia.cli.main import main
 from aemia.evaluate.froc import case_candidates, froc, sensitivity_at
-from aemia.infer.lesions import (drop_unconfident_tumors, lesion_rows, liver_tumor_labels, postprocess_liver_tumor,
-                                 threshold_tumor)
+from aemia.infer.lesions import (drop_shallow_tumors, drop_unconfident_tumors, lesion_csv, lesion_rows,
+                                 liver_tumor_labels, postprocess_liver_tumor, threshold_tumor, tumor_depths_mm)
 from aemia.infer.predictor import Predictor
 from aemia.recipes.liver_tumor import ScannerJitter, body_box, choose_tumor_threshold
 
@@ -120,6 +121,48 @@ def test_unconfident_tumours_become_liver_and_confident_ones_stay() -> None:
     assert np.array_equal(pred.label_map(p, (2.0, 2.0, 2.0)), cut)
 
 
+def test_tumour_depth_is_the_mean_distance_to_outside_the_liver_in_mm() -> None:
+    """Known values: a one-voxel component at the liver's face lies one voxel deep (its nearest outside voxel is
+    the neighbour across the face), in the spacing's mm along that axis; tumour voxels count as liver."""
+    lab = np.zeros((21, 21, 21), np.uint8)
+    lab[1:20, 1:20, 1:20] = 1
+    lab[1, 10, 10] = 2  # on the x face
+    lab[8:13, 8:13, 8:13] = 2  # a 5^3 tumour at the centre: 7-11 voxels from the faces
+    comp, n = ndimage.label(lab == 2)
+    depth = tumor_depths_mm(comp, n, lab > 0, (3.0, 1.0, 1.0))
+    rim, centre = (depth[0], depth[1]) if comp[1, 10, 10] == 1 else (depth[1], depth[0])
+    assert rim == pytest.approx(3.0)  # one voxel along x at 3 mm
+    assert centre > 7.0  # at least 7 voxels of 1 mm to the y and z faces
+    assert tumor_depths_mm(comp, 0, lab > 0, (1, 1, 1)).shape == (0,)
+
+
+def test_rim_rule_turns_shallow_tumours_into_liver_and_keeps_deep_ones() -> None:
+    lab = np.zeros((30, 30, 30), np.uint8)
+    lab[2:28, 2:28, 2:28] = 1
+    lab[12:18, 12:18, 12:18] = 2  # deep: about 10-13 voxels from the surface
+    lab[2:4, 5:8, 5:8] = 2  # at the rim: 1-2 voxels deep
+    out = drop_shallow_tumors(lab, (1.0, 1.0, 1.0), 4.0)
+    assert (out[12:18, 12:18, 12:18] == 2).all(), "the deep tumour stays"
+    assert (out[2:4, 5:8, 5:8] == 1).all(), "the rim component becomes liver"
+    assert np.array_equal(out > 0, lab > 0), "the liver (organ + tumour) is unchanged"
+    assert np.array_equal(drop_shallow_tumors(lab, (1.0, 1.0, 1.0), 0.0), lab)  # 0 keeps everything
+    # the same scene at 3 mm voxels: the rim component is now 3-6 mm deep, still below 8 mm; the deep one stays
+    out3 = drop_shallow_tumors(lab, (3.0, 3.0, 3.0), 8.0)
+    assert (out3[2:4, 5:8, 5:8] == 1).all() and (out3[12:18, 12:18, 12:18] == 2).all()
+
+
+def test_predictor_applies_the_rim_rule_from_its_config() -> None:
+    p, truth = _probs(0.3)
+    p[2][5:7, 15:18, 10:13], p[1][5:7, 15:18, 10:13] = 0.5, 0.48  # a confident component at the liver's rim
+    rule = {"kind": "liver_tumor", "tumor_threshold": 0.25}
+    both = Predictor(model=None, spatial_dims=3, postprocess=rule).label_map(p, (2.0, 2.0, 2.0))  # type: ignore[arg-type]
+    assert (both[5:7, 15:18, 10:13] == 2).all()
+    cut = Predictor(model=None, spatial_dims=3,  # type: ignore[arg-type]
+                    postprocess={**rule, "min_depth_mm": 5.0}).label_map(p, (2.0, 2.0, 2.0))
+    assert np.array_equal(cut == 2, truth == 2), "the rim component is cut, the true tumour (6+ mm deep) stays"
+    assert np.array_equal(cut, liver_tumor_labels(p, (2.0, 2.0, 2.0), 0.25, min_depth_mm=5.0))
+
+
 def test_lesion_rows_carry_max_and_mean_probability() -> None:
     lab = _scene()
     prob = np.zeros(lab.shape, np.float32)
@@ -130,6 +173,19 @@ def test_lesion_rows_carry_max_and_mean_probability() -> None:
     assert big["voxels"] == 216 and big["confidence"] == pytest.approx(0.9)
     assert big["confidence_mean"] == pytest.approx((215 * 0.6 + 0.9) / 216, abs=1e-4)
     assert all(0.0 <= r["confidence"] <= 1.0 for r in rows)
+    assert "depth_mm" not in big  # no organ given, no depth
+
+
+def test_lesion_rows_report_depth_inside_the_organ() -> None:
+    lab = _scene()
+    rows = lesion_rows(lab, 2, (2.0, 2.0, 2.0), region=lab > 0)
+    by_voxels = {r["voxels"]: r for r in rows}
+    big = by_voxels[216]  # [8:14]^3 in the liver [5:25, 5:25, 5:20]: 3-6 voxels to the nearest face
+    assert 6.0 < big["depth_mm"] < 12.0
+    # the tumour outside the liver is its own region, a 4^3 cube: per voxel 1 or 2 voxels to the outside along each
+    # axis, the nearest face wins: 2 voxels only when all three axes say 2 (1 in 8), so 1.125 voxels = 2.25 mm
+    assert by_voxels[64]["depth_mm"] == pytest.approx(2.2, abs=0.06)  # rounded to 0.1 mm
+    assert "depth_mm" in lesion_csv(rows).splitlines()[0]
 
 
 def test_froc_on_a_known_toy_case() -> None:
@@ -211,5 +267,7 @@ def test_shipped_model_runs_on_a_small_crop_of_a_real_ct(tmp_path, real_data) ->
     assert mask.shape == crop.shape and np.allclose(mask.affine, affine)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
     with open(tmp_path / "out" / "crop_lesions.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert "depth_mm" in (reader.fieldnames or [])  # each tumour's mean depth inside the predicted liver
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 and float(r["depth_mm"]) > 0.0 for r in rows)

@@ -254,9 +254,11 @@ class CaseWorker:
         lesions = lesion_classes(first.classes)
         if lesions:  # e.g. liver + tumor: one row per predicted lesion
             prob = {k: to_source(image.with_array(mean[k][None])).array[0] for k in lesions}
+            # a liver + tumour model: each tumour's mean depth inside the predicted liver (liver + tumour voxels)
+            organ = label.array[0] > 0 if (first.postprocess or {}).get("kind") == "liver_tumor" else None
             rows = [r for k, name in lesions.items()  # each lesion with its confidence (max / mean probability)
                     for r in lesion_rows(label.array[0], k, label.spacing, label.affine, name,
-                                         probability=prob[k])]
+                                         probability=prob[k], region=organ)]
             write_text_atomic(self.out / f"{cid}_lesions.csv", lesion_csv(rows))
             outputs.insert(1, f"{cid}_lesions.csv")
         return outputs, None

@@ -27,9 +27,11 @@ def lesion_classes(classes: dict[int, str] | None) -> dict[int, str]:
 
 def lesion_rows(label_map: np.ndarray, label: int, spacing: Sequence[float], affine: np.ndarray | None = None,
                 name: str = "lesion", min_voxels: int = 1,
-                probability: np.ndarray | None = None) -> list[dict[str, object]]:
+                probability: np.ndarray | None = None, region: np.ndarray | None = None) -> list[dict[str, object]]:
     """One row per connected component of ``label_map == label`` with at least ``min_voxels`` voxels,
-    largest first; with ``probability`` (the class's probability map, same shape) also its confidence."""
+    largest first; with ``probability`` (the class's probability map, same shape) also its confidence; with
+    ``region`` (the organ the lesions lie in, lesions included, e.g. the predicted liver) also ``depth_mm``, the
+    lesion's mean depth inside it (:func:`tumor_depths_mm`: a few mm for a lesion at the organ's rim)."""
     mask = np.asarray(label_map) == label
     structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
     comp, n = ndimage.label(mask, structure=structure)
@@ -41,6 +43,7 @@ def lesion_rows(label_map: np.ndarray, label: int, spacing: Sequence[float], aff
     centres = ndimage.center_of_mass(mask, comp, range(1, n + 1))
     boxes = ndimage.find_objects(comp)
     conf_max, conf_mean = lesion_confidences(comp, n, probability) if probability is not None else (None, None)
+    depths = tumor_depths_mm(comp, n, region, spacing) if region is not None else None
     rows = []
     for i in np.argsort(-sizes, kind="stable"):
         if sizes[i] < min_voxels:
@@ -58,12 +61,15 @@ def lesion_rows(label_map: np.ndarray, label: int, spacing: Sequence[float], aff
         })
         if conf_max is not None and conf_mean is not None:
             rows[-1].update(confidence=round(float(conf_max[i]), 4), confidence_mean=round(float(conf_mean[i]), 4))
+        if depths is not None:
+            rows[-1]["depth_mm"] = round(float(depths[i]), 1)
     return rows
 
 
 def lesion_csv(rows: list[dict[str, object]]) -> str:
     fields = ["lesion", "class", "centre_voxel_x", "centre_voxel_y", "centre_voxel_z", "centre_mm_x", "centre_mm_y",
-              "centre_mm_z", "diameter_mm", "extent_mm", "volume_mm3", "voxels", "confidence", "confidence_mean"]
+              "centre_mm_z", "diameter_mm", "extent_mm", "volume_mm3", "voxels", "confidence", "confidence_mean",
+              "depth_mm"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
@@ -105,10 +111,11 @@ def postprocess_liver_tumor(label_map: np.ndarray, spacing: Sequence[float], min
 
 def liver_tumor_labels(probs: np.ndarray, spacing: Sequence[float], tumor_threshold: float | None = None,
                        min_tumor_mm3: float = 0.0, organ: int = 1, tumor: int = 2,
-                       min_confidence: float = 0.0) -> np.ndarray:
+                       min_confidence: float = 0.0, min_depth_mm: float = 0.0) -> np.ndarray:
     """Label map of liver + tumour probabilities ``(K, *S)``: the argmax, with every voxel whose tumour probability
     reaches ``tumor_threshold`` called tumour (None: the argmax alone), then :func:`postprocess_liver_tumor`,
-    then :func:`drop_unconfident_tumors` (tumours whose maximum probability is below ``min_confidence``).
+    then :func:`drop_unconfident_tumors` (tumours whose maximum probability is below ``min_confidence``), then
+    :func:`drop_shallow_tumors` (tumours whose mean depth inside the liver is below ``min_depth_mm``).
 
     A tumour threshold below the argmax's is the operating point of a detector whose tumour probability is not
     calibrated: a model trained on synthetic tumours in one liver gave real tumour voxels a probability of about
@@ -116,7 +123,36 @@ def liver_tumor_labels(probs: np.ndarray, spacing: Sequence[float], tumor_thresh
     is chosen on synthetic validation (:func:`aemia.recipes.liver_tumor.choose_tumor_threshold`), never on test."""
     labels = threshold_tumor(np.asarray(probs).argmax(0).astype(np.uint8), probs[tumor], tumor_threshold, tumor)
     labels = postprocess_liver_tumor(labels, spacing, min_tumor_mm3, organ=organ, tumor=tumor)
-    return drop_unconfident_tumors(labels, probs[tumor], min_confidence, organ=organ, tumor=tumor)
+    labels = drop_unconfident_tumors(labels, probs[tumor], min_confidence, organ=organ, tumor=tumor)
+    return drop_shallow_tumors(labels, spacing, min_depth_mm, organ=organ, tumor=tumor)
+
+
+def tumor_depths_mm(components: np.ndarray, n: int, inside: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Mean depth (mm) of each component 1..n of ``components`` inside the region ``inside`` (the predicted
+    liver: organ ∪ tumour): the mean over the component's voxels of the Euclidean distance, in the voxel
+    spacing, to the nearest voxel outside the region. A tumour in the liver's interior lies deep; a component at
+    the liver's rim (where a liver prediction runs into a neighbouring organ) lies within a few mm."""
+    if n == 0:
+        return np.zeros(0)
+    depth = ndimage.distance_transform_edt(np.asarray(inside, bool), sampling=[float(s) for s in spacing])
+    return np.asarray(ndimage.mean(depth, components, np.arange(1, n + 1)), dtype=float)
+
+
+def drop_shallow_tumors(labels: np.ndarray, spacing: Sequence[float], min_depth_mm: float,
+                        organ: int = 1, tumor: int = 2) -> np.ndarray:
+    """Tumour components (full connectivity) whose mean depth inside the predicted liver
+    (:func:`tumor_depths_mm`, the liver being organ ∪ tumour) is below ``min_depth_mm`` become ``organ``: the
+    rim rule, a cut chosen on synthetic validation like the others. It also removes real tumours that are
+    mostly within ``min_depth_mm`` of the liver's surface (small subcapsular ones). 0 keeps every component.
+    Returns a new label map; the liver (organ ∪ tumour) is unchanged."""
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    if min_depth_mm <= 0:
+        return out
+    comp, n = ndimage.label(out == tumor, structure=ndimage.generate_binary_structure(out.ndim, out.ndim))
+    if n:
+        depth = tumor_depths_mm(comp, n, (out == organ) | (out == tumor), spacing)
+        out[np.isin(comp, np.flatnonzero(depth < float(min_depth_mm)) + 1)] = organ
+    return out
 
 
 def drop_unconfident_tumors(labels: np.ndarray, tumor_probability: np.ndarray, min_confidence: float,

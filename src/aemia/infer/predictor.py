@@ -63,7 +63,8 @@ class Predictor:
     tta: bool = False
     amp: str = "none"
     channels_last: bool = False
-    # e.g. {"kind": "liver_tumor", "min_tumor_mm3": 100.0, "tumor_threshold": 0.3, "min_confidence": 0.5}
+    # e.g. {"kind": "liver_tumor", "min_tumor_mm3": 100.0, "tumor_threshold": 0.3, "min_confidence": 0.5,
+    #       "min_depth_mm": 4.0}
     postprocess: dict[str, Any] | None = None
 
     @classmethod
@@ -196,7 +197,7 @@ class Predictor:
     def label_map(self, probs: np.ndarray, spacing: Any) -> np.ndarray:
         """The label map of ``(K, *S)`` probabilities in the input grid, with the model's post-processing
         (:func:`aemia.infer.lesions.liver_tumor_labels` for ``kind: liver_tumor``: an optional tumour
-        probability threshold, the largest liver component, small and unconfident tumours dropped)."""
+        probability threshold, the largest liver component, small, unconfident and rim tumours dropped)."""
         pp = self.postprocess or {}
         if pp.get("kind") == "liver_tumor":
             from aemia.infer.lesions import liver_tumor_labels
@@ -205,7 +206,8 @@ class Predictor:
             return liver_tumor_labels(probs, spacing, None if threshold is None else float(threshold),
                                       float(pp.get("min_tumor_mm3", 0.0)), organ=int(pp.get("organ", 1)),
                                       tumor=int(pp.get("tumor", 2)),
-                                      min_confidence=float(pp.get("min_confidence", 0.0)))
+                                      min_confidence=float(pp.get("min_confidence", 0.0)),
+                                      min_depth_mm=float(pp.get("min_depth_mm", 0.0)))
         return labels_from_probs(probs)
 
     def segment(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
