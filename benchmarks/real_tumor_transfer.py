@@ -101,20 +101,15 @@ def same_liver_summary(args: argparse.Namespace, rule: Rule, results: dict[str, 
     """Synthetic validation of the recipe's seeds on one held-out liver (:func:`same_liver_runs`) under a fixed
     decision rule, and whether their 95% CIs agree pairwise, with each seed's held-out liver Dice and ``ircad_17``
     figures; {} when no ``loo-<case>-s<k>`` run has finished."""
-    from aemia.evaluate.metrics import dice
-    from aemia.infer.lesions import postprocess_liver_tumor, threshold_tumor
-
     out: dict[str, Any] = {}
     for case, names in same_liver_runs().items():
         rows = []
         for r in names:
             res = (results or {}).get(r) or evaluate_run(r, args.variants, args.per_bin)
             summary = synthetic_summary(res["synthetic"], rule)
-            h = res["held_out_case"]
-            liver = postprocess_liver_tumor(threshold_tumor(*h["raw"], rule.threshold), h["spacing"], rule.min_mm3) > 0
             ircad = ircad_summary(res["ircad"], rule)
             rows.append({"run": r, "seed": res["seed"], **{k: v for k, v in summary.items() if k != "froc"},
-                         "held_out_liver_dice": round(dice(liver, h["truth"] > 0), 4),
+                         "held_out_liver_dice": held_out_liver_dice(res, rule),
                          "ircad_17": {k: v for k, v in ircad.items() if k in ("liver_dice", "tumor_dice",
                                                                                 "false_positives")}
                          | {"both_tumours_detected": all(x["detected"] for x in ircad["lesions"])}})
@@ -192,17 +187,12 @@ def rim_stage(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     regenerated, and the JSON gets ``ircad_17`` (the shipped model under the extended rule, the figures before in
     ``ircad_17_before_rim_rule``) and ``rerun_on_another_machine``: the re-run's runs under the recorded rule, the
     extended rule and their own freshly chosen rule, beside the recorded figures."""
-    import datetime as dt
-    import os
-    import platform
-    import shlex
+    from provenance import provenance
 
-    import torch
+    from aemia.utils.io import write_json_atomic, write_text_atomic
 
-    from aemia.evaluate.metrics import dice
-    from aemia.infer.lesions import postprocess_liver_tumor, threshold_tumor
-    from aemia.utils.io import write_json_atomic
-
+    if not args.out.is_file():
+        raise SystemExit(f"{args.out}: no recorded result to extend; run --stage eval first")
     data = json.loads(args.out.read_text())
     done = [r for r in ALL_RUNS if (WORK / r / "trained.txt").exists()]
     loo = [r for r in done if r.startswith("loo-")]
@@ -213,8 +203,7 @@ def rim_stage(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     cfg_path = args.ship_dir / "config.json"
     cfg = json.loads(cfg_path.read_text())
     base = Rule.from_postprocess({**cfg["postprocess"], "min_depth_mm": 0.0})
-    grid = {k: v for k, v in rule_scores(syn_items, base.threshold).items()
-            if (k.min_mm3, k.min_confidence) == (base.min_mm3, base.min_confidence)}
+    grid = rule_scores(syn_items, base.threshold, volumes=(base.min_mm3,), confidences=(base.min_confidence,))
     rule = max(grid, key=lambda k: (grid[k]["lesion_f1"], grid[k]["tumor_dice"], -k.min_depth_mm))
     ship_item = shipped_ircad(args)
     before = data.get("ircad_17_before_rim_rule") or {
@@ -228,11 +217,7 @@ def rim_stage(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     own_no_rim, _ = choose_rule(syn_items, (0.0,))
     rules = {"recorded rule": base, "recorded rule + rim cut": rule, "own rule (chosen on this re-run)": own,
              "own rule without the rim cut": own_no_rim}
-    liver_loo = {}
-    for r in loo:
-        h = results[r]["held_out_case"]
-        lab = postprocess_liver_tumor(threshold_tumor(*h["raw"], base.threshold), h["spacing"], base.min_mm3)
-        liver_loo[results[r]["held_out"]] = round(dice(lab > 0, h["truth"] > 0), 4)
+    liver_loo = {results[r]["held_out"]: held_out_liver_dice(results[r], base) for r in loo}
     recorded_runs = data.get("ircad_17_per_run", {})
     recorded_syn = {x["run"]: x for x in data.get("synthetic_validation", {}).get("seeds", [])}
     runs: dict[str, Any] = {}
@@ -252,12 +237,11 @@ def rim_stage(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 k: {"recorded": old.get(k), "recorded_ci": old.get(f"{k}_ci"), "now": syn[k], "now_ci": syn[f"{k}_ci"]}
                 for k in ("tumor_dice", "sensitivity", "fp_per_case")}
         runs[r] = row
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    machine = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-               "threads": 1, "amp_auto_resolved_to": json.loads((WORK / done[0] / "log.jsonl").read_text()
-                                                                .splitlines()[0]).get("amp")}
-    command = " ".join(shlex.quote(a) for a in [sys.executable, "benchmarks/real_tumor_transfer.py", *argv])
-    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        print(f"  {r}: scored under {len(rules)} rules", flush=True)
+    prov = provenance()
+    command, date = prov["command"], prov["date"]
+    machine = {**prov["machine"], "training_threads": 1, "amp_auto_resolved_to": json.loads(
+        (WORK / done[0] / "log.jsonl").read_text().splitlines()[0]).get("amp")}
     data["ircad_17_before_rim_rule"] = before
     if args.note:
         data["note"] = args.note
@@ -291,8 +275,6 @@ def rim_stage(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 "re-run's own synthetic validation chooses; the shipped weights are the recorded runs' full-s0"}
     write_json_atomic(args.out, data)
     cfg["postprocess"]["min_depth_mm"] = rule.min_depth_mm
-    from aemia.utils.io import write_text_atomic
-
     write_json_atomic(cfg_path, cfg)
     write_text_atomic(args.ship_dir / "MODEL_CARD.md", model_card(data))
     overlay_figure(ship_item["hu"], ship_item["truth"], now["_labels"], args.figure,
@@ -300,6 +282,17 @@ def rim_stage(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                    f"{now['liver_dice']:.3f}, tumour Dice {now['tumor_dice']:.3f}, {now['false_positives']} false "
                    "positive(s)")
     return data
+
+
+def held_out_liver_dice(res: dict[str, Any], rule: Rule) -> float:
+    """Liver Dice of a leave-one-out run on its held-out case's real liver mask, after ``rule``'s threshold and
+    largest liver component (the later cuts never change the liver)."""
+    from aemia.evaluate.metrics import dice
+    from aemia.infer.lesions import postprocess_liver_tumor, threshold_tumor
+
+    h = res["held_out_case"]
+    lab = postprocess_liver_tumor(threshold_tumor(*h["raw"], rule.threshold), h["spacing"], rule.min_mm3)
+    return round(dice(lab > 0, h["truth"] > 0), 4)
 
 
 def _cis_overlap(cis: list[list[float]]) -> bool:
@@ -386,12 +379,10 @@ def score(raw: Any, tumor_prob: Any, truth: Any, spacing: Any, rule: Rule) -> di
 
     from aemia.evaluate.froc import case_candidates
     from aemia.evaluate.metrics import dice, lesion_detection
-    from aemia.infer.lesions import (drop_shallow_tumors, drop_unconfident_tumors, lesion_confidences,
-                                     postprocess_liver_tumor, threshold_tumor)
+    from aemia.infer.lesions import apply_liver_tumor_rule, lesion_confidences
 
-    lab = postprocess_liver_tumor(threshold_tumor(raw, tumor_prob, rule.threshold), spacing, rule.min_mm3)
-    lab = drop_unconfident_tumors(lab, tumor_prob, rule.min_confidence)
-    lab = drop_shallow_tumors(lab, spacing, rule.min_depth_mm)
+    lab = apply_liver_tumor_rule(raw, tumor_prob, spacing, rule.threshold, rule.min_mm3, rule.min_confidence,
+                                 rule.min_depth_mm)
     comp, n = ndimage.label(lab == 2, structure=np.ones((3, 3, 3), bool))
     conf, _ = lesion_confidences(comp, n, tumor_prob)
     det = lesion_detection(lab == 2, truth == 2, spacing, SIZE_BINS_MM)
@@ -452,10 +443,11 @@ def evaluate_run(name: str, variants: int, per_bin: int) -> dict[str, Any]:
     return out
 
 
-def rule_scores(items: list[dict[str, Any]], threshold: float | None,
-                depths: tuple[float, ...] = MIN_DEPTHS_MM) -> dict[Rule, dict[str, float]]:
-    """For every rule with tumour probability ``threshold``, a minimum volume of ``THRESHOLDS_MM3``, a minimum
-    confidence of ``MIN_CONFIDENCES`` and a minimum depth of ``depths``: pooled lesion-level F1 (2 TP / (2 TP + FP
+def rule_scores(items: list[dict[str, Any]], threshold: float | None, depths: tuple[float, ...] = MIN_DEPTHS_MM,
+                volumes: tuple[float, ...] = THRESHOLDS_MM3,
+                confidences: tuple[float, ...] = MIN_CONFIDENCES) -> dict[Rule, dict[str, float]]:
+    """For every rule with tumour probability ``threshold``, a minimum volume of ``volumes``, a minimum
+    confidence of ``confidences`` and a minimum depth of ``depths``: pooled lesion-level F1 (2 TP / (2 TP + FP
     + FN), FROC matching: a lesion is found when a kept component overlaps it) and mean tumour Dice of the
     synthetic validation cases. Exact and fast: the rule without cuts is applied once per case; a volume,
     confidence or depth cut only removes whole components (the components and the liver they lie in do not
@@ -481,8 +473,8 @@ def rule_scores(items: list[dict[str, Any]], threshold: float | None,
         inter = np.bincount(comp[gt].ravel(), minlength=n + 1)[1:]  # reference voxels inside each component
         cases.append((voxels, voxels * float(np.prod(it["spacing"])), conf, depth, pairs, n_gt, inter, int(gt.sum())))
     out = {}
-    for vol in THRESHOLDS_MM3:
-        for c in MIN_CONFIDENCES:
+    for vol in volumes:
+        for c in confidences:
             for d in depths:
                 tp = fp = n_les = 0
                 dices = []
@@ -644,7 +636,6 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     from aemia.evaluate.froc import froc
     from aemia.evaluate.metrics import dice
-    from aemia.infer.lesions import postprocess_liver_tumor, threshold_tumor
     from aemia.runs import RunFolder
     from aemia.utils.io import write_json_atomic
 
@@ -662,8 +653,7 @@ def assemble(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     liver_loo, liver_loo_raw = {}, {}
     for res in loo:
         h = res["held_out_case"]
-        lab = postprocess_liver_tumor(threshold_tumor(*h["raw"], rule.threshold), h["spacing"], rule.min_mm3)
-        liver_loo[res["held_out"]] = round(dice(lab > 0, h["truth"] > 0), 4)
+        liver_loo[res["held_out"]] = held_out_liver_dice(res, rule)
         liver_loo_raw[res["held_out"]] = round(dice(h["raw"][0] > 0, h["truth"] > 0), 4)
     seeds = [{"run": res["run"], "seed": res["seed"], "held_out": res["held_out"],
               **synthetic_summary(res["synthetic"], rule)} for res in loo]

@@ -202,6 +202,8 @@ def part_liver_tumor_product(args: argparse.Namespace, out: dict[str, Any]) -> N
     from ``real_tumor_transfer.json`` (that benchmark trains and scores them), recorded here as
     ``liver_tumor.product_recipe`` beside the older single-CT recipe above."""
     src = ROOT / "benchmarks" / "results" / "real_tumor_transfer.json"
+    if not src.is_file():
+        raise SystemExit(f"{src}: missing; run benchmarks/real_tumor_transfer.py first")
     same = json.loads(src.read_text()).get("synthetic_validation_same_liver") or {}
     cases = {c: v for c, v in same.items() if isinstance(v, dict) and "seeds" in v}
     if not cases:

@@ -22,8 +22,6 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import real_tumor_transfer as rtt  # noqa: E402
 
-from aemia.evaluate.metrics import dice  # noqa: E402
-from aemia.infer.lesions import postprocess_liver_tumor, threshold_tumor  # noqa: E402
 from aemia.utils.io import write_json_atomic  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work" / "real_tumor_transfer_1p5"
@@ -37,12 +35,10 @@ def _ircad(item: dict[str, Any], rule: rtt.Rule) -> dict[str, Any]:
 def score_run(name: str, data: dict[str, Any], rule: rtt.Rule) -> dict[str, Any]:
     """One finished 1.5 mm run under the shipped rule, beside the same run at 2 mm from ``data``."""
     res = rtt.evaluate_run(name, 3, 2)
-    h = res["held_out_case"]
-    lab = postprocess_liver_tumor(threshold_tumor(*h["raw"], rule.threshold), h["spacing"], rule.min_mm3)
     ss = rtt.synthetic_summary(res["synthetic"], rule)
     old = next(s for s in data["synthetic_validation"]["seeds"] if s["run"] == name)
     return {
-        "at_1.5mm": {"liver_dice_leave_one_out": round(dice(lab > 0, h["truth"] > 0), 4),
+        "at_1.5mm": {"liver_dice_leave_one_out": rtt.held_out_liver_dice(res, rule),
                      "synthetic_tumor_dice": ss["tumor_dice"], "synthetic_sensitivity": ss["sensitivity"],
                      "synthetic_fp_per_case": ss["fp_per_case"], "ircad_17": _ircad(res["ircad"], rule),
                      "ircad_17_argmax": _ircad(res["ircad"], rtt.Rule(None, rule.min_mm3))},

@@ -121,9 +121,20 @@ def liver_tumor_labels(probs: np.ndarray, spacing: Sequence[float], tumor_thresh
     calibrated: a model trained on synthetic tumours in one liver gave real tumour voxels a probability of about
     0.3 against 0.01 in the liver, never the argmax (``training_stability.json``, ``liver_tumor``). The threshold
     is chosen on synthetic validation (:func:`aemia.recipes.liver_tumor.choose_tumor_threshold`), never on test."""
-    labels = threshold_tumor(np.asarray(probs).argmax(0).astype(np.uint8), probs[tumor], tumor_threshold, tumor)
+    return apply_liver_tumor_rule(np.asarray(probs).argmax(0).astype(np.uint8), probs[tumor], spacing,
+                                  tumor_threshold, min_tumor_mm3, min_confidence, min_depth_mm, organ, tumor)
+
+
+def apply_liver_tumor_rule(argmax: np.ndarray, tumor_probability: np.ndarray, spacing: Sequence[float],
+                           tumor_threshold: float | None = None, min_tumor_mm3: float = 0.0,
+                           min_confidence: float = 0.0, min_depth_mm: float = 0.0, organ: int = 1,
+                           tumor: int = 2) -> np.ndarray:
+    """The decision rule of :func:`liver_tumor_labels` on an argmax label map and the tumour probability (for
+    callers that keep only those two, e.g. cached benchmark predictions): threshold, largest liver, then the
+    volume, confidence and rim cuts."""
+    labels = threshold_tumor(argmax, tumor_probability, tumor_threshold, tumor)
     labels = postprocess_liver_tumor(labels, spacing, min_tumor_mm3, organ=organ, tumor=tumor)
-    labels = drop_unconfident_tumors(labels, probs[tumor], min_confidence, organ=organ, tumor=tumor)
+    labels = drop_unconfident_tumors(labels, tumor_probability, min_confidence, organ=organ, tumor=tumor)
     return drop_shallow_tumors(labels, spacing, min_depth_mm, organ=organ, tumor=tumor)
 
 
